@@ -1,0 +1,1 @@
+"""Command-line interface: parses user input into typed configs, reports progress and errors."""

@@ -1,0 +1,170 @@
+"""``quantsweep`` entry point: ``sweep``, ``layers`` and ``run``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from quantsweep import __version__
+from quantsweep.config import (
+    ActDtype,
+    CalibConfig,
+    CalibMethod,
+    Granularity,
+    QuantFormat,
+    RankMetric,
+    SweepConfig,
+    WeightDtype,
+    parse_enum_list,
+)
+from quantsweep.errors import InputError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+LOG = logging.getLogger("quantsweep")
+
+
+def _bundled_model() -> str:
+    from quantsweep.models.ultralytics_adapter import BUNDLED_MODEL  # noqa: PLC0415 (slow import)
+
+    return str(BUNDLED_MODEL)
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="Ultralytics .pt checkpoint or model .yaml (default: bundled YOLOv10m)")
+    parser.add_argument("--imgsz", type=int, default=320, help="square input size, a multiple of 32")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+
+
+def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
+    _add_model_args(parser)
+    parser.add_argument("--images", help="image folder, .txt list or Ultralytics data .yaml")
+    parser.add_argument("--weights", default="int4", help="weight dtypes: int8,int4,fp8")
+    parser.add_argument("--acts", default="fp16", help="activation dtypes: fp16 (weight-only),int8,fp8")
+    parser.add_argument("--granularity", default="per_channel", help="per_layer,per_channel")
+    parser.add_argument("--int4-block-size", type=int, help="INT4 scales per block of input channels")
+    parser.add_argument("--max-images", type=int, default=16, help="calibration images (seeded subset)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the image subset")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--layers", action="append", default=[], help="glob(s) of layer names to sweep")
+    parser.add_argument("--top-k", type=int, default=10, help="length of the report's top table")
+    parser.add_argument("--rank-by", default=RankMetric.BOX_ERROR.value,
+                        help=f"ranking metric: {', '.join(m.value for m in RankMetric)}")
+    parser.add_argument("--calib", default="max", help="activation calibration: max, percentile")
+    parser.add_argument("--percentile", type=float, default=99.99)
+    parser.add_argument("--out", type=Path, default=Path("runs"), help="parent of run directories")
+    parser.add_argument("--resume", type=Path, help="finish an interrupted sweep run directory")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of all subcommands."""
+    parser = argparse.ArgumentParser(prog="quantsweep", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"quantsweep {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_sweep_args(commands.add_parser("sweep", help="measure every layer's sensitivity"))
+    _add_model_args(commands.add_parser("layers", help="list quantizable layers"))
+    run = commands.add_parser("run", help="the whole job on the bundled default (or your model and data)")
+    _add_sweep_args(run)
+    run.add_argument("--data", help="evaluation data (Ultralytics data .yaml or image folder with labels)")
+    run.add_argument("--eval-images", type=int, default=100, help="evaluation images (the first N)")
+    run.add_argument("--ks", default="0,5,10", help="numbers of layers kept at FP32 to evaluate")
+    return parser
+
+
+def sweep_config_from_args(args: argparse.Namespace, *, images: str) -> SweepConfig:
+    """Parse CLI strings into the typed sweep config."""
+    weights = parse_enum_list(args.weights, WeightDtype, what="weight dtype")
+    acts = parse_enum_list(args.acts, ActDtype, what="activation dtype")
+    grans = parse_enum_list(args.granularity, Granularity, what="granularity")
+    formats = tuple(
+        QuantFormat(weight=w, act=a, granularity=g, int4_block_size=args.int4_block_size if w is
+                    WeightDtype.INT4 else None)
+        for w in weights
+        for a in acts
+        for g in grans
+    )
+    (rank_by,) = parse_enum_list(args.rank_by, RankMetric, what="ranking metric")
+    (calib,) = parse_enum_list(args.calib, CalibMethod, what="calibration method")
+    patterns = tuple(p.strip() for item in args.layers for p in item.split(",") if p.strip())
+    return SweepConfig(
+        model=args.model or _bundled_model(),
+        images=images,
+        imgsz=args.imgsz,
+        max_images=args.max_images,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=args.device,
+        formats=formats,
+        layer_patterns=patterns,
+        top_k=args.top_k,
+        rank_by=rank_by,
+        calib=CalibConfig(method=calib, percentile=args.percentile),
+    )
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from quantsweep import pipeline  # noqa: PLC0415 (torch import is slow; keep --help fast)
+    from quantsweep.cli.progress import tqdm_progress  # noqa: PLC0415
+
+    if args.resume:
+        run_dir = pipeline.resume_sweep(args.resume, progress=tqdm_progress)
+    else:
+        if not args.images:
+            raise InputError("--images is required (image folder, .txt list or data .yaml)")
+        config = sweep_config_from_args(args, images=args.images)
+        run_dir = pipeline.sweep(config, out=args.out, progress=tqdm_progress)
+    print(f"sweep written to {run_dir}")
+    print(f"index: {run_dir / 'sweep_index.csv'}")
+    return 0
+
+
+def _cmd_layers(args: argparse.Namespace) -> int:
+    import torch  # noqa: PLC0415
+
+    from quantsweep.models.network import enumerate_layers  # noqa: PLC0415
+    from quantsweep.models.ultralytics_adapter import load_model  # noqa: PLC0415
+    from quantsweep.pipeline import check_device  # noqa: PLC0415
+
+    SweepConfig(model="-", images="-", imgsz=args.imgsz)  # validates imgsz
+    check_device(args.device)
+    loaded = load_model(args.model or _bundled_model(), device=args.device)
+    sample = torch.zeros(1, 3, args.imgsz, args.imgsz, device=args.device)
+    layers = enumerate_layers(loaded.network, sample)
+    print(f"{'#':>4}  {'layer':<36} {'kind':<7} {'weight shape':<18} {'groups':>6} {'params':>9} {'MMACs':>9}")
+    for layer in layers:
+        shape = "x".join(str(d) for d in layer.weight_shape)
+        print(f"{layer.exec_order:>4}  {layer.name:<36} {layer.kind:<7} {shape:<18} {layer.groups:>6} "
+              f"{layer.params:>9} {layer.macs / 1e6:>9.2f}")
+    print(f"{len(layers)} quantizable layers on the inference path at imgsz {args.imgsz}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from quantsweep.cli.run import run_default  # noqa: PLC0415
+
+    return run_default(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; bad input ends with one line on stderr and exit code 2."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    handlers = {"sweep": _cmd_sweep, "layers": _cmd_layers, "run": _cmd_run}
+    try:
+        return handlers[args.command](args)
+    except InputError as exc:
+        print(f"quantsweep: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("quantsweep: interrupted; finished results are kept, continue with --resume RUN_DIR",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Typed configuration: dtype and granularity enums, quantization formats, sweep settings.
+
+Everything the user types (CLI flags, YAML) is parsed into these records once, at the edge.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from quantsweep.errors import InputError
+
+
+class WeightDtype(enum.StrEnum):
+    """Storage type of a layer's weights."""
+
+    INT8 = "int8"
+    INT4 = "int4"
+    FP8 = "fp8"
+
+
+class ActDtype(enum.StrEnum):
+    """Type of a layer's input activations; ``fp16`` means weight-only quantization."""
+
+    FP16 = "fp16"
+    INT8 = "int8"
+    FP8 = "fp8"
+
+
+class Granularity(enum.StrEnum):
+    """Scale granularity for weights; activations are always per tensor (as QDQ Conv inputs are)."""
+
+    PER_LAYER = "per_layer"
+    PER_CHANNEL = "per_channel"
+
+
+class CalibMethod(enum.StrEnum):
+    """How activation ranges are derived from calibration images."""
+
+    MAX = "max"
+    PERCENTILE = "percentile"
+
+
+class RankMetric(enum.StrEnum):
+    """Per-layer metric the sweep ranks by (higher = more sensitive)."""
+
+    BOX_ERROR = "box_error"
+    CLASS_ERROR = "class_error"
+    NMSE = "nmse"
+    MAP_DROP_VS_FP32 = "map_drop_vs_fp32"
+    MAP_DROP_GT = "map_drop_gt"
+
+
+class SweepMethod(enum.StrEnum):
+    """How sensitivities are obtained."""
+
+    EXACT = "exact"
+
+
+def parse_enum_list(text: str, enum_type: type[enum.StrEnum], *, what: str) -> tuple[Any, ...]:
+    """Parse ``"a,b"`` into enum members, naming the valid values when one is unknown."""
+    values = []
+    for raw in text.split(","):
+        item = raw.strip().lower()
+        if not item:
+            continue
+        try:
+            values.append(enum_type(item))
+        except ValueError:
+            valid = ", ".join(m.value for m in enum_type)
+            raise InputError(f"unknown {what} '{item}'; valid: {valid}") from None
+    if not values:
+        raise InputError(f"no {what} given")
+    return tuple(dict.fromkeys(values))
+
+
+@dataclass(frozen=True)
+class QuantFormat:
+    """One (weight dtype, activation dtype, granularity) combination of the sweep."""
+
+    weight: WeightDtype
+    act: ActDtype
+    granularity: Granularity
+    int4_block_size: int | None = None
+
+    @property
+    def name(self) -> str:
+        """Directory-style name: ``int4-fp16/per_channel`` (``-b32`` when blocked)."""
+        block = f"-b{self.int4_block_size}" if self.int4_block_size else ""
+        return f"{self.weight.value}-{self.act.value}/{self.granularity.value}{block}"
+
+    def unsupported_reason(self) -> str | None:
+        """Why this combination cannot be expressed as a deployable QDQ Conv, or None if it can."""
+        if self.weight is WeightDtype.FP8 and self.act is ActDtype.INT8:
+            return (
+                "FP8 weights with INT8 activations: no Conv kernel mixes the two "
+                "(TensorRT and ONNX Runtime pair FP8 with FP8, INT8 with INT8)"
+            )
+        if self.int4_block_size is not None and self.weight is not WeightDtype.INT4:
+            return "a block size applies to INT4 weights only"
+        if self.int4_block_size is not None and self.granularity is Granularity.PER_LAYER:
+            return "block-wise INT4 is a per-channel refinement; per_layer has one scale per tensor"
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "weight": self.weight.value,
+            "act": self.act.value,
+            "granularity": self.granularity.value,
+            "int4_block_size": self.int4_block_size,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QuantFormat:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            weight=WeightDtype(data["weight"]),
+            act=ActDtype(data["act"]),
+            granularity=Granularity(data["granularity"]),
+            int4_block_size=data.get("int4_block_size"),
+        )
+
+
+@dataclass(frozen=True)
+class CalibConfig:
+    """Activation-range calibration settings."""
+
+    method: CalibMethod = CalibMethod.MAX
+    percentile: float = 99.99
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """Detection decoding, identical for every model compared."""
+
+    conf_threshold: float = 0.001
+    iou_threshold: float = 0.7
+    max_det: int = 300
+    pseudo_label_conf: float = 0.25
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Everything that decides a sweep's numbers; written to the run directory as ``config.json``."""
+
+    model: str
+    images: str
+    imgsz: int = 320
+    max_images: int = 16
+    seed: int = 0
+    batch_size: int = 8
+    device: str = "cpu"
+    formats: tuple[QuantFormat, ...] = ()
+    layer_patterns: tuple[str, ...] = ()
+    top_k: int = 10
+    rank_by: RankMetric = RankMetric.BOX_ERROR
+    method: SweepMethod = SweepMethod.EXACT
+    calib: CalibConfig = field(default_factory=CalibConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+
+    def __post_init__(self) -> None:
+        if self.imgsz <= 0 or self.imgsz % 32:
+            raise InputError(f"--imgsz {self.imgsz} is not a positive multiple of 32")
+        if self.max_images <= 0:
+            raise InputError(f"--max-images must be positive, got {self.max_images}")
+        if self.batch_size <= 0:
+            raise InputError(f"--batch-size must be positive, got {self.batch_size}")
+        if self.top_k <= 0:
+            raise InputError(f"--top-k must be positive, got {self.top_k}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        data = asdict(self)
+        data["formats"] = [f.to_dict() for f in self.formats]
+        data["layer_patterns"] = list(self.layer_patterns)
+        data["rank_by"] = self.rank_by.value
+        data["method"] = self.method.value
+        data["calib"]["method"] = self.calib.method.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SweepConfig:
+        """Inverse of :meth:`to_dict`."""
+        values = dict(data)
+        values["formats"] = tuple(QuantFormat.from_dict(f) for f in data["formats"])
+        values["layer_patterns"] = tuple(data.get("layer_patterns", ()))
+        values["rank_by"] = RankMetric(data["rank_by"])
+        values["method"] = SweepMethod(data.get("method", "exact"))
+        calib = data.get("calib", {})
+        values["calib"] = CalibConfig(
+            method=CalibMethod(calib.get("method", "max")), percentile=calib.get("percentile", 99.99)
+        )
+        values["detect"] = DetectConfig(**data.get("detect", {}))
+        return cls(**values)

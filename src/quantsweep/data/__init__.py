@@ -1,0 +1,1 @@
+"""Image sets, letterbox preprocessing, labels, and the synthetic shapes generator."""

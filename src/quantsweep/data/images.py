@@ -1,0 +1,166 @@
+"""Image sets: resolve a folder, a list file or an Ultralytics data YAML; letterbox like Ultralytics.
+
+Labels, when present, are Ultralytics YOLO text files (``images/`` -> ``labels/``, ``.txt``) and are
+returned in the letterboxed pixel frame the model sees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import yaml
+
+from quantsweep.errors import InputError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+PAD_VALUE = 114
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """An ordered list of image files, with optional label files."""
+
+    paths: tuple[Path, ...]
+    label_paths: tuple[Path | None, ...]
+
+    @property
+    def has_labels(self) -> bool:
+        """True when every image has a label file (an empty file means no objects)."""
+        return bool(self.paths) and all(p is not None for p in self.label_paths)
+
+    def subset(self, *, count: int, seed: int | None) -> ImageSet:
+        """``count`` images: the first ones (``seed=None``) or a seeded random choice kept in order."""
+        if count >= len(self.paths):
+            return self
+        if seed is None:
+            index = list(range(count))
+        else:
+            index = sorted(np.random.default_rng(seed).choice(len(self.paths), size=count, replace=False))
+        return ImageSet(tuple(self.paths[i] for i in index), tuple(self.label_paths[i] for i in index))
+
+
+@dataclass
+class Batch:
+    """Letterboxed images ``[N, 3, S, S]`` in 0..1 RGB and, if known, boxes per image."""
+
+    images: torch.Tensor
+    labels: list[np.ndarray] | None  # per image [M, 5]: class, x1, y1, x2, y2 in letterbox pixels
+
+
+def resolve_images(source: str | Path) -> ImageSet:
+    """Resolve a folder, a ``.txt`` list (paths relative to the list), or a data ``.yaml`` (its val split)."""
+    source = Path(source)
+    if not source.exists():
+        raise InputError(f"image source not found: {source}")
+    if source.is_dir():
+        paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    elif source.suffix in (".yaml", ".yml"):
+        paths = _paths_from_data_yaml(source)
+    elif source.suffix == ".txt":
+        paths = _paths_from_list(source)
+    elif source.suffix.lower() in IMAGE_SUFFIXES:
+        paths = [source]
+    else:
+        raise InputError(f"{source} is neither an image folder, a .txt list nor a data .yaml")
+    if not paths:
+        raise InputError(f"no images found in {source}")
+    return ImageSet(tuple(paths), tuple(_label_path(p) for p in paths))
+
+
+def _paths_from_list(list_file: Path) -> list[Path]:
+    base = list_file.parent
+    paths = []
+    for line in list_file.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            path = Path(line) if Path(line).is_absolute() else base / line
+            if not path.exists():
+                raise InputError(f"image listed in {list_file} not found: {path}")
+            paths.append(path)
+    return paths
+
+
+def _paths_from_data_yaml(data_yaml: Path) -> list[Path]:
+    try:
+        data = yaml.safe_load(data_yaml.read_text())
+    except yaml.YAMLError as exc:
+        raise InputError(f"{data_yaml} is not valid YAML ({exc})") from None
+    if not isinstance(data, dict) or "val" not in data:
+        raise InputError(f"{data_yaml} has no 'val' entry (expected an Ultralytics data YAML)")
+    root = Path(data.get("path") or data_yaml.parent)
+    if not root.is_absolute():
+        root = data_yaml.parent / root
+    entries = data["val"] if isinstance(data["val"], list) else [data["val"]]
+    paths: list[Path] = []
+    for entry in entries:
+        target = root / entry
+        if not target.exists():
+            raise InputError(f"val split of {data_yaml} not found: {target}")
+        paths.extend(resolve_images(target).paths)
+    return paths
+
+
+def _label_path(image: Path) -> Path | None:
+    parts = list(image.parts)
+    if "images" not in parts:
+        return None
+    index = len(parts) - 1 - parts[::-1].index("images")
+    parts[index] = "labels"
+    label = Path(*parts).with_suffix(".txt")
+    return label if label.exists() else None
+
+
+def letterbox(image: np.ndarray, imgsz: int) -> tuple[np.ndarray, float, tuple[float, float]]:
+    """Resize the long side to ``imgsz`` and pad to a square with grey, centred (Ultralytics' val path)."""
+    height, width = image.shape[:2]
+    ratio = imgsz / max(height, width)
+    if ratio != 1:
+        new_w, new_h = round(width * ratio), round(height * ratio)
+        interp = cv2.INTER_LINEAR if ratio > 1 else cv2.INTER_AREA
+        image = cv2.resize(image, (min(new_w, imgsz), min(new_h, imgsz)), interpolation=interp)
+    height, width = image.shape[:2]
+    pad_w, pad_h = (imgsz - width) / 2, (imgsz - height) / 2
+    top, bottom = round(pad_h - 0.1), round(pad_h + 0.1)
+    left, right = round(pad_w - 0.1), round(pad_w + 0.1)
+    image = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
+    return image, ratio, (left, top)
+
+
+def _read_labels(label_file: Path, *, width: int, height: int, ratio: float, pad: tuple[float, float]):
+    rows = [line.split() for line in label_file.read_text().splitlines() if line.strip()]
+    try:
+        table = np.array(rows, dtype=np.float64).reshape(-1, 5)
+    except ValueError:
+        raise InputError(f"label file {label_file} is not in YOLO format (class cx cy w h)") from None
+    cls, cx, cy, bw, bh = table.T
+    x1 = (cx - bw / 2) * width * ratio + pad[0]
+    y1 = (cy - bh / 2) * height * ratio + pad[1]
+    x2 = (cx + bw / 2) * width * ratio + pad[0]
+    y2 = (cy + bh / 2) * height * ratio + pad[1]
+    return np.stack([cls, x1, y1, x2, y2], axis=1).astype(np.float32)
+
+
+def load_batch(image_set: ImageSet, *, imgsz: int) -> Batch:
+    """Read, letterbox and stack the images; labels too when every image has them."""
+    arrays, labels = [], []
+    for path, label_file in zip(image_set.paths, image_set.label_paths, strict=True):
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise InputError(f"unreadable image: {path}")
+        height, width = image.shape[:2]
+        boxed, ratio, pad = letterbox(image, imgsz)
+        arrays.append(boxed[:, :, ::-1].transpose(2, 0, 1))  # BGR HWC -> RGB CHW
+        if label_file is not None:
+            labels.append(_read_labels(label_file, width=width, height=height, ratio=ratio, pad=pad))
+    images = torch.from_numpy(np.ascontiguousarray(np.stack(arrays))).float() / 255.0
+    return Batch(images=images, labels=labels if image_set.has_labels else None)
+
+
+def fingerprint(image_set: ImageSet) -> list[dict[str, str]]:
+    """Path and sha256 of each image, for the run record."""
+    return [{"path": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest()} for p in image_set.paths]

@@ -1,0 +1,79 @@
+"""COCO-style mAP50-95 and mAP50 (101-point interpolation, greedy matching by confidence)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+_RECALL_POINTS = np.linspace(0, 1, 101)
+
+
+@dataclass(frozen=True)
+class MapResult:
+    """mAP over the classes present in the targets."""
+
+    map50_95: float
+    map50: float
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix between ``[N, 4]`` and ``[M, 4]`` xyxy boxes."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(axis=2)
+    area_a = (a[:, 2:] - a[:, :2]).prod(axis=1)
+    area_b = (b[:, 2:] - b[:, :2]).prod(axis=1)
+    return inter / (area_a[:, None] + area_b[None, :] - inter + 1e-9)
+
+
+def match(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``[K, 10]`` true-positive flags of predictions (best first) against targets, per IoU threshold."""
+    correct = np.zeros((len(pred), len(IOU_THRESHOLDS)), dtype=bool)
+    if not len(pred) or not len(target):
+        return correct
+    iou = box_iou(target[:, 1:5], pred[:, :4]) * (target[:, :1] == pred[None, :, 5])
+    order = np.argsort(-pred[:, 4], kind="stable")
+    claimed = np.zeros((len(target), len(IOU_THRESHOLDS)), dtype=bool)
+    for j in order[(iou[:, order] >= IOU_THRESHOLDS[0]).any(0)]:
+        available = np.where(claimed, 0.0, iou[:, j, None])
+        best = available.argmax(0)
+        hit = available[best, np.arange(len(IOU_THRESHOLDS))] >= IOU_THRESHOLDS
+        correct[j] = hit
+        claimed[best, np.arange(len(IOU_THRESHOLDS))] |= hit
+    return correct
+
+
+def _average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
+    mrec = np.concatenate(([0.0], recall, [recall[-1] if len(recall) else 1.0], [1.0]))
+    mpre = np.concatenate(([1.0], precision, [0.0], [0.0]))
+    mpre = np.flip(np.maximum.accumulate(np.flip(mpre)))
+    return float(np.trapezoid(np.interp(_RECALL_POINTS, mrec, mpre), _RECALL_POINTS))
+
+
+def mean_average_precision(predictions: list[np.ndarray], targets: list[np.ndarray]) -> MapResult:
+    """mAP of per-image predictions ``[K, 6]`` against targets ``[M, 5]`` (class, x1, y1, x2, y2)."""
+    tp = [match(p, t) for p, t in zip(predictions, targets, strict=True)]
+    tp_all = np.concatenate(tp) if tp else np.zeros((0, len(IOU_THRESHOLDS)), bool)
+    conf = np.concatenate([p[:, 4] for p in predictions]) if predictions else np.zeros(0)
+    pred_cls = np.concatenate([p[:, 5] for p in predictions]) if predictions else np.zeros(0)
+    target_cls = np.concatenate([t[:, 0] for t in targets]) if targets else np.zeros(0)
+    classes = np.unique(target_cls)
+    if not len(classes):
+        return MapResult(map50_95=float("nan"), map50=float("nan"))
+    order = np.argsort(-conf, kind="stable")
+    tp_all, pred_cls = tp_all[order], pred_cls[order]
+    ap = np.zeros((len(classes), len(IOU_THRESHOLDS)))
+    for ci, cls in enumerate(classes):
+        hits = tp_all[pred_cls == cls]
+        n_targets = int((target_cls == cls).sum())
+        if not len(hits):
+            continue
+        tpc = hits.cumsum(0)
+        fpc = (1 - hits).cumsum(0)
+        recall = tpc / (n_targets + 1e-16)
+        precision = tpc / (tpc + fpc)
+        for ti in range(len(IOU_THRESHOLDS)):
+            ap[ci, ti] = _average_precision(recall[:, ti], precision[:, ti])
+    return MapResult(map50_95=float(ap.mean()), map50=float(ap[:, 0].mean()))

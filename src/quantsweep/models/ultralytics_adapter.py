@@ -1,0 +1,121 @@
+"""The one place that imports Ultralytics: load a checkpoint or YAML and describe it as a StagedNetwork.
+
+``torch.load`` of a ``.pt`` file unpickles it, which can run arbitrary code: only paths the user
+named (or the bundled checkpoint) are ever loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from quantsweep.errors import InputError
+from quantsweep.models.network import StagedNetwork
+from quantsweep.models.outputs import HeadOutput
+
+LOG = logging.getLogger(__name__)
+BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "assets" / "yolov10m-shapes.pt"
+
+
+def _configure_ultralytics() -> None:
+    # Ultralytics writes a settings file and may try the network on import; keep it offline and in
+    # the user's config dir.
+    config_home = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(config_home / "quantsweep" / "ultralytics"))
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_VERBOSE", "False")
+
+
+_configure_ultralytics()
+
+from ultralytics.nn.modules.head import Detect  # noqa: E402
+from ultralytics.nn.tasks import DetectionModel  # noqa: E402
+
+
+@dataclass
+class LoadedModel:
+    """A BN-folded detector in eval mode plus what the rest of the tool needs to know about it."""
+
+    name: str
+    source: str
+    network: StagedNetwork
+    class_names: dict[int, str]
+    end_to_end: bool
+
+
+def load_model(path: str | Path, *, device: str = "cpu", num_classes: int | None = None) -> LoadedModel:
+    """Load an Ultralytics detection checkpoint (``.pt``) or model YAML, fold BN, put it in eval mode."""
+    path = Path(path)
+    if path.suffix in (".yaml", ".yml"):
+        model = _build_from_yaml(path, num_classes=num_classes)
+    else:
+        model = _load_checkpoint(path)
+    model = model.float().eval()
+    model.fuse(verbose=False)
+    model.to(device)
+    head = model.model[-1]
+    name = path.stem
+    return LoadedModel(
+        name=name,
+        source=str(path),
+        network=_staged(model),
+        class_names=dict(model.names),
+        end_to_end=bool(getattr(head, "end2end", False)),
+    )
+
+
+def _build_from_yaml(path: Path, *, num_classes: int | None) -> DetectionModel:
+    # Ultralytics resolves bare names such as yolov8n.yaml from its own package cfg folder.
+    if not path.exists() and path.parent != Path("."):
+        raise InputError(f"model YAML not found: {path}")
+    try:
+        return DetectionModel(cfg=str(path), nc=num_classes, verbose=False)
+    except (FileNotFoundError, KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{path} is not an Ultralytics detection model YAML ({exc})") from exc
+
+
+def _load_checkpoint(path: Path) -> DetectionModel:
+    if not path.is_file():
+        raise InputError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise InputError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__})") from exc
+    model = None
+    if isinstance(ckpt, dict):
+        model = ckpt.get("ema") or ckpt.get("model")
+    elif isinstance(ckpt, nn.Module):
+        model = ckpt
+    if not isinstance(model, DetectionModel) or not isinstance(model.model[-1], Detect):
+        raise InputError(f"{path} is not an Ultralytics detection checkpoint (no DetectionModel inside)")
+    return model
+
+
+def _staged(model: DetectionModel) -> StagedNetwork:
+    blocks = list(model.model)
+    head = blocks[-1]
+    head.export = False
+    return StagedNetwork(
+        module=model,
+        blocks=blocks,
+        block_names=[f"model.{i}" for i in range(len(blocks))],
+        sources=[b.f for b in blocks],
+        keep=frozenset(model.save),
+        finish=lambda out: _head_output(head, out),
+    )
+
+
+def _head_output(head: Detect, out: Any) -> HeadOutput:
+    decoded, preds = out if isinstance(out, tuple) else (out, None)
+    if head.end2end:
+        # The end-to-end output is already top-k detections; the per-anchor tensor behind it is
+        # rebuilt from the one-to-one branch so that both conventions give the same metrics.
+        raw = head._inference(preds["one2one"])
+        return HeadOutput.from_raw(raw, boxes_are_xywh=False, detections=decoded)
+    return HeadOutput.from_raw(decoded, boxes_are_xywh=True)

@@ -1,0 +1,127 @@
+"""Chains the stages. Each stage reads and writes run directories, so each can also run alone."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import torch
+
+from quantsweep.config import SweepConfig
+from quantsweep.data.images import Batch, fingerprint, load_batch, resolve_images
+from quantsweep.errors import InputError
+from quantsweep.models.network import enumerate_layers
+from quantsweep.models.ultralytics_adapter import LoadedModel, load_model
+from quantsweep.quant.apply import calibrate_inputs
+from quantsweep.records import read_json, write_json
+from quantsweep.runs import environment, file_sha256, new_run_dir
+from quantsweep.sweep.engine import ExactSweep
+from quantsweep.sweep.runner import ProgressFn, SweepJob, execute, needs_act_ranges, select_layers
+
+LOG = logging.getLogger(__name__)
+ProgressFactory = Callable[[int, str], AbstractContextManager[ProgressFn]]
+
+
+@contextlib.contextmanager
+def no_progress(_total: int, _label: str) -> Iterator[ProgressFn]:
+    """A progress reporter that reports nothing (library default)."""
+    yield lambda _message: None
+
+
+def check_device(device: str) -> None:
+    """Fail with one clear line when CUDA is asked for and absent."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device} requested, but CUDA is not available on this machine")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise InputError(f"unknown device '{device}'; valid: cpu, cuda, cuda:N")
+
+
+def _calibrate(loaded: LoadedModel, batch: Batch, config: SweepConfig, names: list[str]) -> dict[str, float]:
+    network = loaded.network
+
+    def drive() -> Iterator[None]:
+        with torch.no_grad():
+            for start in range(0, len(batch.images), config.batch_size):
+                network.run(batch.images[start : start + config.batch_size].to(config.device))
+                yield None
+
+    return calibrate_inputs(network.module, names, drive(), calib=config.calib)
+
+
+def _prepare(config: SweepConfig, run_dir: Path | None, out: Path | None) -> SweepJob:
+    check_device(config.device)
+    image_set = resolve_images(config.images).subset(count=config.max_images, seed=config.seed)
+    batch = load_batch(image_set, imgsz=config.imgsz)
+    loaded = load_model(config.model, device=config.device)
+    layers = select_layers(enumerate_layers(loaded.network, batch.images[:1].to(config.device)),
+                           config.layer_patterns)
+    if run_dir is None:
+        run_dir = new_run_dir(out, model_name=loaded.name, stage="layer_sensitivity")
+        write_json(run_dir / "config.json", "sweep_config", config.to_dict())
+        write_json(run_dir / "environment.json", "environment", environment())
+        inputs = {
+            "model": {"path": str(Path(config.model).resolve()), "sha256": file_sha256(Path(config.model))
+                      if Path(config.model).is_file() else None},
+            "images": fingerprint(image_set),
+            "labels": image_set.has_labels,
+            "layers": [layer.to_dict() for layer in layers],
+        }
+        write_json(run_dir / "inputs.json", "sweep_inputs", inputs)
+    act_ranges = None
+    if needs_act_ranges(config.formats):
+        act_ranges = _calibrate(loaded, batch, config, [layer.name for layer in layers])
+        write_json(run_dir / "act_ranges.json", "act_ranges", {"method": config.calib.method.value,
+                                                               "amax": act_ranges})
+    engine = ExactSweep(loaded.network, batch, batch_size=config.batch_size, detect=config.detect,
+                        device=config.device)
+    ref = engine.reference
+    context = {
+        "model": loaded.name,
+        "images": len(image_set.paths),
+        "imgsz": config.imgsz,
+        "method": config.method.value,
+        "end_to_end": loaded.end_to_end,
+        "reference": {
+            "map50_95_vs_self": ref.map_vs_self.map50_95,
+            "map50_95_gt": None if ref.map_gt is None else ref.map_gt.map50_95,
+            "map50_gt": None if ref.map_gt is None else ref.map_gt.map50,
+        },
+    }
+    return SweepJob(config=config, engine=engine, layers=layers, run_dir=run_dir, act_ranges=act_ranges,
+                    context=context)
+
+
+def _check_runnable(config: SweepConfig) -> None:
+    if config.formats and all(f.unsupported_reason() for f in config.formats):
+        reasons = "; ".join(f"{f.name}: {f.unsupported_reason()}" for f in config.formats)
+        raise InputError(f"no requested combination can be quantized ({reasons})")
+
+
+def sweep(config: SweepConfig, *, out: Path, progress: ProgressFactory = no_progress) -> Path:
+    """Run a new sweep under ``out``; return its run directory."""
+    _check_runnable(config)
+    job = _prepare(config, None, out)
+    _run(job, progress)
+    return job.run_dir
+
+
+def resume_sweep(run_dir: Path, *, progress: ProgressFactory = no_progress) -> Path:
+    """Finish an interrupted sweep in place, measuring only layers without a stored result."""
+    config_path = Path(run_dir) / "config.json"
+    if not config_path.is_file():
+        raise InputError(f"{run_dir} is not a sweep run directory (no config.json)")
+    config = SweepConfig.from_dict(read_json(config_path, "sweep_config"))
+    job = _prepare(config, Path(run_dir), None)
+    _run(job, progress)
+    return job.run_dir
+
+
+def _run(job: SweepJob, progress: ProgressFactory) -> None:
+    runnable = [f for f in job.config.formats if not f.unsupported_reason()]
+    total = len(runnable) * len(job.layers)
+    LOG.info("sweeping %d layers x %d combinations into %s", len(job.layers), len(runnable), job.run_dir)
+    with progress(total, "sweep") as step:
+        execute(job, on_layer=step)

@@ -1,0 +1,1 @@
+"""Fake-quantization numerics and per-layer quantizer switching."""

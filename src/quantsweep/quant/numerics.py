@@ -1,0 +1,80 @@
+"""Fake quantization (quantize, then dequantize in float) for INT8, INT4 and FP8 E4M3.
+
+Symmetric scales throughout, as TensorRT and QDQ Conv weights use them: INT8 ``amax/127``,
+INT4 ``amax/7`` (values -8..7), FP8 E4M3 ``amax/448``. Weights get one scale per tensor, per output
+channel, or (INT4) per block of input channels, matching ONNX DequantizeLinear's ``axis`` and
+``block_size`` semantics so the ONNX artifacts dequantize to the same numbers.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from quantsweep.config import ActDtype, Granularity, QuantFormat, WeightDtype
+
+INT_LIMITS = {WeightDtype.INT8: (-128, 127, 127.0), WeightDtype.INT4: (-8, 7, 7.0)}
+FP8_MAX = 448.0
+_TINY = 1e-12
+
+
+def _fake_int(x: torch.Tensor, scale: torch.Tensor, *, qmin: int, qmax: int) -> torch.Tensor:
+    return torch.clamp(torch.round(x / scale), qmin, qmax) * scale
+
+
+def _fake_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    scaled = torch.clamp(x / scale, -FP8_MAX, FP8_MAX)
+    return scaled.to(torch.float8_e4m3fn).to(x.dtype) * scale
+
+
+def weight_amax(weight: torch.Tensor, *, granularity: Granularity, block_size: int | None = None) -> torch.Tensor:
+    """Absolute maximum per scale group, shaped to broadcast against ``weight``."""
+    w = weight.detach().abs()
+    if granularity is Granularity.PER_LAYER:
+        return w.amax().reshape([1] * w.dim())
+    if block_size is None:
+        return w.amax(dim=tuple(range(1, w.dim())), keepdim=True)
+    # Blocks along axis 1 (input channels); every other index keeps its own scale, as ONNX
+    # blocked DequantizeLinear defines it.
+    out_ch, in_ch = w.shape[:2]
+    blocks = -(-in_ch // block_size)
+    padded = torch.nn.functional.pad(w, [0, 0] * (w.dim() - 2) + [0, blocks * block_size - in_ch])
+    grouped = padded.reshape(out_ch, blocks, block_size, *w.shape[2:])
+    return grouped.amax(dim=2).repeat_interleave(block_size, dim=1)[:, :in_ch]
+
+
+def weight_scale(weight: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
+    """The dequantization scale of ``weight`` under ``fmt`` (broadcastable to the weight)."""
+    amax = weight_amax(weight, granularity=fmt.granularity, block_size=fmt.int4_block_size).clamp_min(_TINY)
+    if fmt.weight is WeightDtype.FP8:
+        return amax / FP8_MAX
+    return amax / INT_LIMITS[fmt.weight][2]
+
+
+def fake_quant_weight(weight: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
+    """Round-to-nearest fake quantization of a weight tensor."""
+    scale = weight_scale(weight, fmt)
+    if fmt.weight is WeightDtype.FP8:
+        return _fake_fp8(weight, scale)
+    qmin, qmax, _ = INT_LIMITS[fmt.weight]
+    return _fake_int(weight, scale, qmin=qmin, qmax=qmax)
+
+
+def act_scale(amax: float, act: ActDtype) -> float:
+    """Per-tensor activation scale for a calibrated range."""
+    amax = max(float(amax), _TINY)
+    return amax / FP8_MAX if act is ActDtype.FP8 else amax / 127.0
+
+
+def fake_quant_act(x: torch.Tensor, *, scale: float, act: ActDtype) -> torch.Tensor:
+    """Fake-quantize an activation tensor with a fixed per-tensor scale (``fp16`` leaves it alone)."""
+    if act is ActDtype.FP16:
+        return x
+    scale_t = torch.tensor(scale, dtype=x.dtype, device=x.device)
+    if act is ActDtype.FP8:
+        return _fake_fp8(x, scale_t)
+    return _fake_int(x, scale_t, qmin=-128, qmax=127)
+
+
+def weight_bits(weight: WeightDtype) -> int:
+    """Storage bits per weight element."""
+    return 4 if weight is WeightDtype.INT4 else 8

@@ -1,0 +1,76 @@
+"""JSON records that stages exchange: versioned, written atomically, appended line by line."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+def _clean(value: Any) -> Any:
+    # JSON has no inf/nan; null keeps files loadable by any reader.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_json(path: Path, kind: str, payload: dict[str, Any]) -> None:
+    """Write ``payload`` with ``schema_version`` and ``kind``, atomically (no half-written file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    record = {"schema_version": SCHEMA_VERSION, "kind": kind, **_clean(payload)}
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path, kind: str) -> dict[str, Any]:
+    """Read a record written by :func:`write_json`, checking its kind and schema version."""
+    data = json.loads(Path(path).read_text())
+    if data.get("kind") != kind:
+        raise ValueError(f"{path} holds a '{data.get('kind')}' record, expected '{kind}'")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"{path} has schema version {data.get('schema_version')}, expected {SCHEMA_VERSION}")
+    return data
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace a text file in one step."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class JsonLines:
+    """An append-only log of records, flushed and synced per line so a kill loses nothing finished."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> list[dict[str, Any]]:
+        """All complete records (a torn last line from a crash is ignored)."""
+        if not self.path.exists():
+            return []
+        records = []
+        for line in self.path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        return records
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Append one record durably."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(_clean(record)) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())

@@ -1,0 +1,1 @@
+"""The exact per-layer sensitivity sweep, its result store and its reports."""

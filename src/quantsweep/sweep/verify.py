@@ -1,0 +1,39 @@
+"""Check a ranking the way it will be used: keep its top-K layers unquantized, quantize the rest."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+
+import torch
+
+from quantsweep.config import DetectConfig, QuantFormat
+from quantsweep.data.images import Batch
+from quantsweep.metrics.detections import decode
+from quantsweep.metrics.map import MapResult, mean_average_precision
+from quantsweep.models.network import LayerInfo, StagedNetwork
+from quantsweep.models.outputs import HeadOutput
+from quantsweep.quant.apply import quantized_layers
+
+
+def evaluate_kept(
+    network: StagedNetwork,
+    batch: Batch,
+    *,
+    layers: Sequence[LayerInfo],
+    fmt: QuantFormat | None,
+    kept: Collection[str],
+    batch_size: int,
+    detect: DetectConfig,
+    act_ranges: dict[str, float] | None = None,
+    device: str = "cpu",
+) -> MapResult:
+    """mAP against ``batch.labels`` with every layer but ``kept`` quantized to ``fmt`` (None: FP32)."""
+    if batch.labels is None:
+        raise ValueError("evaluation needs labels")
+    assignment = {} if fmt is None else {layer.name: fmt for layer in layers if layer.name not in kept}
+    outputs = []
+    with torch.no_grad(), quantized_layers(network.module, assignment, act_ranges=act_ranges):
+        for start in range(0, len(batch.images), batch_size):
+            chunk = batch.images[start : start + batch_size].to(device)
+            outputs.append(network.run(chunk)[0])
+    return mean_average_precision(decode(HeadOutput.concat(outputs), detect), batch.labels)
