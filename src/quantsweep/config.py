@@ -52,6 +52,14 @@ class RankMetric(enum.StrEnum):
     MAP_DROP_GT = "map_drop_gt"
 
 
+class HeadMode(enum.StrEnum):
+    """Which detection branch runs: the checkpoint's own, the NMS-free one-to-one, or one-to-many + NMS."""
+
+    AUTO = "auto"
+    END2END = "end2end"
+    NMS = "nms"
+
+
 class SweepMethod(enum.StrEnum):
     """How sensitivities are obtained."""
 
@@ -152,6 +160,7 @@ class SweepConfig:
     seed: int = 0
     batch_size: int = 8
     device: str = "cpu"
+    head: HeadMode = HeadMode.AUTO
     formats: tuple[QuantFormat, ...] = ()
     layer_patterns: tuple[str, ...] = ()
     top_k: int = 10
@@ -177,17 +186,19 @@ class SweepConfig:
         data["layer_patterns"] = list(self.layer_patterns)
         data["rank_by"] = self.rank_by.value
         data["method"] = self.method.value
+        data["head"] = self.head.value
         data["calib"]["method"] = self.calib.method.value
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SweepConfig:
-        """Inverse of :meth:`to_dict`."""
-        values = dict(data)
+        """Inverse of :meth:`to_dict` (record keys such as ``schema_version`` are ignored)."""
+        values = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         values["formats"] = tuple(QuantFormat.from_dict(f) for f in data["formats"])
         values["layer_patterns"] = tuple(data.get("layer_patterns", ()))
         values["rank_by"] = RankMetric(data["rank_by"])
         values["method"] = SweepMethod(data.get("method", "exact"))
+        values["head"] = HeadMode(data.get("head", "auto"))
         calib = data.get("calib", {})
         values["calib"] = CalibConfig(
             method=CalibMethod(calib.get("method", "max")), percentile=calib.get("percentile", 99.99)

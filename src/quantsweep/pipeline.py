@@ -55,7 +55,7 @@ def _prepare(config: SweepConfig, run_dir: Path | None, out: Path | None) -> Swe
     check_device(config.device)
     image_set = resolve_images(config.images).subset(count=config.max_images, seed=config.seed)
     batch = load_batch(image_set, imgsz=config.imgsz)
-    loaded = load_model(config.model, device=config.device)
+    loaded = load_model(config.model, device=config.device, head=config.head)
     layers = select_layers(enumerate_layers(loaded.network, batch.images[:1].to(config.device)),
                            config.layer_patterns)
     if run_dir is None:
@@ -114,9 +114,22 @@ def resume_sweep(run_dir: Path, *, progress: ProgressFactory = no_progress) -> P
     if not config_path.is_file():
         raise InputError(f"{run_dir} is not a sweep run directory (no config.json)")
     config = SweepConfig.from_dict(read_json(config_path, "sweep_config"))
+    _match_threads(Path(run_dir), config)
     job = _prepare(config, Path(run_dir), None)
     _run(job, progress)
     return job.run_dir
+
+
+def _match_threads(run_dir: Path, config: SweepConfig) -> None:
+    # CPU float sums depend on how work is split across threads; the recorded count makes resumed
+    # layers bit-identical to the ones measured before the interruption.
+    env_path = run_dir / "environment.json"
+    if config.device != "cpu" or not env_path.is_file():
+        return
+    threads = read_json(env_path, "environment").get("torch_threads")
+    if threads and threads != torch.get_num_threads():
+        LOG.info("using %d torch threads, as the interrupted run did", threads)
+        torch.set_num_threads(threads)
 
 
 def _run(job: SweepJob, progress: ProgressFactory) -> None:

@@ -55,21 +55,30 @@ class JsonLines:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def read(self) -> list[dict[str, Any]]:
-        """All complete records (a torn last line from a crash is ignored)."""
-        if not self.path.exists():
-            return []
-        records = []
-        for line in self.path.read_text().splitlines():
+    def _scan(self) -> tuple[list[dict[str, Any]], int, int]:
+        data = self.path.read_bytes() if self.path.exists() else b""
+        records, good_end = [], 0
+        for line in data.splitlines(keepends=True):
+            if not line.endswith(b"\n"):
+                break
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
                 break
-        return records
+            good_end += len(line)
+        return records, good_end, len(data)
+
+    def read(self) -> list[dict[str, Any]]:
+        """All complete records; a torn last line (a kill mid-write) is not returned. Never writes."""
+        return self._scan()[0]
 
     def append(self, record: dict[str, Any]) -> None:
-        """Append one record durably."""
+        """Append one record durably, first cutting off a torn tail left by an earlier crash."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _, good_end, size = self._scan()
+        if good_end < size:
+            with self.path.open("r+b") as handle:
+                handle.truncate(good_end)
         with self.path.open("a") as handle:
             handle.write(json.dumps(_clean(record)) + "\n")
             handle.flush()

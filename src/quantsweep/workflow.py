@@ -80,7 +80,7 @@ def run_job(config: RunConfig, *, out: Path, progress: ProgressFactory = no_prog
 
 def _check_ranking(run: RunConfig, fmt, report, *, eval_set, sweep_dir: Path, progress) -> list[dict]:
     config = run.sweep
-    loaded = load_model(config.model, device=config.device)
+    loaded = load_model(config.model, device=config.device, head=config.head)
     batch = load_batch(eval_set, imgsz=config.imgsz)
     layers = enumerate_layers(loaded.network, batch.images[:1].to(config.device))
     ranked = [row["name"] for row in report["layers"]]

@@ -13,7 +13,9 @@ from quantsweep.config import (
     ActDtype,
     CalibConfig,
     CalibMethod,
+    DetectConfig,
     Granularity,
+    HeadMode,
     QuantFormat,
     RankMetric,
     SweepConfig,
@@ -37,6 +39,7 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="Ultralytics .pt checkpoint or model .yaml (default: bundled YOLOv10m)")
     parser.add_argument("--imgsz", type=int, default=320, help="square input size, a multiple of 32")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--head", default="auto", help="detection branch: auto (as saved), end2end (NMS-free), nms")
 
 
 def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +58,8 @@ def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
                         help=f"ranking metric: {', '.join(m.value for m in RankMetric)}")
     parser.add_argument("--calib", default="max", help="activation calibration: max, percentile")
     parser.add_argument("--percentile", type=float, default=99.99)
+    parser.add_argument("--pseudo-conf", type=float, default=0.25,
+                        help="FP32 detections at or above this confidence are the pseudo-labels")
     parser.add_argument("--out", type=Path, default=Path("runs"), help="parent of run directories")
     parser.add_argument("--resume", type=Path, help="finish an interrupted sweep run directory")
 
@@ -89,6 +94,7 @@ def sweep_config_from_args(args: argparse.Namespace, *, images: str) -> SweepCon
     )
     (rank_by,) = parse_enum_list(args.rank_by, RankMetric, what="ranking metric")
     (calib,) = parse_enum_list(args.calib, CalibMethod, what="calibration method")
+    (head,) = parse_enum_list(args.head, HeadMode, what="head mode")
     patterns = tuple(p.strip() for item in args.layers for p in item.split(",") if p.strip())
     return SweepConfig(
         model=args.model or _bundled_model(),
@@ -98,11 +104,13 @@ def sweep_config_from_args(args: argparse.Namespace, *, images: str) -> SweepCon
         seed=args.seed,
         batch_size=args.batch_size,
         device=args.device,
+        head=head,
         formats=formats,
         layer_patterns=patterns,
         top_k=args.top_k,
         rank_by=rank_by,
         calib=CalibConfig(method=calib, percentile=args.percentile),
+        detect=DetectConfig(pseudo_label_conf=args.pseudo_conf),
     )
 
 
@@ -131,7 +139,8 @@ def _cmd_layers(args: argparse.Namespace) -> int:
 
     SweepConfig(model="-", images="-", imgsz=args.imgsz)  # validates imgsz
     check_device(args.device)
-    loaded = load_model(args.model or _bundled_model(), device=args.device)
+    (head,) = parse_enum_list(args.head, HeadMode, what="head mode")
+    loaded = load_model(args.model or _bundled_model(), device=args.device, head=head)
     sample = torch.zeros(1, 3, args.imgsz, args.imgsz, device=args.device)
     layers = enumerate_layers(loaded.network, sample)
     print(f"{'#':>4}  {'layer':<36} {'kind':<7} {'weight shape':<18} {'groups':>6} {'params':>9} {'MMACs':>9}")

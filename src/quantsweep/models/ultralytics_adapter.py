@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from quantsweep.config import HeadMode
 from quantsweep.errors import InputError
 from quantsweep.models.network import StagedNetwork
 from quantsweep.models.outputs import HeadOutput
@@ -49,14 +50,24 @@ class LoadedModel:
     end_to_end: bool
 
 
-def load_model(path: str | Path, *, device: str = "cpu", num_classes: int | None = None) -> LoadedModel:
-    """Load an Ultralytics detection checkpoint (``.pt``) or model YAML, fold BN, put it in eval mode."""
+def load_model(
+    path: str | Path,
+    *,
+    device: str = "cpu",
+    num_classes: int | None = None,
+    head: HeadMode = HeadMode.AUTO,
+) -> LoadedModel:
+    """Load an Ultralytics detection checkpoint (``.pt``) or model YAML, fold BN, put it in eval mode.
+
+    ``head`` picks the detection branch before fusing (fusing drops the other one).
+    """
     path = Path(path)
     if path.suffix in (".yaml", ".yml"):
         model = _build_from_yaml(path, num_classes=num_classes)
     else:
         model = _load_checkpoint(path)
     model = model.float().eval()
+    _select_head(model, head, path=path)
     model.fuse(verbose=False)
     model.to(device)
     head = model.model[-1]
@@ -68,6 +79,15 @@ def load_model(path: str | Path, *, device: str = "cpu", num_classes: int | None
         class_names=dict(model.names),
         end_to_end=bool(getattr(head, "end2end", False)),
     )
+
+
+def _select_head(model: DetectionModel, head: HeadMode, *, path: Path) -> None:
+    if head is HeadMode.AUTO:
+        return
+    want = head is HeadMode.END2END
+    if want and getattr(model.model[-1], "one2one_cv2", None) is None:
+        raise InputError(f"{path} has no NMS-free (one-to-one) head; use --head nms or auto")
+    model.end2end = want
 
 
 def _build_from_yaml(path: Path, *, num_classes: int | None) -> DetectionModel:

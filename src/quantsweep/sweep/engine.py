@@ -6,6 +6,7 @@ block ``k`` then only re-runs blocks ``k..end``, since nothing upstream of it ca
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -22,6 +23,8 @@ from quantsweep.metrics.map import MapResult, mean_average_precision
 from quantsweep.models.network import LayerInfo, StagedNetwork
 from quantsweep.models.outputs import HeadOutput
 from quantsweep.quant.apply import quantized_layers
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,9 @@ class ExactSweep:
         output = HeadOutput.concat(outputs)
         detections = decode(output, self.detect)
         pseudo = pseudo_labels(detections, self.detect)
+        if not any(len(p) for p in pseudo):
+            LOG.warning("the FP32 model has no detection above confidence %.3g on these images: "
+                        "mAP against its own detections is undefined", self.detect.pseudo_label_conf)
         labels = self.batch.labels
         return Reference(
             recorded=recorded,

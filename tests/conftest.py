@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny Ultralytics models from YAML, a small generated dataset, the testbed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "yolo"))
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+from quantsweep.config import HeadMode  # noqa: E402
+from quantsweep.data.shapes import generate_split  # noqa: E402
+from quantsweep.models.ultralytics_adapter import LoadedModel, load_model  # noqa: E402
+
+TINY_IMGSZ = 96
+REPO = Path(__file__).resolve().parent.parent
+TESTBED = REPO.parent / "shared" / "testbed" / "yolov10m-shapes.pt"
+BUNDLED = REPO / "src" / "quantsweep" / "assets" / "yolov10m-shapes.pt"
+
+
+@pytest.fixture(autouse=True)
+def _deterministic() -> None:
+    torch.manual_seed(0)
+
+
+def tiny_model(name: str = "yolov8n.yaml", *, head: HeadMode = HeadMode.AUTO) -> LoadedModel:
+    """A randomly initialised Ultralytics model with 8 classes, BN folded, that makes detections.
+
+    Ultralytics initialises class biases so that scores start near 0.001; zeroing them spreads the
+    scores around 0.5, so that detections, pseudo-labels and mAP are not all empty.
+    """
+    torch.manual_seed(0)
+    loaded = load_model(name, num_classes=8, head=head)
+    # Default init leaves activations vanishing with depth, so quantizing most layers would change
+    # nothing measurable; fan-in scaled weights keep signals O(1). The DFL conv is fixed, not learned.
+    for name, module in loaded.network.module.named_modules():
+        if isinstance(module, nn.Conv2d) and not name.endswith("dfl.conv"):
+            fan_in = module.weight[0].numel()
+            nn.init.normal_(module.weight, std=1.0 / fan_in**0.5)
+            if module.bias is not None:
+                nn.init.normal_(module.bias, std=0.1)
+    detect = loaded.network.blocks[-1]
+    for branch in (getattr(detect, "cv3", None), getattr(detect, "one2one_cv3", None)):
+        for level in branch or ():
+            level[-1].bias.data.zero_()
+    return loaded
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_model()`` saved as an Ultralytics-style checkpoint (``{"model": DetectionModel}``)."""
+    path = tmp_path_factory.mktemp("ckpt") / "tiny-v8n.pt"
+    torch.save({"model": tiny_model().network.module}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Eight labelled 96-px shape images; returns the data YAML."""
+    root = tmp_path_factory.mktemp("shapes")
+    return generate_split(root, split="val", count=8, size=TINY_IMGSZ, split_seed=5)
+
+
+@pytest.fixture(scope="session")
+def testbed_checkpoint() -> Path:
+    """The trained YOLOv10m testbed (bundled copy, or the shared one)."""
+    for path in (BUNDLED, TESTBED):
+        if path.is_file():
+            return path
+    raise FileNotFoundError("testbed checkpoint missing: neither bundled nor in ../shared/testbed")
