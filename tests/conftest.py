@@ -9,12 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "yolo"))
+os.environ.setdefault(
+    "YOLO_CONFIG_DIR", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "yolo")
+)
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-from quantsweep.config import HeadMode  # noqa: E402
-from quantsweep.data.shapes import generate_split  # noqa: E402
-from quantsweep.models.ultralytics_adapter import LoadedModel, load_model  # noqa: E402
+from quantsweep.config import HeadMode
+from quantsweep.data.shapes import generate_split
+from quantsweep.models.ultralytics_adapter import LoadedModel, load_model
 
 TINY_IMGSZ = 96
 REPO = Path(__file__).resolve().parent.parent
@@ -37,8 +39,8 @@ def tiny_model(name: str = "yolov8n.yaml", *, head: HeadMode = HeadMode.AUTO) ->
     loaded = load_model(name, num_classes=8, head=head)
     # Default init leaves activations vanishing with depth, so quantizing most layers would change
     # nothing measurable; fan-in scaled weights keep signals O(1). The DFL conv is fixed, not learned.
-    for name, module in loaded.network.module.named_modules():
-        if isinstance(module, nn.Conv2d) and not name.endswith("dfl.conv"):
+    for layer_name, module in loaded.network.module.named_modules():
+        if isinstance(module, nn.Conv2d) and not layer_name.endswith("dfl.conv"):
             fan_in = module.weight[0].numel()
             nn.init.normal_(module.weight, std=1.0 / fan_in**0.5)
             if module.bias is not None:

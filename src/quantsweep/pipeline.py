@@ -56,15 +56,18 @@ def _prepare(config: SweepConfig, run_dir: Path | None, out: Path | None) -> Swe
     image_set = resolve_images(config.images).subset(count=config.max_images, seed=config.seed)
     batch = load_batch(image_set, imgsz=config.imgsz)
     loaded = load_model(config.model, device=config.device, head=config.head)
-    layers = select_layers(enumerate_layers(loaded.network, batch.images[:1].to(config.device)),
-                           config.layer_patterns)
+    layers = select_layers(
+        enumerate_layers(loaded.network, batch.images[:1].to(config.device)), config.layer_patterns
+    )
     if run_dir is None:
         run_dir = new_run_dir(out, model_name=loaded.name, stage="layer_sensitivity")
         write_json(run_dir / "config.json", "sweep_config", config.to_dict())
         write_json(run_dir / "environment.json", "environment", environment())
         inputs = {
-            "model": {"path": str(Path(config.model).resolve()), "sha256": file_sha256(Path(config.model))
-                      if Path(config.model).is_file() else None},
+            "model": {
+                "path": str(Path(config.model).resolve()),
+                "sha256": file_sha256(Path(config.model)) if Path(config.model).is_file() else None,
+            },
             "images": fingerprint(image_set),
             "labels": image_set.has_labels,
             "layers": [layer.to_dict() for layer in layers],
@@ -73,10 +76,14 @@ def _prepare(config: SweepConfig, run_dir: Path | None, out: Path | None) -> Swe
     act_ranges = None
     if needs_act_ranges(config.formats):
         act_ranges = _calibrate(loaded, batch, config, [layer.name for layer in layers])
-        write_json(run_dir / "act_ranges.json", "act_ranges", {"method": config.calib.method.value,
-                                                               "amax": act_ranges})
-    engine = ExactSweep(loaded.network, batch, batch_size=config.batch_size, detect=config.detect,
-                        device=config.device)
+        write_json(
+            run_dir / "act_ranges.json",
+            "act_ranges",
+            {"method": config.calib.method.value, "amax": act_ranges},
+        )
+    engine = ExactSweep(
+        loaded.network, batch, batch_size=config.batch_size, detect=config.detect, device=config.device
+    )
     ref = engine.reference
     context = {
         "model": loaded.name,
@@ -90,8 +97,9 @@ def _prepare(config: SweepConfig, run_dir: Path | None, out: Path | None) -> Swe
             "map50_gt": None if ref.map_gt is None else ref.map_gt.map50,
         },
     }
-    return SweepJob(config=config, engine=engine, layers=layers, run_dir=run_dir, act_ranges=act_ranges,
-                    context=context)
+    return SweepJob(
+        config=config, engine=engine, layers=layers, run_dir=run_dir, act_ranges=act_ranges, context=context
+    )
 
 
 def _check_runnable(config: SweepConfig) -> None:

@@ -40,8 +40,13 @@ class RunConfig:
 
 def _default_data(run_dir: Path, config: RunConfig) -> tuple[str, str]:
     data_dir = run_dir / "data"
-    calib = generate_split(data_dir / "calib", split="calib", count=config.sweep.max_images,
-                           size=config.sweep.imgsz, split_seed=CALIB_SPLIT_SEED)
+    calib = generate_split(
+        data_dir / "calib",
+        split="calib",
+        count=config.sweep.max_images,
+        size=config.sweep.imgsz,
+        split_seed=CALIB_SPLIT_SEED,
+    )
     val = generate_split(data_dir / "val", split="val", count=config.eval_images, size=config.sweep.imgsz)
     return str(calib), str(val)
 
@@ -61,9 +66,16 @@ def run_job(config: RunConfig, *, out: Path, progress: ProgressFactory = no_prog
     if eval_data is None:
         calib, eval_data = _default_data(run_dir, config)
         sweep_config = dataclasses.replace(sweep_config, images=calib, seed=0)
-    write_json(run_dir / "run_config.json", "run_config",
-               {"sweep": sweep_config.to_dict(), "eval_data": eval_data, "eval_images": config.eval_images,
-                "ks": list(config.ks)})
+    write_json(
+        run_dir / "run_config.json",
+        "run_config",
+        {
+            "sweep": sweep_config.to_dict(),
+            "eval_data": eval_data,
+            "eval_images": config.eval_images,
+            "ks": list(config.ks),
+        },
+    )
     eval_set = resolve_images(eval_data).subset(count=config.eval_images, seed=None)
     if not eval_set.has_labels:
         raise InputError(f"evaluation data {eval_data} has images without label files")
@@ -71,8 +83,12 @@ def run_job(config: RunConfig, *, out: Path, progress: ProgressFactory = no_prog
     fmt, report = _first_report(sweep_dir, sweep_config.formats)
     check = dataclasses.replace(config, sweep=sweep_config)
     rows = _check_ranking(check, fmt, report, eval_set=eval_set, sweep_dir=sweep_dir, progress=progress)
-    payload = {"combination": fmt.name, "sweep_dir": str(sweep_dir), "eval_images": len(eval_set.paths),
-               "rows": rows}
+    payload = {
+        "combination": fmt.name,
+        "sweep_dir": str(sweep_dir),
+        "eval_images": len(eval_set.paths),
+        "rows": rows,
+    }
     write_json(run_dir / "topk_check.json", "topk_check", payload)
     write_text_atomic(run_dir / "summary.md", _summary(payload, report))
     return run_dir
@@ -87,19 +103,35 @@ def _check_ranking(run: RunConfig, fmt, report, *, eval_set, sweep_dir: Path, pr
     act_ranges = None
     if (sweep_dir / "act_ranges.json").is_file():
         act_ranges = read_json(sweep_dir / "act_ranges.json", "act_ranges")["amax"]
-    first_and_head = [layer.name for layer in layers
-                      if layer.block_index in (0, len(loaded.network.blocks) - 1)]
+    first_and_head = [
+        layer.name for layer in layers if layer.block_index in (0, len(loaded.network.blocks) - 1)
+    ]
     schemes = [("FP32", None, [])]
     schemes += [(f"top-{k} kept", fmt, ranked[:k]) for k in sorted({min(k, len(ranked)) for k in run.ks})]
     schemes.append(("first conv + head kept", fmt, first_and_head))
     rows = []
     with progress(len(schemes), "check") as step:
         for label, scheme_fmt, kept in schemes:
-            result = evaluate_kept(loaded.network, batch, layers=layers, fmt=scheme_fmt, kept=set(kept),
-                                   batch_size=config.batch_size, detect=config.detect, act_ranges=act_ranges,
-                                   device=config.device)
-            rows.append({"scheme": label, "kept": len(kept), "kept_layers": kept,
-                         "map50_95": result.map50_95, "map50": result.map50})
+            result = evaluate_kept(
+                loaded.network,
+                batch,
+                layers=layers,
+                fmt=scheme_fmt,
+                kept=set(kept),
+                batch_size=config.batch_size,
+                detect=config.detect,
+                act_ranges=act_ranges,
+                device=config.device,
+            )
+            rows.append(
+                {
+                    "scheme": label,
+                    "kept": len(kept),
+                    "kept_layers": kept,
+                    "map50_95": result.map50_95,
+                    "map50": result.map50,
+                }
+            )
             step(label)
     return rows
 
@@ -116,7 +148,9 @@ def _summary(payload: dict[str, Any], report: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     for row in payload["rows"]:
-        lines.append(f"| {row['scheme']} | {row['kept']} | {row['map50_95']:.4f} | {row['map50']:.4f} "
-                     f"| {100 * row['map50_95'] / fp32:.1f}% |")
+        lines.append(
+            f"| {row['scheme']} | {row['kept']} | {row['map50_95']:.4f} | {row['map50']:.4f} "
+            f"| {100 * row['map50_95'] / fp32:.1f}% |"
+        )
     lines += ["", f"Top layers: {', '.join(f'`{n}`' for n in report['top_layers'])}", ""]
     return "\n".join(lines)

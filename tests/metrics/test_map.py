@@ -13,7 +13,10 @@ from quantsweep.models.outputs import HeadOutput
 # Ultralytics' 101-point trapezoid AP gives a perfect detector 0.995 (COCO's mean gives 1.0); the
 # tool keeps Ultralytics' convention so its figures compare with `yolo val`.
 PERFECT = 0.995
-TARGETS = [np.array([[0, 10, 10, 50, 50], [1, 60, 60, 90, 80]], np.float32), np.array([[0, 5, 5, 25, 45]], np.float32)]
+TARGETS = [
+    np.array([[0, 10, 10, 50, 50], [1, 60, 60, 90, 80]], np.float32),
+    np.array([[0, 5, 5, 25, 45]], np.float32),
+]
 
 
 def _as_predictions(targets, shift: float = 0.0):

@@ -63,6 +63,10 @@ def test_calibration_max_and_percentile() -> None:
     names = ["model.0.conv", "model.1.conv"]
     amax = calibrate_inputs(loaded.network.module, names, batches(), calib=CalibConfig())
     assert amax["model.0.conv"] == float(x.abs().max())
-    pct = calibrate_inputs(loaded.network.module, names, batches(),
-                           calib=CalibConfig(method=CalibMethod.PERCENTILE, percentile=50.0))
+    pct = calibrate_inputs(
+        loaded.network.module,
+        names,
+        batches(),
+        calib=CalibConfig(method=CalibMethod.PERCENTILE, percentile=50.0),
+    )
     assert 0 < pct["model.1.conv"] < amax["model.1.conv"]

@@ -73,5 +73,7 @@ def test_activation_quantization() -> None:
 
 def test_impossible_combinations_carry_a_reason() -> None:
     assert QuantFormat(WeightDtype.FP8, ActDtype.INT8, Granularity.PER_LAYER).unsupported_reason()
-    assert QuantFormat(WeightDtype.INT8, ActDtype.FP8, Granularity.PER_LAYER, int4_block_size=32).unsupported_reason()
+    assert QuantFormat(
+        WeightDtype.INT8, ActDtype.FP8, Granularity.PER_LAYER, int4_block_size=32
+    ).unsupported_reason()
     assert QuantFormat(WeightDtype.INT4, ActDtype.INT8, Granularity.PER_CHANNEL).unsupported_reason() is None

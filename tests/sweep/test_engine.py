@@ -43,4 +43,6 @@ def test_measuring_a_layer_equals_quantizing_it_in_a_full_run(tiny_data) -> None
     assert result.map50_95_gt is not None  # labels were given
     assert engine.reference.map_vs_self.map50_95 > 0.5  # FP32 against its own detections
     # the engine's weights are back to FP32 afterwards
-    assert torch.equal(engine.run_quantized({}, start_block=layer.block_index).raw, engine.reference.output.raw)
+    assert torch.equal(
+        engine.run_quantized({}, start_block=layer.block_index).raw, engine.reference.output.raw
+    )

@@ -27,28 +27,70 @@ def _report(run: Path, combination: str = "int4-fp16/per_channel") -> dict:
 
 
 def _ranking(report: dict) -> list[tuple]:
-    return [(r["name"], r["metrics"]["nmse"], r["metrics"]["box_error"], r["metrics"]["map_drop_vs_fp32"])
-            for r in report["layers"]]
+    return [
+        (r["name"], r["metrics"]["nmse"], r["metrics"]["box_error"], r["metrics"]["map_drop_vs_fp32"])
+        for r in report["layers"]
+    ]
 
 
 def test_layer_glob_and_top_k_and_run_records(tiny_data, tiny_checkpoint, tmp_path) -> None:
-    assert main([*SWEEP, "--model", str(tiny_checkpoint), "--images", str(tiny_data), "--layers", "model.22.*", "--top-k", "3",
-                 "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                *SWEEP,
+                "--model",
+                str(tiny_checkpoint),
+                "--images",
+                str(tiny_data),
+                "--layers",
+                "model.22.*",
+                "--top-k",
+                "3",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     run = _run_dir(tmp_path)
     report = _report(run)
     assert report["layers"] and all(r["name"].startswith("model.22.") for r in report["layers"])
     assert len(report["top_layers"]) == 3
     assert (run / "int4-fp16/per_channel/layer-sensitivity-report.md").read_text().count("| `model.22.") == 3
-    for name in ("config.json", "inputs.json", "environment.json", "sweep_index.json", "sweep_index.csv",
-                 "failures.json"):
+    for name in (
+        "config.json",
+        "inputs.json",
+        "environment.json",
+        "sweep_index.json",
+        "sweep_index.csv",
+        "failures.json",
+    ):
         assert (run / name).is_file(), name
     assert json.loads((run / "environment.json").read_text())["packages"]["torch"]
     assert len(json.loads((run / "inputs.json").read_text())["images"]) == 6
 
 
 def test_skipped_combination_is_recorded_with_reason(tiny_data, tiny_checkpoint, tmp_path) -> None:
-    assert main([*SWEEP, "--model", str(tiny_checkpoint), "--images", str(tiny_data), "--weights", "fp8,int8", "--acts", "int8",
-                 "--layers", "model.0.*", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                *SWEEP,
+                "--model",
+                str(tiny_checkpoint),
+                "--images",
+                str(tiny_data),
+                "--weights",
+                "fp8,int8",
+                "--acts",
+                "int8",
+                "--layers",
+                "model.0.*",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     run = _run_dir(tmp_path)
     failures = json.loads((run / "failures.json").read_text())["failures"]
     assert [(f["combination"], f["status"]) for f in failures] == [("fp8-int8/per_channel", "skipped")]
@@ -62,13 +104,26 @@ def test_skipped_combination_is_recorded_with_reason(tiny_data, tiny_checkpoint,
 def _cli(args: list[str]) -> subprocess.Popen:
     # Every run of this test is a fresh process with the same environment, so thread counts match.
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "quantsweep.cli.main", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "quantsweep.cli.main", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def test_killed_sweep_resumes_to_the_same_report(tiny_data, tiny_checkpoint, tmp_path) -> None:
-    args = [*SWEEP, "--model", str(tiny_checkpoint), "--images", str(tiny_data), "--weights", "int4,int8",
-            "--imgsz", "160"]
+    args = [
+        *SWEEP,
+        "--model",
+        str(tiny_checkpoint),
+        "--images",
+        str(tiny_data),
+        "--weights",
+        "int4,int8",
+        "--imgsz",
+        "160",
+    ]
     whole_proc = _cli([*args, "--out", str(tmp_path / "whole")])
     assert whole_proc.wait() == 0, whole_proc.stderr.read().decode()[-2000:]
     whole = _run_dir(tmp_path / "whole")
@@ -77,7 +132,9 @@ def test_killed_sweep_resumes_to_the_same_report(tiny_data, tiny_checkpoint, tmp
     deadline = time.monotonic() + 120
     results = None
     while time.monotonic() < deadline and proc.poll() is None:
-        found = list((tmp_path / "cut").glob("*_layer_sensitivity/*/int4-fp16/per_channel/layer_results.jsonl"))
+        found = list(
+            (tmp_path / "cut").glob("*_layer_sensitivity/*/int4-fp16/per_channel/layer_results.jsonl")
+        )
         if found and len(JsonLines(found[0]).read()) >= 5:
             results = found[0]
             break

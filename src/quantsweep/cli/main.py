@@ -36,10 +36,14 @@ def _bundled_model() -> str:
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="Ultralytics .pt checkpoint or model .yaml (default: bundled YOLOv10m)")
+    parser.add_argument(
+        "--model", help="Ultralytics .pt checkpoint or model .yaml (default: bundled YOLOv10m)"
+    )
     parser.add_argument("--imgsz", type=int, default=320, help="square input size, a multiple of 32")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--head", default="auto", help="detection branch: auto (as saved), end2end (NMS-free), nms")
+    parser.add_argument(
+        "--head", default="auto", help="detection branch: auto (as saved), end2end (NMS-free), nms"
+    )
 
 
 def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
@@ -54,12 +58,19 @@ def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--layers", action="append", default=[], help="glob(s) of layer names to sweep")
     parser.add_argument("--top-k", type=int, default=10, help="length of the report's top table")
-    parser.add_argument("--rank-by", default=RankMetric.BOX_ERROR.value,
-                        help=f"ranking metric: {', '.join(m.value for m in RankMetric)}")
+    parser.add_argument(
+        "--rank-by",
+        default=RankMetric.BOX_ERROR.value,
+        help=f"ranking metric: {', '.join(m.value for m in RankMetric)}",
+    )
     parser.add_argument("--calib", default="max", help="activation calibration: max, percentile")
     parser.add_argument("--percentile", type=float, default=99.99)
-    parser.add_argument("--pseudo-conf", type=float, default=0.25,
-                        help="FP32 detections at or above this confidence are the pseudo-labels")
+    parser.add_argument(
+        "--pseudo-conf",
+        type=float,
+        default=0.25,
+        help="FP32 detections at or above this confidence are the pseudo-labels",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs"), help="parent of run directories")
     parser.add_argument("--resume", type=Path, help="finish an interrupted sweep run directory")
 
@@ -86,8 +97,12 @@ def sweep_config_from_args(args: argparse.Namespace, *, images: str) -> SweepCon
     acts = parse_enum_list(args.acts, ActDtype, what="activation dtype")
     grans = parse_enum_list(args.granularity, Granularity, what="granularity")
     formats = tuple(
-        QuantFormat(weight=w, act=a, granularity=g, int4_block_size=args.int4_block_size if w is
-                    WeightDtype.INT4 else None)
+        QuantFormat(
+            weight=w,
+            act=a,
+            granularity=g,
+            int4_block_size=args.int4_block_size if w is WeightDtype.INT4 else None,
+        )
         for w in weights
         for a in acts
         for g in grans
@@ -143,11 +158,15 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     loaded = load_model(args.model or _bundled_model(), device=args.device, head=head)
     sample = torch.zeros(1, 3, args.imgsz, args.imgsz, device=args.device)
     layers = enumerate_layers(loaded.network, sample)
-    print(f"{'#':>4}  {'layer':<36} {'kind':<7} {'weight shape':<18} {'groups':>6} {'params':>9} {'MMACs':>9}")
+    print(
+        f"{'#':>4}  {'layer':<36} {'kind':<7} {'weight shape':<18} {'groups':>6} {'params':>9} {'MMACs':>9}"
+    )
     for layer in layers:
         shape = "x".join(str(d) for d in layer.weight_shape)
-        print(f"{layer.exec_order:>4}  {layer.name:<36} {layer.kind:<7} {shape:<18} {layer.groups:>6} "
-              f"{layer.params:>9} {layer.macs / 1e6:>9.2f}")
+        print(
+            f"{layer.exec_order:>4}  {layer.name:<36} {layer.kind:<7} {shape:<18} {layer.groups:>6} "
+            f"{layer.params:>9} {layer.macs / 1e6:>9.2f}"
+        )
     print(f"{len(layers)} quantizable layers on the inference path at imgsz {args.imgsz}")
     return 0
 
@@ -161,8 +180,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; bad input ends with one line on stderr and exit code 2."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     handlers = {"sweep": _cmd_sweep, "layers": _cmd_layers, "run": _cmd_run}
     try:
         return handlers[args.command](args)
@@ -170,8 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"quantsweep: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("quantsweep: interrupted; finished results are kept, continue with --resume RUN_DIR",
-              file=sys.stderr)
+        print(
+            "quantsweep: interrupted; finished results are kept, continue with --resume RUN_DIR",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
 
 

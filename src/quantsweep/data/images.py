@@ -75,8 +75,8 @@ def resolve_images(source: str | Path) -> ImageSet:
 def _paths_from_list(list_file: Path) -> list[Path]:
     base = list_file.parent
     paths = []
-    for line in list_file.read_text().splitlines():
-        line = line.strip()
+    for raw in list_file.read_text().splitlines():
+        line = raw.strip()
         if line and not line.startswith("#"):
             path = Path(line) if Path(line).is_absolute() else base / line
             if not path.exists():

@@ -137,7 +137,9 @@ def enumerate_layers(network: StagedNetwork, sample: torch.Tensor) -> list[Layer
             exec_order=len(seen),
         )
 
-    handles = [m.register_forward_hook(hook) for m in network.module.modules() if isinstance(m, QUANTIZABLE_TYPES)]
+    handles = [
+        m.register_forward_hook(hook) for m in network.module.modules() if isinstance(m, QUANTIZABLE_TYPES)
+    ]
     try:
         with torch.no_grad():
             network.run(sample[:1])

@@ -26,7 +26,9 @@ def _fake_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return scaled.to(torch.float8_e4m3fn).to(x.dtype) * scale
 
 
-def weight_amax(weight: torch.Tensor, *, granularity: Granularity, block_size: int | None = None) -> torch.Tensor:
+def weight_amax(
+    weight: torch.Tensor, *, granularity: Granularity, block_size: int | None = None
+) -> torch.Tensor:
     """Absolute maximum per scale group, shaped to broadcast against ``weight``."""
     w = weight.detach().abs()
     if granularity is Granularity.PER_LAYER:

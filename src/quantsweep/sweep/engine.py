@@ -96,8 +96,11 @@ class ExactSweep:
         detections = decode(output, self.detect)
         pseudo = pseudo_labels(detections, self.detect)
         if not any(len(p) for p in pseudo):
-            LOG.warning("the FP32 model has no detection above confidence %.3g on these images: "
-                        "mAP against its own detections is undefined", self.detect.pseudo_label_conf)
+            LOG.warning(
+                "the FP32 model has no detection above confidence %.3g on these images: "
+                "mAP against its own detections is undefined",
+                self.detect.pseudo_label_conf,
+            )
         labels = self.batch.labels
         return Reference(
             recorded=recorded,

@@ -113,7 +113,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         shape = "x".join(str(d) for d in layer["weight_shape"])
         lines.append(
             f"| {row['rank']} | `{row['name']}` | {shape} | {layer['params']} "
-            f"| {_fmt(m['box_error'])} | {_fmt(m['class_error'])} | {_fmt(m['nmse'])} | {_fmt(m['sqnr_db'], 3)} "
+            f"| {_fmt(m['box_error'])} | {_fmt(m['class_error'])} | {_fmt(m['nmse'])} "
+            f"| {_fmt(m['sqnr_db'], 3)} "
             f"| {_fmt(m['map_drop_vs_fp32'])} | {_fmt(m['map_drop_gt'])} |"
         )
     if report["not_measured"]:
@@ -134,10 +135,19 @@ def write_index(run_dir: Path, rows: Sequence[IndexRow]) -> None:
     write_json(run_dir / "sweep_index.json", "sweep_index", {"combinations": [r.to_dict() for r in rows]})
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["combination", "status", "elapsed_s", "layers_measured", "top_layers", "report", "reason"])
+    writer.writerow(
+        ["combination", "status", "elapsed_s", "layers_measured", "top_layers", "report", "reason"]
+    )
     for r in rows:
         writer.writerow(
-            [r.combination, r.status, f"{r.elapsed_s:.2f}", r.layers_measured, " ".join(r.top_layers),
-             r.report or "", r.reason or ""]
+            [
+                r.combination,
+                r.status,
+                f"{r.elapsed_s:.2f}",
+                r.layers_measured,
+                " ".join(r.top_layers),
+                r.report or "",
+                r.reason or "",
+            ]
         )
     write_text_atomic(run_dir / "sweep_index.csv", buffer.getvalue())

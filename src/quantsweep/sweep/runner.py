@@ -32,7 +32,9 @@ def select_layers(layers: Sequence[LayerInfo], patterns: Sequence[str]) -> list[
         return list(layers)
     chosen = [layer for layer in layers if any(fnmatch.fnmatchcase(layer.name, p) for p in patterns)]
     if not chosen:
-        raise InputError(f"--layers {','.join(patterns)} matches none of the {len(layers)} quantizable layers")
+        raise InputError(
+            f"--layers {','.join(patterns)} matches none of the {len(layers)} quantizable layers"
+        )
     return chosen
 
 

@@ -1,0 +1,79 @@
+"""Bad input ends with one line on stderr naming the problem, and exit code 2."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quantsweep.cli.main import main
+
+BASE = ["sweep", "--imgsz", "96", "--max-images", "4"]
+
+
+def _error(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("quantsweep: error: ")
+    return err[0]
+
+
+def test_missing_checkpoint(capsys, tiny_data, tmp_path) -> None:
+    line = _error(capsys, [*BASE, "--model", str(tmp_path / "missing.pt"), "--images", str(tiny_data)])
+    assert "checkpoint not found" in line and "missing.pt" in line
+
+
+def test_non_ultralytics_checkpoint(capsys, tiny_data, tmp_path) -> None:
+    path = tmp_path / "resnet.pt"
+    torch.save({"state_dict": {}}, path)
+    assert "not an Ultralytics detection checkpoint" in _error(
+        capsys, [*BASE, "--model", str(path), "--images", str(tiny_data)]
+    )
+
+
+def test_unreadable_image_is_named(capsys, tiny_checkpoint, tmp_path) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    line = _error(capsys, [*BASE, "--model", str(tiny_checkpoint), "--images", str(folder)])
+    assert "unreadable image" in line and "broken.jpg" in line
+
+
+def test_empty_image_set(capsys, tiny_checkpoint, tmp_path) -> None:
+    (tmp_path / "empty").mkdir()
+    assert "no images found" in _error(
+        capsys, [*BASE, "--model", str(tiny_checkpoint), "--images", str(tmp_path / "empty")]
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--imgsz", "100"], "not a positive multiple of 32"),
+        (["--weights", "int2"], "valid: int8, int4, fp8"),
+        (["--acts", "bf16"], "valid: fp16, int8, fp8"),
+        (["--granularity", "per_group"], "valid: per_layer, per_channel"),
+        (["--weights", "fp8", "--acts", "int8"], "no requested combination can be quantized"),
+        (["--layers", "model.99.*"], "matches none"),
+    ],
+)
+def test_bad_options(capsys, tiny_checkpoint, tiny_data, extra, expected) -> None:
+    line = _error(capsys, [*BASE, "--model", str(tiny_checkpoint), "--images", str(tiny_data), *extra])
+    assert expected in line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where CUDA is absent")
+def test_cuda_without_cuda(capsys, tiny_checkpoint, tiny_data) -> None:
+    line = _error(
+        capsys, [*BASE, "--model", str(tiny_checkpoint), "--images", str(tiny_data), "--device", "cuda"]
+    )
+    assert "CUDA is not available" in line
+
+
+def test_resume_of_a_non_run_directory(capsys, tmp_path) -> None:
+    assert "not a sweep run directory" in _error(capsys, ["sweep", "--resume", str(tmp_path)])
+
+
+def test_layers_command_lists_layers(capsys, tiny_checkpoint) -> None:
+    assert main(["layers", "--model", str(tiny_checkpoint), "--imgsz", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "model.0.conv" in out and "64 quantizable layers" in out
