@@ -1,4 +1,4 @@
-"""``quantsweep`` entry point: ``sweep``, ``layers`` and ``run``."""
+"""``quantsweep`` entry point: ``sweep``, ``layers``, ``schemes``, ``materialize`` and ``run``."""
 
 from __future__ import annotations
 
@@ -83,6 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_sweep_args(commands.add_parser("sweep", help="measure every layer's sensitivity"))
     _add_model_args(commands.add_parser("layers", help="list quantizable layers"))
+    schemes = commands.add_parser("schemes", help="candidate mixed-precision schemes from a sweep report")
+    schemes.add_argument("--report", type=Path, required=True, help="layer-sensitivity-report.json")
+    schemes.add_argument("--ks", default="0,5,10,20", help="numbers of layers kept at high precision")
+    schemes.add_argument("--high", default="fp16", help="precision of kept layers: fp16, int8")
+    schemes.add_argument("--low", default="int4", help="precision of the other layers: int4, fp8")
+    schemes.add_argument("--target-bits", type=float, help="also a budget scheme: average weight bits")
+    schemes.add_argument("--seed", type=int, default=0, help="seed of the random reference scheme")
+    schemes.add_argument("--out", type=Path, default=Path("runs"))
+    materialize = commands.add_parser("materialize", help="one verified QDQ ONNX per scheme")
+    materialize.add_argument("--schemes", type=Path, required=True, help="a schemes run directory")
+    materialize.add_argument("--out", type=Path, default=Path("runs"))
     run = commands.add_parser("run", help="the whole job on the bundled default (or your model and data)")
     _add_sweep_args(run)
     run.add_argument("--data", help="evaluation data (Ultralytics data .yaml or image folder with labels)")
@@ -171,6 +182,37 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_schemes(args: argparse.Namespace) -> int:
+    from quantsweep.cli.run import parse_ks  # noqa: PLC0415
+    from quantsweep.pipeline import SchemesRequest, make_schemes  # noqa: PLC0415
+    from quantsweep.pipeline.schemes_stage import HighPrecision, LowPrecision  # noqa: PLC0415
+
+    (high,) = parse_enum_list(args.high, HighPrecision, what="high precision")
+    (low,) = parse_enum_list(args.low, LowPrecision, what="low precision")
+    request = SchemesRequest(
+        report=args.report,
+        ks=parse_ks(args.ks),
+        high=high,
+        low=low,
+        target_bits=args.target_bits,
+        seed=args.seed,
+    )
+    run_dir = make_schemes(request, out=args.out)
+    print(f"schemes written to {run_dir}")
+    print(f"table: {run_dir / 'candidates.md'}")
+    return 0
+
+
+def _cmd_materialize(args: argparse.Namespace) -> int:
+    from quantsweep.cli.progress import tqdm_progress  # noqa: PLC0415
+    from quantsweep.pipeline import materialize_candidates  # noqa: PLC0415
+
+    run_dir = materialize_candidates(args.schemes, out=args.out, progress=tqdm_progress)
+    print(f"candidates written to {run_dir}")
+    print(f"index: {run_dir / 'candidates.json'}")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from quantsweep.cli.run import run_default  # noqa: PLC0415
 
@@ -183,7 +225,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    handlers = {"sweep": _cmd_sweep, "layers": _cmd_layers, "run": _cmd_run}
+    handlers = {
+        "sweep": _cmd_sweep,
+        "layers": _cmd_layers,
+        "schemes": _cmd_schemes,
+        "materialize": _cmd_materialize,
+        "run": _cmd_run,
+    }
     try:
         return handlers[args.command](args)
     except InputError as exc:

@@ -9,7 +9,8 @@ from quantsweep.errors import InputError
 from quantsweep.workflow import RunConfig, run_job
 
 
-def _parse_ks(text: str) -> tuple[int, ...]:
+def parse_ks(text: str) -> tuple[int, ...]:
+    """``"0,5,10"`` -> ``(0, 5, 10)``; anything else is an input error."""
     try:
         ks = tuple(int(k) for k in text.split(",") if k.strip())
     except ValueError:
@@ -31,7 +32,7 @@ def run_default(args: argparse.Namespace) -> int:
         sweep=sweep_config_from_args(args, images=args.images or "<generated>"),
         eval_data=args.data,
         eval_images=args.eval_images,
-        ks=_parse_ks(args.ks),
+        ks=parse_ks(args.ks),
     )
     run_dir = run_job(config, out=args.out, progress=tqdm_progress)
     print((run_dir / "summary.md").read_text())

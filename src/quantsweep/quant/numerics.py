@@ -22,6 +22,7 @@ def _fake_int(x: torch.Tensor, scale: torch.Tensor, *, qmin: int, qmax: int) -> 
 
 
 def _fake_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    # Same saturate-then-round-to-nearest-even as ONNX QuantizeLinear to FLOAT8E4M3FN.
     scaled = torch.clamp(x / scale, -FP8_MAX, FP8_MAX)
     return scaled.to(torch.float8_e4m3fn).to(x.dtype) * scale
 
@@ -52,13 +53,23 @@ def weight_scale(weight: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
     return amax / INT_LIMITS[fmt.weight][2]
 
 
-def fake_quant_weight(weight: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
-    """Round-to-nearest fake quantization of a weight tensor."""
+def quantize_weight_codes(weight: torch.Tensor, fmt: QuantFormat) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stored codes and scale of ``weight``: ints in a float tensor (INT8/INT4) or ``float8_e4m3fn``.
+
+    ``codes * scale`` is the dequantized weight; Torch fake quantization and the ONNX
+    DequantizeLinear initializers are both built from this one function.
+    """
     scale = weight_scale(weight, fmt)
     if fmt.weight is WeightDtype.FP8:
-        return _fake_fp8(weight, scale)
+        return torch.clamp(weight / scale, -FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
     qmin, qmax, _ = INT_LIMITS[fmt.weight]
-    return _fake_int(weight, scale, qmin=qmin, qmax=qmax)
+    return torch.clamp(torch.round(weight / scale), qmin, qmax), scale
+
+
+def fake_quant_weight(weight: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
+    """Round-to-nearest fake quantization of a weight tensor."""
+    codes, scale = quantize_weight_codes(weight, fmt)
+    return codes.to(weight.dtype) * scale
 
 
 def act_scale(amax: float, act: ActDtype) -> float:

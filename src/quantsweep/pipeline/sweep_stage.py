@@ -1,54 +1,30 @@
-"""Chains the stages. Each stage reads and writes run directories, so each can also run alone."""
+"""The sweep stage: load model and images, calibrate, measure every layer, write reports."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
 
 from quantsweep.config import SweepConfig
-from quantsweep.data.images import Batch, fingerprint, load_batch, resolve_images
+from quantsweep.data.images import fingerprint, load_batch, resolve_images
 from quantsweep.errors import InputError
 from quantsweep.models.network import enumerate_layers
-from quantsweep.models.ultralytics_adapter import LoadedModel, load_model
-from quantsweep.quant.apply import calibrate_inputs
+from quantsweep.models.ultralytics_adapter import load_model
+from quantsweep.pipeline.common import (
+    ProgressFactory,
+    calibrate,
+    check_device,
+    no_progress,
+    read_sweep_config,
+)
 from quantsweep.records import read_json, write_json
 from quantsweep.runs import environment, file_sha256, new_run_dir
 from quantsweep.sweep.engine import ExactSweep
-from quantsweep.sweep.runner import ProgressFn, SweepJob, execute, needs_act_ranges, select_layers
+from quantsweep.sweep.runner import SweepJob, execute, needs_act_ranges, select_layers
 
 LOG = logging.getLogger(__name__)
-ProgressFactory = Callable[[int, str], AbstractContextManager[ProgressFn]]
-
-
-@contextlib.contextmanager
-def no_progress(_total: int, _label: str) -> Iterator[ProgressFn]:
-    """A progress reporter that reports nothing (library default)."""
-    yield lambda _message: None
-
-
-def check_device(device: str) -> None:
-    """Fail with one clear line when CUDA is asked for and absent."""
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device} requested, but CUDA is not available on this machine")
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise InputError(f"unknown device '{device}'; valid: cpu, cuda, cuda:N")
-
-
-def _calibrate(loaded: LoadedModel, batch: Batch, config: SweepConfig, names: list[str]) -> dict[str, float]:
-    network = loaded.network
-
-    def drive() -> Iterator[None]:
-        with torch.no_grad():
-            for start in range(0, len(batch.images), config.batch_size):
-                network.run(batch.images[start : start + config.batch_size].to(config.device))
-                yield None
-
-    return calibrate_inputs(network.module, names, drive(), calib=config.calib)
 
 
 def _prepare(config: SweepConfig, run_dir: Path | None, out: Path | None) -> SweepJob:
@@ -75,7 +51,7 @@ def _prepare(config: SweepConfig, run_dir: Path | None, out: Path | None) -> Swe
         write_json(run_dir / "inputs.json", "sweep_inputs", inputs)
     act_ranges = None
     if needs_act_ranges(config.formats):
-        act_ranges = _calibrate(loaded, batch, config, [layer.name for layer in layers])
+        act_ranges = calibrate(loaded.network, batch, config, [layer.name for layer in layers])
         write_json(
             run_dir / "act_ranges.json",
             "act_ranges",
@@ -118,10 +94,7 @@ def sweep(config: SweepConfig, *, out: Path, progress: ProgressFactory = no_prog
 
 def resume_sweep(run_dir: Path, *, progress: ProgressFactory = no_progress) -> Path:
     """Finish an interrupted sweep in place, measuring only layers without a stored result."""
-    config_path = Path(run_dir) / "config.json"
-    if not config_path.is_file():
-        raise InputError(f"{run_dir} is not a sweep run directory (no config.json)")
-    config = SweepConfig.from_dict(read_json(config_path, "sweep_config"))
+    config = read_sweep_config(Path(run_dir))
     _match_threads(Path(run_dir), config)
     job = _prepare(config, Path(run_dir), None)
     _run(job, progress)

@@ -1,0 +1,1 @@
+"""ONNX export, exact Torch-to-ONNX layer mapping, QDQ materialization and artifact checks."""

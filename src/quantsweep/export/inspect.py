@@ -1,0 +1,92 @@
+"""Read back what precision each weighted node of an ONNX graph really runs at."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from quantsweep.export.onnx_model import WEIGHTED_OPS
+
+_LABELS = {
+    TensorProto.INT4: "int4",
+    TensorProto.INT8: "int8",
+    TensorProto.UINT8: "uint8",
+    TensorProto.FLOAT8E4M3FN: "fp8",
+}
+_BITS = {"int4": 4, "int8": 8, "uint8": 8, "fp8": 8, "float": 16}
+
+
+def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in model.graph.node for out in node.output}
+
+
+def _dtype_of(name: str, model: onnx.ModelProto) -> int | None:
+    for init in model.graph.initializer:
+        if init.name == name:
+            return init.data_type
+    return None
+
+
+def _weight_initializer(node: onnx.NodeProto, producers, inits) -> tuple[str, str] | None:
+    """(initializer holding the weight, stored type label), or None when input 1 is an activation."""
+    source = node.input[1]
+    if source in inits:
+        return source, "float"
+    producer = producers.get(source)
+    if producer is not None and producer.op_type == "DequantizeLinear" and producer.input[0] in inits:
+        stored = inits[producer.input[0]]
+        return stored.name, _LABELS.get(stored.data_type, "other")
+    return None
+
+
+def node_precisions(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
+    """``{node: (weight, activation)}`` for every Conv/Gemm/MatMul with a weight, as the graph says.
+
+    Weight: the type stored behind a DequantizeLinear feeding input 1, else ``float``. Activation:
+    the zero-point type of a QuantizeLinear/DequantizeLinear pair feeding input 0, else ``fp16``.
+    Activation x activation MatMuls have no weight and are left out.
+    """
+    producers = _producers(model)
+    inits = {init.name: init for init in model.graph.initializer}
+    result = {}
+    for node in model.graph.node:
+        if node.op_type not in WEIGHTED_OPS or len(node.input) < 2:
+            continue
+        weight = _weight_initializer(node, producers, inits)
+        if weight is None:
+            continue
+        act_src = producers.get(node.input[0])
+        act = "fp16"
+        if act_src is not None and act_src.op_type == "DequantizeLinear" and len(act_src.input) > 2:
+            act = _LABELS.get(_dtype_of(act_src.input[2], model), "other")
+        result[node.name] = (weight[1], act)
+    return result
+
+
+def precision_label(weight: str, act: str) -> str:
+    """Same labels as :class:`quantsweep.schemes.records.Precision` (``float`` when nothing is quantized)."""
+    return "float" if weight == "float" and act == "fp16" else f"{weight}-{act}"
+
+
+def precision_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """How many weighted nodes run at each precision label."""
+    return dict(sorted(Counter(precision_label(w, a) for w, a in node_precisions(model).values()).items()))
+
+
+def average_weight_bits(model: onnx.ModelProto) -> float:
+    """Stored bits per weight over all weighted nodes (float counted as 16, as deployed in FP16)."""
+    producers = _producers(model)
+    inits = {init.name: init for init in model.graph.initializer}
+    total = bits = 0
+    for node in model.graph.node:
+        if node.op_type not in WEIGHTED_OPS or len(node.input) < 2:
+            continue
+        weight = _weight_initializer(node, producers, inits)
+        if weight is not None:
+            count = int(np.prod(inits[weight[0]].dims))
+            total += count
+            bits += count * _BITS.get(weight[1], 8)
+    return bits / max(total, 1)

@@ -1,0 +1,129 @@
+"""Write Q/DQ nodes so that each weighted node runs at exactly its assigned precision.
+
+Weights become INT4/INT8/FP8 initializers feeding DequantizeLinear (scale per output channel, per
+tensor, or per block of input channels). Quantized activations get a QuantizeLinear/DequantizeLinear
+pair owned by the one consumer, so a node kept in float that reads the same tensor sees the
+float tensor: no Q/DQ leaks onto excluded nodes. Codes come from the same function as Torch fake
+quantization, so both dequantize to the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from quantsweep.config import ActDtype, Granularity, QuantFormat, WeightDtype
+from quantsweep.quant.numerics import act_scale, quantize_weight_codes
+
+_NUMPY_CODES = {WeightDtype.INT8: np.int8, WeightDtype.INT4: ml_dtypes.int4}
+_ACT_ZERO = {ActDtype.INT8: TensorProto.INT8, ActDtype.FP8: TensorProto.FLOAT8E4M3FN}
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """The precision of one ONNX node; ``act_amax`` is needed when activations are quantized."""
+
+    fmt: QuantFormat
+    act_amax: float | None = None
+
+
+def _codes_array(codes: torch.Tensor, weight: WeightDtype) -> np.ndarray:
+    if weight is WeightDtype.FP8:
+        return codes.contiguous().view(torch.uint8).numpy().view(ml_dtypes.float8_e4m3fn)
+    return codes.numpy().astype(_NUMPY_CODES[weight])
+
+
+def _scale_for_onnx(scale: torch.Tensor, fmt: QuantFormat) -> tuple[np.ndarray, dict[str, int]]:
+    if fmt.granularity is Granularity.PER_LAYER:
+        return scale.reshape(()).numpy().astype(np.float32), {}
+    if fmt.int4_block_size:
+        return scale[:, :: fmt.int4_block_size].numpy().astype(np.float32), {
+            "axis": 1,
+            "block_size": fmt.int4_block_size,
+        }
+    return scale.reshape(-1).numpy().astype(np.float32), {"axis": 0}
+
+
+def _weight_dq(node: onnx.NodeProto, weight: np.ndarray, fmt: QuantFormat):
+    codes, scale = quantize_weight_codes(torch.from_numpy(weight.copy()), fmt)
+    code_array = _codes_array(codes, fmt.weight)
+    scale_array, attrs = _scale_for_onnx(scale, fmt)
+    base = f"{node.name}/weight"
+    zero = np.zeros(scale_array.shape, dtype=code_array.dtype)
+    inits = [
+        numpy_helper.from_array(code_array, f"{base}_quantized"),
+        numpy_helper.from_array(scale_array, f"{base}_scale"),
+        numpy_helper.from_array(zero, f"{base}_zero_point"),
+    ]
+    dq = helper.make_node(
+        "DequantizeLinear",
+        [i.name for i in inits],
+        [f"{base}_dequantized"],
+        name=f"{base}_DequantizeLinear",
+        **attrs,
+    )
+    return inits, dq
+
+
+def _act_qdq(node: onnx.NodeProto, source: str, plan: NodePlan):
+    base = f"{node.name}/input"
+    scale = np.array(act_scale(plan.act_amax, plan.fmt.act), dtype=np.float32)
+    inits = [
+        numpy_helper.from_array(scale, f"{base}_scale"),
+        helper.make_tensor(f"{base}_zero_point", _ACT_ZERO[plan.fmt.act], [], [0]),
+    ]
+    names = [i.name for i in inits]
+    q = helper.make_node(
+        "QuantizeLinear", [source, *names], [f"{base}_quantized"], name=f"{base}_QuantizeLinear"
+    )
+    dq = helper.make_node(
+        "DequantizeLinear",
+        [f"{base}_quantized", *names],
+        [f"{base}_dequantized"],
+        name=f"{base}_DequantizeLinear",
+    )
+    return inits, [q, dq]
+
+
+def materialize(model: onnx.ModelProto, plans: Mapping[str, NodePlan]) -> onnx.ModelProto:
+    """A copy of the FP32 ``model`` with ``plans`` (ONNX node name -> precision) applied."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    missing = set(plans) - {node.name for node in graph.node}
+    if missing:
+        raise KeyError(f"nodes not in the model: {sorted(missing)}")
+    initializers = {init.name: init for init in graph.initializer}
+    uses = Counter(name for node in graph.node for name in node.input)
+    new_inits, new_nodes, dropped = [], [], set()
+    for node in graph.node:
+        plan = plans.get(node.name)
+        if plan is not None:
+            weight_name = node.input[1]
+            inits, dq = _weight_dq(node, numpy_helper.to_array(initializers[weight_name]), plan.fmt)
+            new_inits += inits
+            new_nodes.append(dq)
+            node.input[1] = dq.output[0]
+            if uses[weight_name] == 1:
+                dropped.add(weight_name)
+            if plan.fmt.act is not ActDtype.FP16:
+                if plan.act_amax is None:
+                    raise ValueError(f"{node.name}: activation quantization needs a calibrated range")
+                inits, qdq = _act_qdq(node, node.input[0], plan)
+                new_inits += inits
+                new_nodes += qdq
+                node.input[0] = qdq[1].output[0]
+        new_nodes.append(node)
+    kept_inits = [init for init in graph.initializer if init.name not in dropped]
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept_inits + new_inits)
+    return out

@@ -1,0 +1,62 @@
+"""What every stage driver shares: progress reporting, device checks, reading a sweep run."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import torch
+
+from quantsweep.config import SweepConfig
+from quantsweep.data.images import Batch, load_batch, resolve_images
+from quantsweep.errors import InputError
+from quantsweep.models.network import StagedNetwork
+from quantsweep.quant.apply import calibrate_inputs
+from quantsweep.records import read_json
+from quantsweep.sweep.runner import ProgressFn
+
+ProgressFactory = Callable[[int, str], AbstractContextManager[ProgressFn]]
+
+
+@contextlib.contextmanager
+def no_progress(_total: int, _label: str) -> Iterator[ProgressFn]:
+    """A progress reporter that reports nothing (library default)."""
+    yield lambda _message: None
+
+
+def check_device(device: str) -> None:
+    """Fail with one clear line when CUDA is asked for and absent."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device} requested, but CUDA is not available on this machine")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise InputError(f"unknown device '{device}'; valid: cpu, cuda, cuda:N")
+
+
+def read_sweep_config(sweep_dir: Path) -> SweepConfig:
+    """The resolved configuration a sweep run recorded."""
+    path = Path(sweep_dir) / "config.json"
+    if not path.is_file():
+        raise InputError(f"{sweep_dir} is not a sweep run directory (no config.json)")
+    return SweepConfig.from_dict(read_json(path, "sweep_config"))
+
+
+def calibrate(
+    network: StagedNetwork, batch: Batch, config: SweepConfig, names: list[str]
+) -> dict[str, float]:
+    """Input ranges of the named layers over the calibration images, in the sweep's chunks."""
+
+    def drive() -> Iterator[None]:
+        with torch.no_grad():
+            for start in range(0, len(batch.images), config.batch_size):
+                network.run(batch.images[start : start + config.batch_size].to(config.device))
+                yield None
+
+    return calibrate_inputs(network.module, names, drive(), calib=config.calib)
+
+
+def calibration_batch(config: SweepConfig) -> Batch:
+    """The sweep's calibration images, the same seeded subset it used."""
+    image_set = resolve_images(config.images).subset(count=config.max_images, seed=config.seed)
+    return load_batch(image_set, imgsz=config.imgsz)

@@ -1,0 +1,141 @@
+"""The schemes stage: a sweep report in, the FP32 ONNX, its layer mapping and candidate schemes out."""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from quantsweep.config import ActDtype, QuantFormat, WeightDtype
+from quantsweep.errors import InputError
+from quantsweep.export.onnx_model import MappingError, export_fp32, map_layers
+from quantsweep.models.network import enumerate_layers
+from quantsweep.models.ultralytics_adapter import load_model
+from quantsweep.pipeline.common import read_sweep_config
+from quantsweep.records import read_json, write_json
+from quantsweep.runs import environment, new_run_dir
+from quantsweep.schemes.policies import RankedLayer, SchemeSpace, budget, first_and_head, random_k, top_k
+from quantsweep.schemes.records import Precision
+from quantsweep.schemes.writer import write_schemes
+from quantsweep.sweep.report import REPORT_KIND
+
+LOG = logging.getLogger(__name__)
+FP32_ONNX = "model_fp32.onnx"
+
+
+class HighPrecision(enum.StrEnum):
+    """What the kept layers run at."""
+
+    FP16 = "fp16"
+    INT8 = "int8"
+
+
+class LowPrecision(enum.StrEnum):
+    """What every other layer runs at."""
+
+    INT4 = "int4"
+    FP8 = "fp8"
+
+
+@dataclass(frozen=True)
+class SchemesRequest:
+    """Inputs of the schemes stage."""
+
+    report: Path
+    ks: tuple[int, ...] = (0, 5, 10, 20)
+    high: HighPrecision = HighPrecision.FP16
+    low: LowPrecision = LowPrecision.INT4
+    target_bits: float | None = None
+    seed: int = 0
+
+
+def precisions(fmt: QuantFormat, *, low: LowPrecision, high: HighPrecision) -> tuple[Precision, Precision]:
+    """Low and high precision for a sweep combination.
+
+    INT4 keeps the sweep's activation type; FP8 is the usual W8A8 FP8 recipe. Kept INT8 layers
+    take INT8 activations only when the rest does (INT8 weights never pair with FP8 inputs).
+    """
+    if low is LowPrecision.INT4:
+        low_p = Precision(WeightDtype.INT4, fmt.act, fmt.granularity, fmt.int4_block_size)
+    else:
+        low_p = Precision(WeightDtype.FP8, ActDtype.FP8, fmt.granularity)
+    if high is HighPrecision.FP16:
+        return low_p, Precision(None)
+    act = ActDtype.INT8 if low_p.act is ActDtype.INT8 else ActDtype.FP16
+    return low_p, Precision(WeightDtype.INT8, act, fmt.granularity)
+
+
+def _ranked_layers(report: dict, layers) -> list[RankedLayer]:
+    info = {layer.name: layer for layer in layers}
+    ranked, seen = [], set()
+    for row in report["layers"]:
+        layer = info.get(row["name"])
+        if layer is None:
+            raise InputError(f"report layer {row['name']} is not in the model")
+        ranked.append(
+            RankedLayer(
+                row["name"],
+                len(ranked) + 1,
+                float(row["sensitivity"]),
+                layer.params,
+                layer.block_index,
+                layer.exec_order,
+            )
+        )
+        seen.add(row["name"])
+    # layers the sweep skipped (a --layers subset) rank last: never kept by a ranking
+    for layer in layers:
+        if layer.name not in seen:
+            ranked.append(
+                RankedLayer(
+                    layer.name, len(ranked) + 1, 0.0, layer.params, layer.block_index, layer.exec_order
+                )
+            )
+    return ranked
+
+
+def make_schemes(request: SchemesRequest, *, out: Path) -> Path:
+    """Export, map and write the candidate schemes into a new run directory; return it."""
+    if not request.report.is_file():
+        raise InputError(f"sensitivity report not found: {request.report}")
+    report = read_json(request.report, REPORT_KIND)
+    sweep_dir = request.report.resolve().parents[2]
+    config = read_sweep_config(sweep_dir)
+    loaded = load_model(config.model, head=config.head)
+    layers = enumerate_layers(loaded.network, torch.zeros(1, 3, config.imgsz, config.imgsz))
+    if any(k > len(layers) for k in request.ks):
+        raise InputError(f"--ks asks to keep more layers than the model's {len(layers)}")
+    run_dir = new_run_dir(out, model_name=loaded.name, stage="schemes")
+    fp32 = export_fp32(loaded.network, imgsz=config.imgsz, path=run_dir / FP32_ONNX)
+    try:
+        mapping = map_layers(fp32, loaded.network.module, layers)
+    except MappingError as exc:
+        raise InputError(str(exc)) from exc
+    write_json(run_dir / "mapping.json", "layer_mapping", mapping.to_dict())
+    write_json(run_dir / "environment.json", "environment", environment())
+    fmt = QuantFormat.from_dict(report["format"])
+    low, high = precisions(fmt, low=request.low, high=request.high)
+    space = SchemeSpace(ranked=_ranked_layers(report, layers), onnx_nodes=mapping.nodes, low=low, high=high)
+    schemes = [top_k(space, k) for k in request.ks]
+    for k in sorted({k for k in request.ks if k > 0}):
+        schemes += [random_k(space, k, seed=request.seed), first_and_head(space, k)]
+    if request.target_bits is not None:
+        try:
+            schemes.append(budget(space, target_bits=request.target_bits))
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
+    context = {
+        "report": str(request.report.resolve()),
+        "sweep_dir": str(sweep_dir),
+        "combination": fmt.name,
+        "low": low.label,
+        "high": high.label,
+        "fp32_onnx": FP32_ONNX,
+        "imgsz": config.imgsz,
+        "seed": request.seed,
+    }
+    write_schemes(run_dir, schemes, context=context)
+    return run_dir

@@ -1,0 +1,1 @@
+"""Candidate mixed-precision schemes built from a sensitivity ranking."""
