@@ -75,6 +75,15 @@ def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", type=Path, help="finish an interrupted sweep run directory")
 
 
+def _add_eval_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", help="labelled evaluation images: data .yaml, folder or .txt list")
+    parser.add_argument("--eval-images", type=int, default=100, help="evaluation images (the first N)")
+    parser.add_argument("--latency-runs", type=int, default=10, help="timed runs per model and provider")
+    parser.add_argument("--max-drop", type=float, default=0.01, help="allowed mAP50-95 drop from FP32")
+    parser.add_argument("--drop-mode", default="relative", help="relative or absolute")
+    parser.add_argument("--max-evals", type=int, default=24, help="most ONNX evaluations the search may run")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of all subcommands."""
     parser = argparse.ArgumentParser(prog="quantsweep", description=__doc__)
@@ -94,11 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
     materialize = commands.add_parser("materialize", help="one verified QDQ ONNX per scheme")
     materialize.add_argument("--schemes", type=Path, required=True, help="a schemes run directory")
     materialize.add_argument("--out", type=Path, default=Path("runs"))
-    run = commands.add_parser("run", help="the whole job on the bundled default (or your model and data)")
+    evaluate = commands.add_parser("evaluate", help="score candidates in ONNX Runtime; optionally search")
+    _add_eval_args(evaluate)
+    evaluate.add_argument("--candidates", type=Path, required=True, help="a candidates run directory")
+    evaluate.add_argument("--schemes", type=Path, help="its schemes directory: also search to --max-drop")
+    evaluate.add_argument("--resume", type=Path, help="finish an interrupted evaluate run directory")
+    evaluate.add_argument("--out", type=Path, default=Path("runs"))
+    report = commands.add_parser("report", help="summary, plots and HTML for an evaluate run")
+    report.add_argument("--eval", type=Path, required=True, help="an evaluate run directory")
+    report.add_argument("--max-drop", type=float, default=0.01)
+    report.add_argument("--drop-mode", default="relative", help="relative or absolute")
+    run = commands.add_parser("run", help="every stage, on the bundled default or your model and data")
     _add_sweep_args(run)
-    run.add_argument("--data", help="evaluation data (Ultralytics data .yaml or image folder with labels)")
-    run.add_argument("--eval-images", type=int, default=100, help="evaluation images (the first N)")
-    run.add_argument("--ks", default="0,5,10", help="numbers of layers kept at FP32 to evaluate")
+    _add_eval_args(run)
+    run.add_argument("--ks", default="0,5,10,20", help="numbers of layers kept at high precision")
+    run.add_argument("--high", default="fp16", help="precision of kept layers: fp16, int8")
+    run.add_argument("--low", default="int4", help="precision of the other layers: int4, fp8")
+    run.add_argument("--target-bits", type=float, default=4.5, help="budget scheme: average weight bits")
     return parser
 
 
@@ -219,6 +240,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_default(args)
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from quantsweep.cli.run import evaluate_command  # noqa: PLC0415
+
+    return evaluate_command(args)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from quantsweep.pipeline.search_stage import DropMode  # noqa: PLC0415
+    from quantsweep.report.build import build_report  # noqa: PLC0415
+
+    (mode,) = parse_enum_list(args.drop_mode, DropMode, what="drop mode")
+    if not (args.eval / "results").is_dir():
+        raise InputError(f"{args.eval} is not an evaluate run directory (no results/)")
+    summary = build_report(args.eval, max_drop=args.max_drop, relative=mode is DropMode.RELATIVE)
+    print(summary.read_text())
+    print(f"report: {summary} and {args.eval / 'report.html'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; bad input ends with one line on stderr and exit code 2."""
     args = build_parser().parse_args(argv)
@@ -230,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "layers": _cmd_layers,
         "schemes": _cmd_schemes,
         "materialize": _cmd_materialize,
+        "evaluate": _cmd_evaluate,
+        "report": _cmd_report,
         "run": _cmd_run,
     }
     try:

@@ -14,7 +14,7 @@ from quantsweep.sweep.runner import ProgressFn
 @contextlib.contextmanager
 def tqdm_progress(total: int, label: str) -> Iterator[ProgressFn]:
     """A bar of ``total`` steps; each call advances it and shows the message."""
-    with tqdm(total=total, desc=label, unit="layer", file=sys.stderr, dynamic_ncols=True) as bar:
+    with tqdm(total=total, desc=label, unit="step", file=sys.stderr, dynamic_ncols=True) as bar:
 
         def step(message: str) -> None:
             bar.set_postfix_str(message[-60:], refresh=False)

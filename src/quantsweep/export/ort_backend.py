@@ -36,7 +36,8 @@ def quantize_with_ort(
 ) -> Path:
     """``quantize_static`` in QDQ format: symmetric, per-channel weights, min-max calibration.
 
-    With no ``op_types`` every op type ONNX Runtime can quantize is quantized (the W8A8 baseline).
+    With no ``op_types`` every op type ONNX Runtime can quantize is quantized; for YOLO that breaks the
+    output (see the materialize stage), so the baseline passes ``("Conv",)``.
     """
     qtype = QuantType.QFLOAT8E4M3FN if fp8 else QuantType.QInt8
     quantize_static(

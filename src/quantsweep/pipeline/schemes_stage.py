@@ -133,6 +133,8 @@ def make_schemes(request: SchemesRequest, *, out: Path) -> Path:
         "combination": fmt.name,
         "low": low.label,
         "high": high.label,
+        "low_precision": low.to_dict(),
+        "high_precision": high.to_dict(),
         "fp32_onnx": FP32_ONNX,
         "imgsz": config.imgsz,
         "seed": request.seed,

@@ -1,0 +1,1 @@
+"""Score ONNX artifacts in ONNX Runtime: detection accuracy, latency, size."""

@@ -1,0 +1,1 @@
+"""Summary table, recommendation, plots and a single-file HTML report."""
