@@ -64,6 +64,8 @@ class SweepMethod(enum.StrEnum):
     """How sensitivities are obtained."""
 
     EXACT = "exact"
+    FAST = "fast"
+    HYBRID = "hybrid"
 
 
 def parse_enum_list(text: str, enum_type: type[enum.StrEnum], *, what: str) -> tuple[Any, ...]:
@@ -166,6 +168,7 @@ class SweepConfig:
     top_k: int = 10
     rank_by: RankMetric = RankMetric.BOX_ERROR
     method: SweepMethod = SweepMethod.EXACT
+    hybrid_exact: int | None = None  # layers the hybrid method measures exactly; default 2*top_k+10
     calib: CalibConfig = field(default_factory=CalibConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
 
@@ -178,6 +181,10 @@ class SweepConfig:
             raise InputError(f"--batch-size must be positive, got {self.batch_size}")
         if self.top_k <= 0:
             raise InputError(f"--top-k must be positive, got {self.top_k}")
+        if self.method is not SweepMethod.EXACT and self.rank_by is not RankMetric.BOX_ERROR:
+            raise InputError(
+                f"--method {self.method.value} estimates box_error only; use --rank-by box_error"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

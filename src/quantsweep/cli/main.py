@@ -19,6 +19,7 @@ from quantsweep.config import (
     QuantFormat,
     RankMetric,
     SweepConfig,
+    SweepMethod,
     WeightDtype,
     parse_enum_list,
 )
@@ -62,6 +63,10 @@ def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
         "--rank-by",
         default=RankMetric.BOX_ERROR.value,
         help=f"ranking metric: {', '.join(m.value for m in RankMetric)}",
+    )
+    parser.add_argument("--method", default="exact", help="exact, fast (first-order estimate), hybrid")
+    parser.add_argument(
+        "--hybrid-exact", type=int, help="layers hybrid measures exactly (default 2*top-k+10)"
     )
     parser.add_argument("--calib", default="max", help="activation calibration: max, percentile")
     parser.add_argument("--percentile", type=float, default=99.99)
@@ -142,6 +147,7 @@ def sweep_config_from_args(args: argparse.Namespace, *, images: str) -> SweepCon
     (rank_by,) = parse_enum_list(args.rank_by, RankMetric, what="ranking metric")
     (calib,) = parse_enum_list(args.calib, CalibMethod, what="calibration method")
     (head,) = parse_enum_list(args.head, HeadMode, what="head mode")
+    (method,) = parse_enum_list(args.method, SweepMethod, what="sweep method")
     patterns = tuple(p.strip() for item in args.layers for p in item.split(",") if p.strip())
     return SweepConfig(
         model=args.model or _bundled_model(),
@@ -156,6 +162,8 @@ def sweep_config_from_args(args: argparse.Namespace, *, images: str) -> SweepCon
         layer_patterns=patterns,
         top_k=args.top_k,
         rank_by=rank_by,
+        method=method,
+        hybrid_exact=args.hybrid_exact,
         calib=CalibConfig(method=calib, percentile=args.percentile),
         detect=DetectConfig(pseudo_label_conf=args.pseudo_conf),
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from quantsweep.config import SweepConfig
+from quantsweep.config import SweepConfig, SweepMethod
 from quantsweep.data.images import fingerprint, load_batch, resolve_images
 from quantsweep.errors import InputError
 from quantsweep.models.network import enumerate_layers
@@ -22,7 +22,7 @@ from quantsweep.pipeline.common import (
 from quantsweep.records import read_json, write_json
 from quantsweep.runs import environment, file_sha256, new_run_dir
 from quantsweep.sweep.engine import ExactSweep
-from quantsweep.sweep.runner import SweepJob, execute, needs_act_ranges, select_layers
+from quantsweep.sweep.runner import SweepJob, execute, hybrid_size, needs_act_ranges, select_layers
 
 LOG = logging.getLogger(__name__)
 
@@ -115,7 +115,10 @@ def _match_threads(run_dir: Path, config: SweepConfig) -> None:
 
 def _run(job: SweepJob, progress: ProgressFactory) -> None:
     runnable = [f for f in job.config.formats if not f.unsupported_reason()]
-    total = len(runnable) * len(job.layers)
+    per_combination = len(job.layers)
+    if job.config.method is SweepMethod.HYBRID:
+        per_combination += min(hybrid_size(job.config), len(job.layers))
+    total = len(runnable) * per_combination
     LOG.info("sweeping %d layers x %d combinations into %s", len(job.layers), len(runnable), job.run_dir)
     with progress(total, "sweep") as step:
         execute(job, on_layer=step)

@@ -32,15 +32,17 @@ class LayerResult:
     """Everything measured for one layer under one format."""
 
     name: str
-    nmse: float
-    sqnr_db: float
     box_error: float
-    class_error: float
-    map50_95_vs_fp32: float
-    map_drop_vs_fp32: float
-    map50_95_gt: float | None
-    map_drop_gt: float | None
     elapsed_s: float
+    # measured by the exact method only (None for a fast estimate)
+    nmse: float | None = None
+    sqnr_db: float | None = None
+    class_error: float | None = None
+    map50_95_vs_fp32: float | None = None
+    map_drop_vs_fp32: float | None = None
+    map50_95_gt: float | None = None
+    map_drop_gt: float | None = None
+    method: str = "exact"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -48,9 +50,9 @@ class LayerResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LayerResult:
-        """Inverse of :meth:`to_dict` (JSON null stands for an infinite SQNR)."""
-        values = {k: data.get(k) for k in cls.__dataclass_fields__}
-        if values["sqnr_db"] is None:
+        """Inverse of :meth:`to_dict` (JSON null SQNR of an exact result stands for infinity)."""
+        values = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        if values.get("method", "exact") == "exact" and values.get("sqnr_db") is None:
             values["sqnr_db"] = float("inf")
         return cls(**values)
 

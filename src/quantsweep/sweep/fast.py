@@ -108,17 +108,23 @@ def estimate(
     generator = torch.Generator().manual_seed(seed)
     totals = {layer.name: 0.0 for layer in layers}
     weight_sum = 0.0
-    for param in network.module.parameters():
+    params = list(network.module.parameters())
+    flags = [param.requires_grad for param in params]
+    for param in params:
         param.requires_grad_(False)  # gradients are needed for activations only
-    for start in range(0, len(batch.images), batch_size):
-        # the input carries the graph: parameters stay frozen, activations get gradients
-        chunk = batch.images[start : start + batch_size].to(device).requires_grad_(True)
-        with torch.enable_grad():
-            squares, chunk_weight = _probe_chunk(
-                network, chunk, layers, fmt=fmt, act_ranges=act_ranges, generator=generator
-            )
-        weight_sum += chunk_weight
-        for name, values in squares.items():
-            totals[name] += float(values.sum())
+    try:
+        for start in range(0, len(batch.images), batch_size):
+            # the input carries the graph: parameters stay frozen, activations get gradients
+            chunk = batch.images[start : start + batch_size].to(device).requires_grad_(True)
+            with torch.enable_grad():
+                squares, chunk_weight = _probe_chunk(
+                    network, chunk, layers, fmt=fmt, act_ranges=act_ranges, generator=generator
+                )
+            weight_sum += chunk_weight
+            for name, values in squares.items():
+                totals[name] += float(values.sum())
+    finally:
+        for param, flag in zip(params, flags, strict=True):
+            param.requires_grad_(flag)
     box_error = {name: math.sqrt(total / (4 * max(weight_sum, 1e-12))) for name, total in totals.items()}
     return FastEstimate(box_error=box_error, seconds=time.perf_counter() - started)

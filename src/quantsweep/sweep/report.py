@@ -51,14 +51,13 @@ def build_report(
     fmt: QuantFormat,
     *,
     layers: Sequence[LayerInfo],
-    results: Sequence[LayerResult],
+    ranked: Sequence[LayerResult],
     rank_by: RankMetric,
     top_k: int,
     context: dict[str, Any],
 ) -> dict[str, Any]:
-    """The report payload: every measured layer ranked, with its metrics and layer facts."""
+    """The report payload: every measured layer in ``ranked`` order, with its metrics and layer facts."""
     info = {layer.name: layer for layer in layers}
-    ranked = rank(results, rank_by)
     rows = []
     for position, result in enumerate(ranked, start=1):
         rows.append(
@@ -70,7 +69,7 @@ def build_report(
                 "layer": info[result.name].to_dict(),
             }
         )
-    measured = {r.name for r in results}
+    measured = {r.name for r in ranked}
     return {
         "format": fmt.to_dict(),
         "combination": fmt.name,
@@ -104,15 +103,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"## Top {report['top_k']} of {len(report['layers'])} layers",
         "",
-        "| rank | layer | shape | params | box_error px | class_error | nmse | sqnr dB "
+        "| rank | layer | measured | shape | params | box_error px | class_error | nmse | sqnr dB "
         "| mAP drop vs FP32 | mAP drop vs GT |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["layers"][: report["top_k"]]:
         m, layer = row["metrics"], row["layer"]
         shape = "x".join(str(d) for d in layer["weight_shape"])
         lines.append(
-            f"| {row['rank']} | `{row['name']}` | {shape} | {layer['params']} "
+            f"| {row['rank']} | `{row['name']}` | {m.get('method', 'exact')} | {shape} | {layer['params']} "
             f"| {_fmt(m['box_error'])} | {_fmt(m['class_error'])} | {_fmt(m['nmse'])} "
             f"| {_fmt(m['sqnr_db'], 3)} "
             f"| {_fmt(m['map_drop_vs_fp32'])} | {_fmt(m['map_drop_gt'])} |"

@@ -1,0 +1,121 @@
+"""Fast and hybrid sensitivity against the exact sweep, side by side in one run on the testbed.
+
+For int4-fp16 and int8-int8 (per_channel), 16 calibration images at 320 px: wall time, cost in
+forward-pass equivalents, Spearman rank correlation and top-10 overlap with the exact ranking, and
+the mAP50-95 (first 100 val images, PyTorch fake quantization) of keeping each ranking's top 10.
+ModelOpt ``auto_quantize`` is compared when ``modelopt`` is importable.
+
+    python benchmarks/fast_vs_exact.py
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from scipy.stats import spearmanr
+
+from quantsweep.config import ActDtype, CalibConfig, DetectConfig, Granularity, QuantFormat, WeightDtype
+from quantsweep.data.images import load_batch, resolve_images
+from quantsweep.data.shapes import generate_split
+from quantsweep.models.network import enumerate_layers
+from quantsweep.models.ultralytics_adapter import BUNDLED_MODEL, load_model
+from quantsweep.quant.apply import calibrate_inputs
+from quantsweep.sweep.engine import ExactSweep
+from quantsweep.sweep.fast import estimate
+from quantsweep.sweep.verify import evaluate_kept
+
+FORMATS = (
+    QuantFormat(WeightDtype.INT4, ActDtype.FP16, Granularity.PER_CHANNEL),
+    QuantFormat(WeightDtype.INT8, ActDtype.INT8, Granularity.PER_CHANNEL),
+)
+TOP = 10
+
+
+def _forward_seconds(network, images, batch_size=8, repeats=3) -> float:
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            for i in range(0, len(images), batch_size):
+                network.run(images[i : i + batch_size])
+            times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def _top(scores: dict[str, float], k: int = TOP) -> list[str]:
+    return sorted(scores, key=lambda n: (-scores[n], n))[:k]
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        calib = load_batch(
+            resolve_images(generate_split(Path(tmp) / "c", split="calib", count=16, split_seed=2)), imgsz=320
+        )
+        val = load_batch(
+            resolve_images(generate_split(Path(tmp) / "v", split="val", count=100, split_seed=1)), imgsz=320
+        )
+    loaded = load_model(BUNDLED_MODEL)
+    network = loaded.network
+    layers = enumerate_layers(network, calib.images[:1])
+    names = [layer.name for layer in layers]
+
+    def drive():
+        with torch.no_grad():
+            for i in range(0, 16, 8):
+                network.run(calib.images[i : i + 8])
+                yield None
+
+    act_ranges = calibrate_inputs(network.module, names, drive(), calib=CalibConfig())
+    forward_s = _forward_seconds(network, calib.images)
+    print(
+        f"testbed, 16 images at 320, {len(layers)} layers, {torch.get_num_threads()} threads; "
+        f"one forward pass {forward_s:.2f} s"
+    )
+    if importlib.util.find_spec("modelopt") is None:
+        print("ModelOpt is not installed: auto_quantize not compared")
+    for fmt in FORMATS:
+        start = time.perf_counter()
+        engine = ExactSweep(network, calib, batch_size=8, detect=DetectConfig())
+        exact = {layer.name: engine.measure(layer, fmt, act_ranges=act_ranges).box_error for layer in layers}
+        exact_s = time.perf_counter() - start
+        fast = estimate(network, calib, layers, fmt=fmt, act_ranges=act_ranges)
+        start = time.perf_counter()
+        hybrid_top = _top(fast.box_error, 2 * TOP + 10)
+        info = {layer.name: layer for layer in layers}
+        measured = {n: engine.measure(info[n], fmt, act_ranges=act_ranges).box_error for n in hybrid_top}
+        hybrid_s = fast.seconds + time.perf_counter() - start
+        hybrid = {**{n: -1.0 / (1 + fast.box_error[n]) for n in names}, **measured}  # exact ones rank first
+        rows = [
+            ("exact", exact, exact_s),
+            ("fast", fast.box_error, fast.seconds),
+            ("hybrid", hybrid, hybrid_s),
+        ]
+        print(f"\n{fmt.name}")
+        header = ("method", "seconds", "fwd-equiv", "spearman", "top10", "top10-kept mAP50-95")
+        print(f"{header[0]:8} {header[1]:>8} {header[2]:>9} {header[3]:>8} {header[4]:>5} {header[5]:>20}")
+        for label, scores, seconds in rows:
+            rho = spearmanr([exact[n] for n in names], [scores[n] for n in names]).statistic
+            overlap = len(set(_top(scores)) & set(_top(exact)))
+            result = evaluate_kept(
+                network,
+                val,
+                layers=layers,
+                fmt=fmt,
+                kept=set(_top(scores)),
+                batch_size=25,
+                detect=DetectConfig(),
+                act_ranges=act_ranges,
+            )
+            print(
+                f"{label:8} {seconds:8.1f} {seconds / forward_s:9.1f} {rho:8.3f} {overlap:5d} "
+                f"{result.map50_95:20.4f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
