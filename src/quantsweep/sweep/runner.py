@@ -18,6 +18,7 @@ from quantsweep.errors import InputError
 from quantsweep.models.network import LayerInfo
 from quantsweep.records import JsonLines, write_json
 from quantsweep.sweep.engine import ExactSweep, LayerResult
+from quantsweep.sweep.fast import FAST_CHUNK
 from quantsweep.sweep.fast import estimate as fast_estimate
 from quantsweep.sweep.report import IndexRow, build_report, rank, write_index, write_report
 
@@ -87,7 +88,7 @@ def _fast_estimates(job: SweepJob, fmt: QuantFormat, directory: Path, *, on_laye
             job.layers,
             fmt=fmt,
             act_ranges=job.act_ranges,
-            batch_size=job.config.batch_size,
+            batch_size=min(job.config.batch_size, FAST_CHUNK),
             device=job.config.device,
             seed=job.config.seed,
         )
