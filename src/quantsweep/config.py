@@ -60,6 +60,27 @@ class HeadMode(enum.StrEnum):
     NMS = "nms"
 
 
+class HighPrecision(enum.StrEnum):
+    """What the layers a scheme keeps run at."""
+
+    FP16 = "fp16"
+    INT8 = "int8"
+
+
+class LowPrecision(enum.StrEnum):
+    """What every other layer of a scheme runs at."""
+
+    INT4 = "int4"
+    FP8 = "fp8"
+
+
+class DropMode(enum.StrEnum):
+    """How an allowed accuracy drop (``--max-drop``) is read."""
+
+    RELATIVE = "relative"
+    ABSOLUTE = "absolute"
+
+
 class SweepMethod(enum.StrEnum):
     """How sensitivities are obtained."""
 

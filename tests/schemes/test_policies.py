@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from quantsweep.config import ActDtype, Granularity, QuantFormat, WeightDtype
-from quantsweep.pipeline.schemes_stage import HighPrecision, LowPrecision, precisions
+from quantsweep.config import ActDtype, Granularity, HighPrecision, LowPrecision, QuantFormat, WeightDtype
+from quantsweep.pipeline.schemes_stage import precisions
 from quantsweep.schemes.policies import RankedLayer, SchemeSpace, budget, first_and_head, random_k, top_k
 from quantsweep.schemes.records import Policy, Precision, Scheme
 

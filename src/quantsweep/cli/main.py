@@ -14,8 +14,11 @@ from quantsweep.config import (
     CalibConfig,
     CalibMethod,
     DetectConfig,
+    DropMode,
     Granularity,
     HeadMode,
+    HighPrecision,
+    LowPrecision,
     QuantFormat,
     RankMetric,
     SweepConfig,
@@ -214,7 +217,6 @@ def _cmd_layers(args: argparse.Namespace) -> int:
 def _cmd_schemes(args: argparse.Namespace) -> int:
     from quantsweep.cli.run import parse_ks  # noqa: PLC0415
     from quantsweep.pipeline import SchemesRequest, make_schemes  # noqa: PLC0415
-    from quantsweep.pipeline.schemes_stage import HighPrecision, LowPrecision  # noqa: PLC0415
 
     (high,) = parse_enum_list(args.high, HighPrecision, what="high precision")
     (low,) = parse_enum_list(args.low, LowPrecision, what="low precision")
@@ -255,7 +257,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from quantsweep.pipeline.search_stage import DropMode  # noqa: PLC0415
     from quantsweep.report.build import build_report  # noqa: PLC0415
 
     (mode,) = parse_enum_list(args.drop_mode, DropMode, what="drop mode")

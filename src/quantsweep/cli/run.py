@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from quantsweep.cli.progress import tqdm_progress
-from quantsweep.config import parse_enum_list
+from quantsweep.config import DropMode, HighPrecision, LowPrecision, parse_enum_list
 from quantsweep.errors import InputError
 
 
@@ -22,7 +22,7 @@ def parse_ks(text: str) -> tuple[int, ...]:
 
 
 def _search_request(args: argparse.Namespace, schemes_dir: Path):
-    from quantsweep.pipeline.search_stage import DropMode, SearchRequest  # noqa: PLC0415
+    from quantsweep.pipeline.search_stage import SearchRequest  # noqa: PLC0415
 
     (mode,) = parse_enum_list(args.drop_mode, DropMode, what="drop mode")
     if not (0 < args.max_drop < 1):
@@ -36,7 +36,6 @@ def run_default(args: argparse.Namespace) -> int:
     """Run every stage; with no arguments, on the bundled model and generated data."""
     from quantsweep.cli.main import sweep_config_from_args  # noqa: PLC0415 (avoid an import cycle)
     from quantsweep.pipeline import SchemesRequest  # noqa: PLC0415
-    from quantsweep.pipeline.schemes_stage import HighPrecision, LowPrecision  # noqa: PLC0415
     from quantsweep.workflow import RunConfig, run_job  # noqa: PLC0415
 
     if args.images and not args.data:
@@ -72,6 +71,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
     if not args.data:
         raise InputError("--data is required (labelled evaluation images)")
+    (mode,) = parse_enum_list(args.drop_mode, DropMode, what="drop mode")
     request = EvalRequest(
         args.candidates, args.data, max_images=args.eval_images, latency_runs=args.latency_runs
     )
@@ -79,7 +79,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     eval_dir = evaluate_candidates(request, out=args.out, resume=args.resume, progress=tqdm_progress)
     if search is not None:
         search_scheme(search, eval_dir=eval_dir, eval_request=request, progress=tqdm_progress)
-    summary = build_report(eval_dir, max_drop=args.max_drop, relative=args.drop_mode == "relative")
+    summary = build_report(eval_dir, max_drop=args.max_drop, relative=mode is DropMode.RELATIVE)
     print(summary.read_text())
     print(f"report: {summary} and {eval_dir / 'report.html'}")
     return 0

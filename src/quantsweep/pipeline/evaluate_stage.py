@@ -136,6 +136,8 @@ def evaluate_candidates(
     progress: ProgressFactory = no_progress,
 ) -> Path:
     """Score every artifact into ``results/<name>.json`` of a new (or resumed) run directory."""
+    if resume is not None and not (Path(resume) / "eval_config.json").is_file():
+        raise InputError(f"{resume} is not an evaluate run directory (no eval_config.json)")
     context, _fp32, index = prepare_context(Path(request.candidates_dir), request)
     if resume is None:
         run_dir = new_run_dir(out, model_name=Path(context.config.model).stem, stage="evaluate")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import enum
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from quantsweep.config import ActDtype, QuantFormat, WeightDtype
+from quantsweep.config import ActDtype, HighPrecision, LowPrecision, QuantFormat, WeightDtype
 from quantsweep.errors import InputError
 from quantsweep.export.onnx_model import MappingError, export_fp32, map_layers
 from quantsweep.models.network import enumerate_layers
@@ -24,20 +23,6 @@ from quantsweep.sweep.report import REPORT_KIND
 
 LOG = logging.getLogger(__name__)
 FP32_ONNX = "model_fp32.onnx"
-
-
-class HighPrecision(enum.StrEnum):
-    """What the kept layers run at."""
-
-    FP16 = "fp16"
-    INT8 = "int8"
-
-
-class LowPrecision(enum.StrEnum):
-    """What every other layer runs at."""
-
-    INT4 = "int4"
-    FP8 = "fp8"
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import logging
 import tempfile
@@ -12,6 +11,7 @@ from typing import Any
 
 import onnx
 
+from quantsweep.config import DropMode
 from quantsweep.errors import InputError
 from quantsweep.evaluate.onnx_eval import OnnxDetector, accuracy, detections_of
 from quantsweep.evaluate.search import search
@@ -30,13 +30,6 @@ from quantsweep.schemes.writer import INDEX_KIND, SCHEME_KIND
 
 LOG = logging.getLogger(__name__)
 RECOMMENDED = "recommended"
-
-
-class DropMode(enum.StrEnum):
-    """How ``--max-drop`` is read."""
-
-    RELATIVE = "relative"
-    ABSOLUTE = "absolute"
 
 
 @dataclass(frozen=True)
