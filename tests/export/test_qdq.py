@@ -109,3 +109,22 @@ def test_unknown_node_and_missing_range_are_refused(exported) -> None:
         materialize(model, {"no/such/node": NodePlan(_fmt(WeightDtype.INT8, ActDtype.FP16))})
     with pytest.raises(ValueError, match="calibrated range"):
         materialize(model, {mapping.nodes[layers[0].name]: NodePlan(_fmt(WeightDtype.INT8, ActDtype.INT8))})
+
+
+def test_fp8_scheme_with_exclusions_runs_in_onnx_runtime(exported, tmp_path) -> None:
+    loaded, images, layers, model, mapping, amax = exported
+    fmt = _fmt(WeightDtype.FP8, ActDtype.FP8)
+    kept = {layer.name for layer in layers[:2]} | {layers[-1].name}  # first convs and the DFL stay float
+    plans = {mapping.nodes[x.name]: NodePlan(fmt, amax[x.name]) for x in layers if x.name not in kept}
+    path = tmp_path / "fp8.onnx"
+    onnx.save(materialize(model, plans), path)
+    onnx.checker.check_model(str(path))
+    assert precision_counts(onnx.load(path)) == {"float": 3, "fp8-fp8": len(layers) - 3}
+    output, providers = run_onnx(path, images)
+    reference = torch_export_output(
+        loaded.network,
+        images,
+        assignment={x.name: fmt for x in layers if x.name not in kept},
+        act_ranges=amax,
+    )
+    assert providers == ["CPUExecutionProvider"] and relative_l2(output, reference) < 3e-2

@@ -126,6 +126,8 @@ def _html(lines: list[str], plots: list[Path]) -> str:
             table = []
         if line.startswith("# "):
             body.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("- "):
+            body.append(f"<ul><li>{html.escape(line[2:].replace('`', ''))}</li></ul>")
         elif line and not line.startswith("!["):
             body.append(f"<p>{html.escape(line.replace('**', '').replace('`', ''))}</p>")
     if table:
