@@ -4,31 +4,24 @@ For int4-fp16 and int8-int8 (per_channel), 16 calibration images at 320 px: wall
 forward-pass equivalents, Spearman rank correlation and top-10 overlap with the exact ranking, and
 the mAP50-95 (first 100 val images, PyTorch fake quantization) of keeping each ranking's top 10.
 Every path is timed after one untimed warm-up of its kernels (a forward pass; a 2-image estimate).
-ModelOpt ``auto_quantize`` is compared when ``modelopt`` is importable.
+ModelOpt ``auto_quantize`` is compared by ``modelopt_compare.py``.
 
     python benchmarks/fast_vs_exact.py
 """
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 from scipy.stats import spearmanr
 
-from quantsweep.config import ActDtype, CalibConfig, DetectConfig, Granularity, QuantFormat, WeightDtype
-from quantsweep.data.images import load_batch, resolve_images
-from quantsweep.data.shapes import generate_split
-from quantsweep.models.network import enumerate_layers
-from quantsweep.models.ultralytics_adapter import BUNDLED_MODEL, load_model
-from quantsweep.quant.apply import calibrate_inputs
+from quantsweep.config import ActDtype, DetectConfig, Granularity, QuantFormat, WeightDtype
 from quantsweep.sweep.engine import ExactSweep
 from quantsweep.sweep.fast import estimate
 from quantsweep.sweep.verify import evaluate_kept
+from testbed import load_testbed, top
 
 FORMATS = (
     QuantFormat(WeightDtype.INT4, ActDtype.FP16, Granularity.PER_CHANNEL),
@@ -48,30 +41,10 @@ def _forward_seconds(network, images, batch_size=8, repeats=3) -> float:
     return statistics.median(times[1:])
 
 
-def _top(scores: dict[str, float], k: int = TOP) -> list[str]:
-    return sorted(scores, key=lambda n: (-scores[n], n))[:k]
-
-
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        calib = load_batch(
-            resolve_images(generate_split(Path(tmp) / "c", split="calib", count=16, split_seed=2)), imgsz=320
-        )
-        val = load_batch(
-            resolve_images(generate_split(Path(tmp) / "v", split="val", count=100, split_seed=1)), imgsz=320
-        )
-    loaded = load_model(BUNDLED_MODEL)
-    network = loaded.network
-    layers = enumerate_layers(network, calib.images[:1])
-    names = [layer.name for layer in layers]
-
-    def drive():
-        with torch.no_grad():
-            for i in range(0, 16, 8):
-                network.run(calib.images[i : i + 8])
-                yield None
-
-    act_ranges = calibrate_inputs(network.module, names, drive(), calib=CalibConfig())
+    bed = load_testbed()
+    network, layers, calib, val, act_ranges = bed.network, bed.layers, bed.calib, bed.val, bed.act_ranges
+    names = bed.names
     forward_s = _forward_seconds(network, calib.images)  # timed after one untimed warm-up pass
     # the same courtesy for the backward kernels the fast method uses: one untimed 2-image estimate
     estimate(network, type(calib)(calib.images[:2], None), layers, fmt=FORMATS[0], act_ranges=act_ranges)
@@ -79,8 +52,7 @@ def main() -> None:
         f"testbed, 16 images at 320, {len(layers)} layers, {torch.get_num_threads()} threads; "
         f"one forward pass {forward_s:.2f} s"
     )
-    if importlib.util.find_spec("modelopt") is None:
-        print("ModelOpt is not installed: auto_quantize not compared")
+    print("ModelOpt auto_quantize is compared by benchmarks/modelopt_compare.py (needs nvidia-modelopt)")
     for fmt in FORMATS:
         start = time.perf_counter()
         engine = ExactSweep(network, calib, batch_size=8, detect=DetectConfig())
@@ -88,7 +60,7 @@ def main() -> None:
         exact_s = time.perf_counter() - start
         fast = estimate(network, calib, layers, fmt=fmt, act_ranges=act_ranges)
         start = time.perf_counter()
-        hybrid_top = _top(fast.box_error, 2 * TOP + 10)
+        hybrid_top = top(fast.box_error, 2 * TOP + 10)
         info = {layer.name: layer for layer in layers}
         measured = {n: engine.measure(info[n], fmt, act_ranges=act_ranges).box_error for n in hybrid_top}
         hybrid_s = fast.seconds + time.perf_counter() - start
@@ -103,13 +75,13 @@ def main() -> None:
         print(f"{header[0]:8} {header[1]:>8} {header[2]:>9} {header[3]:>8} {header[4]:>5} {header[5]:>20}")
         for label, scores, seconds in rows:
             rho = spearmanr([exact[n] for n in names], [scores[n] for n in names]).statistic
-            overlap = len(set(_top(scores)) & set(_top(exact)))
+            overlap = len(set(top(scores)) & set(top(exact)))
             result = evaluate_kept(
                 network,
                 val,
                 layers=layers,
                 fmt=fmt,
-                kept=set(_top(scores)),
+                kept=set(top(scores)),
                 batch_size=25,
                 detect=DetectConfig(),
                 act_ranges=act_ranges,

@@ -13,22 +13,17 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 from scipy.stats import spearmanr
 
-from quantsweep.config import ActDtype, CalibConfig, DetectConfig, Granularity, QuantFormat, WeightDtype
-from quantsweep.data.images import load_batch, resolve_images
-from quantsweep.data.shapes import generate_split
-from quantsweep.models.network import enumerate_layers
+from quantsweep.config import ActDtype, DetectConfig, Granularity, QuantFormat, WeightDtype
 from quantsweep.models.ultralytics_adapter import BUNDLED_MODEL, load_model
-from quantsweep.quant.apply import calibrate_inputs
 from quantsweep.sweep.engine import ExactSweep
 from quantsweep.sweep.fast import estimate
 from quantsweep.sweep.verify import evaluate_kept
+from testbed import load_testbed, top
 
 INT4_WEIGHT_ONLY = {
     "quant_cfg": [
@@ -82,33 +77,13 @@ def _modelopt_scores(images: torch.Tensor, names: list[str], fmt_cfg) -> tuple[d
     return scores, seconds
 
 
-def _top(scores: dict[str, float], k: int = 10) -> list[str]:
-    return sorted(scores, key=lambda n: (-scores[n], n))[:k]
-
-
 def main() -> None:
     if importlib.util.find_spec("modelopt") is None:
         print("nvidia-modelopt is not installed: nothing to compare")
         sys.exit(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        calib = load_batch(
-            resolve_images(generate_split(Path(tmp) / "c", split="calib", count=16, split_seed=2)), imgsz=320
-        )
-        val = load_batch(
-            resolve_images(generate_split(Path(tmp) / "v", split="val", count=100, split_seed=1)), imgsz=320
-        )
-    loaded = load_model(BUNDLED_MODEL)
-    network = loaded.network
-    layers = enumerate_layers(network, calib.images[:1])
-    names = [layer.name for layer in layers]
-
-    def drive():
-        with torch.no_grad():
-            for i in range(0, 16, 8):
-                network.run(calib.images[i : i + 8])
-                yield None
-
-    ranges = calibrate_inputs(network.module, names, drive(), calib=CalibConfig())
+    bed = load_testbed()
+    network, layers, calib, val, ranges = bed.network, bed.layers, bed.calib, bed.val, bed.act_ranges
+    names = bed.names
     for fmt, modelopt_cfg in FORMATS:
         start = time.perf_counter()
         engine = ExactSweep(network, calib, batch_size=8, detect=DetectConfig())
@@ -125,13 +100,13 @@ def main() -> None:
         print(f"{'method':9} {'seconds':>8} {'spearman':>8} {'top10':>5} {'top10-kept mAP50-95':>20}")
         for label, scores, seconds in rows:
             rho = spearmanr([exact[n] for n in names], [scores[n] for n in names]).statistic
-            overlap = len(set(_top(scores)) & set(_top(exact)))
+            overlap = len(set(top(scores)) & set(top(exact)))
             kept = evaluate_kept(
                 network,
                 val,
                 layers=layers,
                 fmt=fmt,
-                kept=set(_top(scores)),
+                kept=set(top(scores)),
                 batch_size=25,
                 detect=DetectConfig(),
                 act_ranges=ranges,

@@ -1,0 +1,63 @@
+"""What the benchmarks share: the testbed model, its calibration and validation images, ranges."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from quantsweep.config import CalibConfig
+from quantsweep.data.images import Batch, load_batch, resolve_images
+from quantsweep.data.shapes import generate_split
+from quantsweep.models.network import LayerInfo, StagedNetwork, enumerate_layers
+from quantsweep.models.ultralytics_adapter import BUNDLED_MODEL, load_model
+from quantsweep.quant.apply import calibrate_inputs
+
+IMGSZ = 320
+CALIB_IMAGES = 16
+VAL_IMAGES = 100
+
+
+@dataclass
+class Testbed:
+    """The bundled YOLOv10m with 16 calibration and 100 validation images, max-calibrated ranges."""
+
+    network: StagedNetwork
+    layers: list[LayerInfo]
+    calib: Batch
+    val: Batch
+    act_ranges: dict[str, float]
+
+    @property
+    def names(self) -> list[str]:
+        """Layer names in execution order."""
+        return [layer.name for layer in self.layers]
+
+
+def top(scores: dict[str, float], k: int = 10) -> list[str]:
+    """The ``k`` highest-scoring names (ties by name)."""
+    return sorted(scores, key=lambda n: (-scores[n], n))[:k]
+
+
+def load_testbed(*, model: str | Path = BUNDLED_MODEL, batch_size: int = 8) -> Testbed:
+    """Generate the images (calibration: split seed 2; validation: the testbed's val split) and load."""
+    with tempfile.TemporaryDirectory() as tmp:
+        calib_yaml = generate_split(
+            Path(tmp) / "c", split="calib", count=CALIB_IMAGES, size=IMGSZ, split_seed=2
+        )
+        val_yaml = generate_split(Path(tmp) / "v", split="val", count=VAL_IMAGES, size=IMGSZ, split_seed=1)
+        calib = load_batch(resolve_images(calib_yaml), imgsz=IMGSZ)
+        val = load_batch(resolve_images(val_yaml), imgsz=IMGSZ)
+    network = load_model(model).network
+    layers = enumerate_layers(network, calib.images[:1])
+
+    def drive():
+        with torch.no_grad():
+            for i in range(0, len(calib.images), batch_size):
+                network.run(calib.images[i : i + batch_size])
+                yield None
+
+    ranges = calibrate_inputs(network.module, [x.name for x in layers], drive(), calib=CalibConfig())
+    return Testbed(network=network, layers=layers, calib=calib, val=val, act_ranges=ranges)
