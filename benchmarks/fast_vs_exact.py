@@ -11,17 +11,14 @@ ModelOpt ``auto_quantize`` is compared by ``modelopt_compare.py``.
 
 from __future__ import annotations
 
-import statistics
 import time
 
 import torch
-from scipy.stats import spearmanr
 
 from quantsweep.config import ActDtype, DetectConfig, Granularity, QuantFormat, WeightDtype
 from quantsweep.sweep.engine import ExactSweep
 from quantsweep.sweep.fast import estimate
-from quantsweep.sweep.verify import evaluate_kept
-from testbed import load_testbed, top
+from testbed import compare, forward_seconds, load_testbed, top
 
 FORMATS = (
     QuantFormat(WeightDtype.INT4, ActDtype.FP16, Granularity.PER_CHANNEL),
@@ -30,22 +27,11 @@ FORMATS = (
 TOP = 10
 
 
-def _forward_seconds(network, images, batch_size=8, repeats=3) -> float:
-    times = []
-    with torch.no_grad():
-        for _ in range(repeats + 1):
-            start = time.perf_counter()
-            for i in range(0, len(images), batch_size):
-                network.run(images[i : i + batch_size])
-            times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
-
-
 def main() -> None:
     bed = load_testbed()
-    network, layers, calib, val, act_ranges = bed.network, bed.layers, bed.calib, bed.val, bed.act_ranges
+    network, layers, calib, act_ranges = bed.network, bed.layers, bed.calib, bed.act_ranges
     names = bed.names
-    forward_s = _forward_seconds(network, calib.images)  # timed after one untimed warm-up pass
+    forward_s = forward_seconds(network, calib.images)  # timed after one untimed warm-up pass
     # the same courtesy for the backward kernels the fast method uses: one untimed 2-image estimate
     estimate(network, type(calib)(calib.images[:2], None), layers, fmt=FORMATS[0], act_ranges=act_ranges)
     print(
@@ -74,22 +60,9 @@ def main() -> None:
         header = ("method", "seconds", "fwd-equiv", "spearman", "top10", "top10-kept mAP50-95")
         print(f"{header[0]:8} {header[1]:>8} {header[2]:>9} {header[3]:>8} {header[4]:>5} {header[5]:>20}")
         for label, scores, seconds in rows:
-            rho = spearmanr([exact[n] for n in names], [scores[n] for n in names]).statistic
-            overlap = len(set(top(scores)) & set(top(exact)))
-            result = evaluate_kept(
-                network,
-                val,
-                layers=layers,
-                fmt=fmt,
-                kept=set(top(scores)),
-                batch_size=25,
-                detect=DetectConfig(),
-                act_ranges=act_ranges,
-            )
-            print(
-                f"{label:8} {seconds:8.1f} {seconds / forward_s:9.1f} {rho:8.3f} {overlap:5d} "
-                f"{result.map50_95:20.4f}"
-            )
+            rho, overlap, kept_map = compare(bed, fmt, exact, scores)
+            cost = seconds / forward_s
+            print(f"{label:8} {seconds:8.1f} {cost:9.1f} {rho:8.3f} {overlap:5d} {kept_map:20.4f}")
 
 
 if __name__ == "__main__":

@@ -16,14 +16,12 @@ import sys
 import time
 
 import torch
-from scipy.stats import spearmanr
 
 from quantsweep.config import ActDtype, DetectConfig, Granularity, QuantFormat, WeightDtype
 from quantsweep.models.ultralytics_adapter import BUNDLED_MODEL, load_model
 from quantsweep.sweep.engine import ExactSweep
 from quantsweep.sweep.fast import estimate
-from quantsweep.sweep.verify import evaluate_kept
-from testbed import load_testbed, top
+from testbed import compare, load_testbed
 
 INT4_WEIGHT_ONLY = {
     "quant_cfg": [
@@ -82,7 +80,7 @@ def main() -> None:
         print("nvidia-modelopt is not installed: nothing to compare")
         sys.exit(0)
     bed = load_testbed()
-    network, layers, calib, val, ranges = bed.network, bed.layers, bed.calib, bed.val, bed.act_ranges
+    network, layers, calib, ranges = bed.network, bed.layers, bed.calib, bed.act_ranges
     names = bed.names
     for fmt, modelopt_cfg in FORMATS:
         start = time.perf_counter()
@@ -99,19 +97,8 @@ def main() -> None:
         ]
         print(f"{'method':9} {'seconds':>8} {'spearman':>8} {'top10':>5} {'top10-kept mAP50-95':>20}")
         for label, scores, seconds in rows:
-            rho = spearmanr([exact[n] for n in names], [scores[n] for n in names]).statistic
-            overlap = len(set(top(scores)) & set(top(exact)))
-            kept = evaluate_kept(
-                network,
-                val,
-                layers=layers,
-                fmt=fmt,
-                kept=set(top(scores)),
-                batch_size=25,
-                detect=DetectConfig(),
-                act_ranges=ranges,
-            )
-            print(f"{label:9} {seconds:8.1f} {rho:8.3f} {overlap:5d} {kept.map50_95:20.4f}")
+            rho, overlap, kept_map = compare(bed, fmt, exact, scores)
+            print(f"{label:9} {seconds:8.1f} {rho:8.3f} {overlap:5d} {kept_map:20.4f}")
 
 
 if __name__ == "__main__":

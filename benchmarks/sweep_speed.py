@@ -10,7 +10,6 @@ A sample of layers is also measured the naive way, so both figures come from the
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -23,19 +22,9 @@ from quantsweep.data.shapes import generate_split
 from quantsweep.models.network import enumerate_layers
 from quantsweep.models.ultralytics_adapter import BUNDLED_MODEL, load_model
 from quantsweep.sweep.engine import ExactSweep
+from testbed import forward_seconds
 
 FMT = QuantFormat(WeightDtype.INT4, ActDtype.FP16, Granularity.PER_CHANNEL)
-
-
-def _forward_seconds(network, images: torch.Tensor, batch_size: int, repeats: int = 3) -> float:
-    times = []
-    with torch.no_grad():
-        for _ in range(repeats + 1):  # first one warms up
-            start = time.perf_counter()
-            for i in range(0, len(images), batch_size):
-                network.run(images[i : i + batch_size])
-            times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
 
 
 def main() -> None:
@@ -54,7 +43,7 @@ def main() -> None:
         batch = load_batch(resolve_images(data), imgsz=args.imgsz)
     loaded = load_model(args.model)
     layers = enumerate_layers(loaded.network, batch.images[:1])
-    forward_s = _forward_seconds(loaded.network, batch.images, args.batch_size)
+    forward_s = forward_seconds(loaded.network, batch.images, batch_size=args.batch_size)
 
     start = time.perf_counter()
     engine = ExactSweep(loaded.network, batch, batch_size=args.batch_size, detect=DetectConfig())

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import statistics
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from scipy.stats import spearmanr
 
-from quantsweep.config import CalibConfig
+from quantsweep.config import CalibConfig, DetectConfig, QuantFormat
 from quantsweep.data.images import Batch, load_batch, resolve_images
 from quantsweep.data.shapes import generate_split
 from quantsweep.models.network import LayerInfo, StagedNetwork, enumerate_layers
 from quantsweep.models.ultralytics_adapter import BUNDLED_MODEL, load_model
 from quantsweep.quant.apply import calibrate_inputs
+from quantsweep.sweep.verify import evaluate_kept
 
 IMGSZ = 320
 CALIB_IMAGES = 16
@@ -61,3 +65,35 @@ def load_testbed(*, model: str | Path = BUNDLED_MODEL, batch_size: int = 8) -> T
 
     ranges = calibrate_inputs(network.module, [x.name for x in layers], drive(), calib=CalibConfig())
     return Testbed(network=network, layers=layers, calib=calib, val=val, act_ranges=ranges)
+
+
+def forward_seconds(
+    network: StagedNetwork, images: torch.Tensor, *, batch_size: int = 8, repeats: int = 3
+) -> float:
+    """Median time of one full forward pass over ``images``, after one untimed warm-up pass."""
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            for i in range(0, len(images), batch_size):
+                network.run(images[i : i + batch_size])
+            times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def compare(bed: Testbed, fmt: QuantFormat, exact: dict[str, float], scores: dict[str, float]) -> tuple:
+    """(Spearman vs exact, top-10 overlap, mAP50-95 on the val images with this ranking's top 10 kept)."""
+    names = bed.names
+    rho = spearmanr([exact[n] for n in names], [scores[n] for n in names]).statistic
+    overlap = len(set(top(scores)) & set(top(exact)))
+    kept = evaluate_kept(
+        bed.network,
+        bed.val,
+        layers=bed.layers,
+        fmt=fmt,
+        kept=set(top(scores)),
+        batch_size=25,
+        detect=DetectConfig(),
+        act_ranges=bed.act_ranges,
+    )
+    return rho, overlap, kept.map50_95

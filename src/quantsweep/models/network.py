@@ -147,8 +147,3 @@ def enumerate_layers(network: StagedNetwork, sample: torch.Tensor) -> list[Layer
         for handle in handles:
             handle.remove()
     return list(seen.values())
-
-
-def get_submodule(network: StagedNetwork, name: str) -> nn.Module:
-    """The module called ``name`` inside the network."""
-    return network.module.get_submodule(name)

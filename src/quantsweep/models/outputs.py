@@ -33,11 +33,6 @@ class HeadOutput:
             boxes = torch.cat((xy - wh, xy + wh), dim=-1)
         return cls(raw=raw, boxes=boxes, scores=raw[:, 4:].transpose(1, 2), detections=detections)
 
-    def cpu(self) -> HeadOutput:
-        """A copy on the CPU."""
-        det = None if self.detections is None else self.detections.cpu()
-        return HeadOutput(self.raw.cpu(), self.boxes.cpu(), self.scores.cpu(), det)
-
     @staticmethod
     def concat(parts: list[HeadOutput]) -> HeadOutput:
         """Join batches along the image axis."""
