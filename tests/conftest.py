@@ -74,3 +74,18 @@ def testbed_checkpoint() -> Path:
         if path.is_file():
             return path
     raise FileNotFoundError("testbed checkpoint missing: neither bundled nor in ../shared/testbed")
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory):
+    """``tiny_model("yolov8n.yaml")`` exported to ONNX, its layer mapping and 4 calibration images."""
+    from quantsweep.export.onnx_model import export_fp32, map_layers  # noqa: PLC0415
+    from quantsweep.models.network import enumerate_layers  # noqa: PLC0415
+
+    loaded = tiny_model("yolov8n.yaml")
+    images = torch.rand(4, 3, TINY_IMGSZ, TINY_IMGSZ)
+    path = tmp_path_factory.mktemp("tiny_onnx") / "fp32.onnx"
+    model = export_fp32(loaded.network, imgsz=TINY_IMGSZ, path=path)
+    layers = enumerate_layers(loaded.network, images[:1])
+    mapping = map_layers(model, loaded.network.module, layers)
+    return {"path": path, "model": model, "images": images, "nodes": mapping.nodes, "loaded": loaded}

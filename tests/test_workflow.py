@@ -1,7 +1,7 @@
-"""Integration: the README's main command on the bundled YOLOv10m testbed (about 7 minutes on 2 cores).
+"""Integration: the README's main command on the bundled YOLOv10m testbed (under 10 minutes on 2 cores).
 
-One run, checked against the acceptance criteria of the sweep, the materialization and the
-evaluation issues.
+One run, for every CPU deployment target, checked against the acceptance criteria of the sweep,
+the materialization, the evaluation and the deployment-target issues.
 """
 
 from __future__ import annotations
@@ -32,8 +32,12 @@ def default_run(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-def _result(default_run, name: str) -> dict:
-    return json.loads((default_run["eval"] / "results" / f"{name}.json").read_text())
+def _result(default_run, name: str, target: str = "size") -> dict:
+    return json.loads((default_run["eval"] / "results" / target / "models" / f"{name}.json").read_text())
+
+
+def _recommendation(default_run, target: str) -> dict:
+    return json.loads((default_run["eval"] / "results" / target / "recommendation.json").read_text())
 
 
 def test_sweep_ranks_all_118_convs_and_top10_recovers_int4(default_run) -> None:
@@ -69,27 +73,42 @@ def test_candidates_are_exact_valid_and_small(default_run) -> None:
     candidates = default_run["candidates"]
     fp32 = json.loads((candidates / "fp32.verify.json").read_text())
     for k in (0, 5, 10, 20):
-        verify = json.loads((candidates / f"k{k}.verify.json").read_text())
+        verify = json.loads((candidates / "size" / f"k{k}.verify.json").read_text())
         expected = {"int4-fp16": 118 - k, **({"float": k} if k else {})}
         assert verify["precision_counts"] == dict(sorted(expected.items()))
         assert verify["counts_match"] and verify["checker"] == "passed"
         assert verify["ort_output_shape"] == fp32["ort_output_shape"]
         assert verify["torch_vs_onnx_rel_l2"] < 1e-5
-    assert json.loads((candidates / "k0.verify.json").read_text())["fp32_over_size"] >= 6
+        for target, label in (("ort-cpu", "int8-uint8"), ("openvino", "int8-int8")):
+            verify = json.loads((candidates / target / f"k{k}.verify.json").read_text())
+            assert verify["precision_counts"] == dict(
+                sorted({label: 118 - k, **({"float": k} if k else {})}.items())
+            )
+    assert json.loads((candidates / "size" / "k0.verify.json").read_text())["fp32_over_size"] >= 6
 
 
-def test_search_recommends_few_layers_within_one_percent(default_run) -> None:
-    search = json.loads((default_run["eval"] / "search" / "search.json").read_text())
-    fp32 = _result(default_run, "fp32")["accuracy"]["map50_95_gt"]
-    recommended = _result(default_run, "recommended")
-    assert search["target_met"] and len(search["kept"]) <= 6
-    assert recommended["accuracy"]["map50_95_gt"] >= 0.99 * fp32
-    assert len(search["evaluations"]) <= search["max_evals"]
+@pytest.mark.parametrize("target", ["ort-cpu", "openvino", "size"])
+def test_each_target_recommends_a_model_within_one_percent(default_run, target) -> None:
+    rec = _recommendation(default_run, target)
+    fp32 = _result(default_run, "fp32", target)
+    assert rec["recommended"] not in (None, "fp32")
+    chosen = _result(default_run, rec["recommended"], target)
+    assert chosen["accuracy"]["map50_95_gt"] >= 0.99 * rec["reference_map50_95"]
+    assert fp32["latency"]["ratio_to_reference"] == 1.0 and chosen["latency"]["rounds"] >= 5
+    search = json.loads((default_run["eval"] / "search" / target / "search.json").read_text())
+    assert search["target_met"] and len(search["evaluations"]) <= search["max_evals"]
+    if target == "size":
+        assert len(search["kept"]) <= 6 and rec["size_reduction"] >= 6
+    else:  # a speed target ships a model faster than FP32 on its runtime
+        assert rec["speedup"] > 1.0
 
 
-def test_summary_shows_the_ranking_beating_the_references(default_run) -> None:
+def test_summary_opens_with_one_card_per_target(default_run) -> None:
     summary = (default_run["eval"] / "summary.md").read_text()
-    assert "Recommendation:" in summary
+    cards = summary[summary.index("## Recommendations") : summary.index("## ort-cpu")]
+    for target in ("ort-cpu", "openvino", "size"):
+        assert f"### {target}" in cards
+    assert cards.count("faster than FP32") == 2 and "smaller than FP32" in cards
     for k in (5, 10, 20):
         assert f"sensitivity-guided `k{k}`" in summary
     assert "does not beat" not in summary

@@ -61,17 +61,23 @@ class HeadMode(enum.StrEnum):
 
 
 class HighPrecision(enum.StrEnum):
-    """What the layers a scheme keeps run at."""
+    """What the layers a scheme keeps run at: ``float`` (no Q/DQ at all) or INT8 weights."""
 
-    FP16 = "fp16"
+    FLOAT = "float"
     INT8 = "int8"
 
 
 class LowPrecision(enum.StrEnum):
-    """What every other layer of a scheme runs at."""
+    """What every other layer of a scheme runs at (``auto``: the swept combination itself)."""
 
+    AUTO = "auto"
+    INT8 = "int8"
     INT4 = "int4"
     FP8 = "fp8"
+
+
+# spellings the CLI still accepts for a value that was renamed
+ALIASES: dict[type[enum.StrEnum], dict[str, str]] = {HighPrecision: {"fp16": "float"}}
 
 
 class DropMode(enum.StrEnum):
@@ -96,6 +102,7 @@ def parse_enum_list(text: str, enum_type: type[enum.StrEnum], *, what: str) -> t
         item = raw.strip().lower()
         if not item:
             continue
+        item = ALIASES.get(enum_type, {}).get(item, item)
         try:
             values.append(enum_type(item))
         except ValueError:

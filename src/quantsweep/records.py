@@ -8,7 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+from quantsweep.errors import InputError
+
+SCHEMA_VERSION = 2  # 2: per-target candidates and results (deployment targets)
 
 
 def _clean(value: Any) -> Any:
@@ -33,11 +35,20 @@ def write_json(path: Path, kind: str, payload: dict[str, Any]) -> None:
 
 def read_json(path: Path, kind: str) -> dict[str, Any]:
     """Read a record written by :func:`write_json`, checking its kind and schema version."""
-    data = json.loads(Path(path).read_text())
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path} not found")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path} is not valid JSON: {exc}") from None
     if data.get("kind") != kind:
-        raise ValueError(f"{path} holds a '{data.get('kind')}' record, expected '{kind}'")
+        raise InputError(f"{path} holds a '{data.get('kind')}' record, expected '{kind}'")
     if data.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"{path} has schema version {data.get('schema_version')}, expected {SCHEMA_VERSION}")
+        raise InputError(
+            f"{path} has schema version {data.get('schema_version')}, this quantsweep reads "
+            f"{SCHEMA_VERSION}: re-run that stage with this version"
+        )
     return data
 
 

@@ -12,13 +12,18 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from quantsweep.backends import ConvKind, get_backend
 from quantsweep.config import SweepConfig
 from quantsweep.data.shapes import generate_split
 from quantsweep.errors import InputError
+from quantsweep.evaluate.target import AccuracyTarget
 from quantsweep.pipeline import SchemesRequest, make_schemes, materialize_candidates, sweep
 from quantsweep.pipeline.common import ProgressFactory, no_progress
-from quantsweep.pipeline.evaluate_stage import EvalRequest, evaluate_candidates, load_eval_batch
-from quantsweep.pipeline.search_stage import SearchRequest, search_scheme
+from quantsweep.pipeline.eval_context import EvalRequest, load_eval_batch
+from quantsweep.pipeline.evaluate_stage import evaluate_candidates
+from quantsweep.pipeline.materialize_stage import MaterializeRequest
+from quantsweep.pipeline.schemes_stage import precisions
+from quantsweep.pipeline.search_stage import SearchRequest
 from quantsweep.records import write_json
 from quantsweep.report.build import build_report
 from quantsweep.runs import new_run_dir
@@ -30,14 +35,17 @@ CALIB_SPLIT_SEED = 2  # a split the testbed checkpoint never saw; its val split 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The whole job: the sweep, the schemes to build, and the evaluation and search settings."""
+    """The whole job: the sweep, the schemes to build, the targets, and the evaluation and search."""
 
     sweep: SweepConfig
     eval_data: str | None
     schemes: SchemesRequest
     search: SearchRequest
+    targets: tuple[str, ...]
+    accuracy_target: AccuracyTarget
     eval_images: int = 100
-    latency_runs: int = 10
+    latency_rounds: int = 7
+    latency_runs: int = 5
 
 
 def _default_data(run_dir: Path, config: RunConfig) -> tuple[str, str]:
@@ -53,21 +61,43 @@ def _default_data(run_dir: Path, config: RunConfig) -> tuple[str, str]:
     return str(calib), str(val)
 
 
-def _first_report(sweep_dir: Path, config: SweepConfig) -> Path:
-    for fmt in config.formats:
-        path = sweep_dir / fmt.name / f"{REPORT_NAME}.json"
-        if path.is_file():
-            return path
-    raise InputError(f"the sweep in {sweep_dir} produced no report")
+def _reports(sweep_dir: Path, config: SweepConfig) -> list[Path]:
+    paths = [sweep_dir / fmt.name / f"{REPORT_NAME}.json" for fmt in config.formats]
+    found = [path for path in paths if path.is_file()]
+    if not found:
+        raise InputError(f"the sweep in {sweep_dir} produced no report")
+    return found
 
 
-def run_job(config: RunConfig, *, out: Path, progress: ProgressFactory = no_progress) -> Path:
-    """Run every stage into a new run directory; return the evaluate directory holding the report."""
-    run_dir = new_run_dir(out, model_name=Path(config.sweep.model).stem, stage="run")
-    sweep_config, eval_data = config.sweep, config.eval_data
-    if eval_data is None:
-        calib, eval_data = _default_data(run_dir, config)
-        sweep_config = dataclasses.replace(sweep_config, images=calib, seed=0)
+def _schemes_request(request: SchemesRequest, report: Path) -> SchemesRequest:
+    """The run's schemes for one combination: the bit budget and the reference schemes (random,
+    first+head) where they mean something and the run can afford them, on INT4 weights only."""
+    int4 = "int4" in report.parent.parent.name
+    return dataclasses.replace(
+        request,
+        report=report,
+        target_bits=request.target_bits if int4 else None,
+        references=request.references and int4,
+    )
+
+
+def usable_targets(names: tuple[str, ...], *, explicit: bool) -> tuple[str, ...]:
+    """The targets to run; an explicitly requested one that cannot run here is an input error."""
+    usable = []
+    for name in names:
+        available = get_backend(name).availability()
+        if available.available:
+            usable.append(name)
+        elif explicit:
+            raise InputError(f"target {name} is not available here: {available.reason}")
+        else:
+            LOG.warning("skipping target %s: %s", name, available.reason)
+    if not usable:
+        raise InputError("none of the targets can run on this machine")
+    return tuple(usable)
+
+
+def _record(run_dir: Path, config: RunConfig, sweep_config: SweepConfig, eval_data: str) -> None:
     write_json(
         run_dir / "run_config.json",
         "run_config",
@@ -75,29 +105,67 @@ def run_job(config: RunConfig, *, out: Path, progress: ProgressFactory = no_prog
             "sweep": sweep_config.to_dict(),
             "eval_data": eval_data,
             "eval_images": config.eval_images,
+            "targets": list(config.targets),
             "ks": list(config.schemes.ks),
             "high": config.schemes.high.value,
             "low": config.schemes.low.value,
-            "max_drop": config.search.max_drop,
-            "drop_mode": config.search.drop_mode.value,
+            "accuracy_target": config.accuracy_target.to_dict(),
+            "max_evals": config.search.max_evals,
+            "latency": {"rounds": config.latency_rounds, "runs_per_round": config.latency_runs},
         },
     )
+
+
+def check_targets_fit(config: RunConfig) -> None:
+    """Before any work: every target must be able to run the schemes of some swept combination."""
+    for name in config.targets:
+        backend = get_backend(name)
+        fits = []
+        for fmt in config.sweep.formats:
+            low, high = precisions(fmt, low=config.schemes.low, high=config.schemes.high)
+            plan = {"low": low, "high": high}
+            try:
+                backend.check_plan(plan, dict.fromkeys(plan, ConvKind.REGULAR))
+                fits.append(fmt)
+            except InputError:
+                continue
+        if not fits:
+            swept = ", ".join(f.name for f in config.sweep.formats)
+            raise InputError(
+                f"target {name} runs {', '.join(sorted(backend.runs()))} only, but the run makes "
+                f"{swept} schemes with --low {config.schemes.low.value}: drop the target or sweep "
+                f"{backend.sweep_formats()[0].name}"
+            )
+
+
+def run_job(config: RunConfig, *, out: Path, progress: ProgressFactory = no_progress) -> Path:
+    """Run every stage into a new run directory; return the evaluate directory holding the report."""
+    check_targets_fit(config)
+    run_dir = new_run_dir(out, model_name=Path(config.sweep.model).stem, stage="run")
+    sweep_config, eval_data = config.sweep, config.eval_data
+    if eval_data is None:
+        calib, eval_data = _default_data(run_dir, config)
+        sweep_config = dataclasses.replace(sweep_config, images=calib, seed=0)
+    _record(run_dir, config, sweep_config, eval_data)
     # fail on bad evaluation data before minutes of sweeping
     load_eval_batch(eval_data, max_images=config.eval_images, imgsz=sweep_config.imgsz, num_classes=10**6)
     sweep_dir = sweep(sweep_config, out=run_dir, progress=progress)
-    schemes_dir = make_schemes(
-        dataclasses.replace(config.schemes, report=_first_report(sweep_dir, sweep_config)), out=run_dir
+    schemes_dirs = tuple(
+        make_schemes(_schemes_request(config.schemes, report), out=run_dir)
+        for report in _reports(sweep_dir, sweep_config)
     )
-    candidates_dir = materialize_candidates(schemes_dir, out=run_dir, progress=progress)
+    candidates_dir = materialize_candidates(
+        MaterializeRequest(schemes_dirs, config.targets), out=run_dir, progress=progress
+    )
     eval_request = EvalRequest(
-        candidates_dir, eval_data, max_images=config.eval_images, latency_runs=config.latency_runs
+        candidates_dir,
+        eval_data,
+        max_images=config.eval_images,
+        targets=config.targets,
+        latency_rounds=config.latency_rounds,
+        latency_runs=config.latency_runs,
+        accuracy_target=config.accuracy_target,
     )
-    eval_dir = evaluate_candidates(eval_request, out=run_dir, progress=progress)
-    search_scheme(
-        dataclasses.replace(config.search, schemes_dir=schemes_dir),
-        eval_dir=eval_dir,
-        eval_request=eval_request,
-        progress=progress,
-    )
+    eval_dir = evaluate_candidates(eval_request, out=run_dir, search=config.search, progress=progress)
     build_report(eval_dir)
     return eval_dir

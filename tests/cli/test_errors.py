@@ -77,3 +77,15 @@ def test_layers_command_lists_layers(capsys, tiny_checkpoint) -> None:
     assert main(["layers", "--model", str(tiny_checkpoint), "--imgsz", "64"]) == 0
     out = capsys.readouterr().out
     assert "model.0.conv" in out and "64 quantizable layers" in out
+
+
+def test_a_target_that_cannot_run_the_request_stops_before_any_work(
+    capsys, tiny_checkpoint, tiny_data, tmp_path
+) -> None:
+    run = ["run", "--model", str(tiny_checkpoint), "--images", str(tiny_data), "--data", str(tiny_data)]
+    line = _error(
+        capsys, [*run, "--imgsz", "96", "--target", "ort-cpu", "--low", "fp8", "--out", str(tmp_path)]
+    )
+    assert "target ort-cpu runs int8-int8 only" in line and "--low fp8" in line
+    assert "unknown target 'gpu'" in _error(capsys, [*run, "--target", "gpu", "--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir())  # refused before a run directory was made

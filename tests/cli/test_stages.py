@@ -11,104 +11,125 @@ from pathlib import Path
 import pytest
 
 from quantsweep.cli.main import main
+from quantsweep.export.onnx_model import export_fp32
+from quantsweep.models.ultralytics_adapter import load_model
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _ok(argv: list[str]) -> None:
+    assert main(argv) == 0, argv
 
 
 @pytest.fixture(scope="module")
 def chain(tiny_checkpoint, tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("chain")
-    common = ["--imgsz", "96"]
-    assert (
-        main(
-            [
-                "sweep",
-                "--model",
-                str(tiny_checkpoint),
-                "--images",
-                str(tiny_data),
-                "--max-images",
-                "4",
-                "--acts",
-                "int8",
-                *common,
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
+    _ok(
+        [
+            "sweep",
+            *("--model", str(tiny_checkpoint), "--images", str(tiny_data), "--max-images", "4"),
+            *("--target", "ort-cpu,openvino,size", "--method", "fast", "--imgsz", "96", "--out", str(out)),
+        ]
     )
-    report = next(out.glob("*_layer_sensitivity/*/int4-int8/per_channel/layer-sensitivity-report.json"))
-    assert (
-        main(["schemes", "--report", str(report), "--ks", "0,3", "--target-bits", "5", "--out", str(out)])
-        == 0
-    )
-    schemes = next(out.glob("*_schemes/*"))
-    assert main(["materialize", "--schemes", str(schemes), "--out", str(out)]) == 0
+    reports = sorted(out.glob("*_layer_sensitivity/*/*/per_channel/layer-sensitivity-report.json"))
+    assert [r.parent.parent.name for r in reports] == ["int4-fp16", "int8-int8"]
+    for report in reports:
+        budget = ["--target-bits", "5"] if "int4" in str(report) else []
+        _ok(["schemes", "--report", str(report), "--ks", "0,3", *budget, "--out", str(out)])
+    schemes = sorted(out.glob("*_schemes/*"))
+    _ok(["materialize", *[a for s in schemes for a in ("--schemes", str(s))], "--out", str(out)])
     candidates = next(out.glob("*_candidates/*"))
-    assert (
-        main(
-            [
-                "evaluate",
-                "--candidates",
-                str(candidates),
-                "--schemes",
-                str(schemes),
-                "--data",
-                str(tiny_data),
-                "--latency-runs",
-                "3",
-                "--max-evals",
-                "6",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    return {"schemes": schemes, "candidates": candidates, "eval": next(out.glob("*_evaluate/*")), "out": out}
+    evaluate = [
+        *("evaluate", "--candidates", str(candidates), "--data", str(tiny_data), "--eval-images", "8"),
+        *("--latency-rounds", "2", "--latency-runs", "2", "--max-evals", "4", "--out", str(out)),
+    ]
+    _ok([*evaluate, "--search"])
+    return {
+        "schemes": schemes,
+        "candidates": candidates,
+        "eval": next(out.glob("*_evaluate/*")),
+        "out": out,
+        "evaluate": evaluate,
+    }
 
 
 def test_schemes_stage_files(chain) -> None:
-    schemes = chain["schemes"]
-    index = json.loads((schemes / "schemes_index.json").read_text())
+    int4 = next(s for s in chain["schemes"] if "int4" in (s / "candidates.md").read_text())
+    index = json.loads((int4 / "schemes_index.json").read_text())
     names = {row["name"] for row in index["schemes"]}
     assert {"k0", "k3", "random_k3", "first_head_k3", "budget_5bits"} <= names
-    k3 = json.loads((schemes / "scheme_k3.json").read_text())
+    k3 = json.loads((int4 / "scheme_k3.json").read_text())
     assert k3["precision_counts"]["float"] == 3
     assert all(layer["onnx_node"] for layer in k3["layers"])
-    excluded = (schemes / "nodes_to_exclude_k3.txt").read_text().split()
+    excluded = (int4 / "nodes_to_exclude_k3.txt").read_text().split()
     assert len(excluded) == 3 and all(name.endswith("Conv") for name in excluded)
-    assert "| rank | Torch layer | sensitivity | ONNX node |" in (schemes / "candidates.md").read_text()
+    assert "| rank | Torch layer | sensitivity | ONNX node |" in (int4 / "candidates.md").read_text()
 
 
-def test_materialized_artifacts_match_their_schemes(chain) -> None:
+def test_each_target_gets_its_artifacts_in_its_own_placement(chain) -> None:
     index = json.loads((chain["candidates"] / "candidates.json").read_text())
-    by_name = {a["name"]: a for a in index["artifacts"]}
-    assert {"fp32", "baseline_int8", "k0", "k3"} <= set(by_name)
-    for name in ("k0", "k3", "random_k3", "budget_5bits"):
-        assert by_name[name]["counts_match"] is True
-        assert by_name[name]["torch_vs_onnx_rel_l2"] < 0.05
-    verify = json.loads((chain["candidates"] / "k3.verify.json").read_text())
-    layers = sum(verify["expected_counts"].values())
-    assert verify["precision_counts"] == {"float": 3, "int4-int8": layers - 3}
-    assert verify["checker"] == "passed" and verify["ort_providers"] == ["CPUExecutionProvider"]
-    baseline = json.loads((chain["candidates"] / "baseline_int8.verify.json").read_text())
-    assert baseline["precision_counts"] == {"int8-int8": layers}
+    assert set(index["targets"]) == {"ort-cpu", "openvino", "size"}
+    written = {"ort-cpu": "int8-uint8", "openvino": "int8-int8", "size": "int4-fp16"}
+    for target, label in written.items():
+        by_name = {a["name"]: a for a in index["targets"][target]["artifacts"]}
+        assert {"fp32", "k0", "k3", "random_k3"} <= set(by_name)
+        assert all(by_name[n]["counts_match"] is True for n in ("k0", "k3", "random_k3"))
+        verify = json.loads((chain["candidates"] / target / "k3.verify.json").read_text())
+        layers = sum(verify["expected_counts"].values())
+        assert verify["precision_counts"] == {"float": 3, label: layers - 3}
+        assert verify["checker"] == "passed"
+    size_k3 = json.loads((chain["candidates"] / "size" / "k3.verify.json").read_text())
+    assert size_k3["torch_vs_onnx_rel_l2"] < 1e-5  # weight-only: float precision
+    assert "ort_quantize_static" in {a["name"] for a in index["targets"]["ort-cpu"]["artifacts"]}
 
 
-def test_evaluation_search_and_report(chain) -> None:
+def test_evaluation_search_timing_and_recommendation_per_target(chain) -> None:
     eval_dir = chain["eval"]
-    results = {p.stem: json.loads(p.read_text()) for p in (eval_dir / "results").glob("*.json")}
-    assert {"fp32", "k0", "k3", "recommended"} <= set(results)
-    fp32 = results["fp32"]
-    assert fp32["accuracy"]["map50_95_vs_fp32"] > 0.9 and fp32["latency"][0]["median_ms"] > 0
-    search = json.loads((eval_dir / "search" / "search.json").read_text())
-    assert 0 < len(search["evaluations"]) <= 6
+    for target in ("ort-cpu", "openvino", "size"):
+        models = {
+            p.stem: json.loads(p.read_text()) for p in (eval_dir / "results" / target / "models").glob("*")
+        }
+        assert {"fp32", "k0", "k3"} <= set(models)
+        assert models["fp32"]["latency"]["ratio_to_reference"] == 1.0
+        assert all(m["latency"]["median_ms"] > 0 and m["latency"]["rounds"] == 2 for m in models.values())
+        rec = json.loads((eval_dir / "results" / target / "recommendation.json").read_text())
+        assert rec["recommended"] in models and rec["objective"] == ("size" if target == "size" else "speed")
+        search = json.loads((eval_dir / "search" / target / "search.json").read_text())
+        assert 0 < len(search["evaluations"]) <= 4
+        # the passing kept sets the search found are timed beside the candidates
+        assert set(search["finalists"]) <= set(models) and bool(search["finalists"]) == search["target_met"]
     summary = (eval_dir / "summary.md").read_text()
-    assert "| `fp32` | fp32 |" in summary and ("Recommendation" in summary or "No candidate" in summary)
-    for plot in ("map_vs_bits", "map_vs_latency", "sensitivity_heatmap", "sensitivity_int4-int8_per_channel"):
+    assert summary.index("## Recommendations") < summary.index("## ort-cpu")
+    for target in ("ort-cpu", "openvino", "size"):
+        assert f"### {target}" in summary and f"map_vs_latency_{target}.png" in summary
+    for plot in ("map_vs_bits_size", "sensitivity_heatmap", "sensitivity_int8-int8_per_channel"):
         assert (eval_dir / "plots" / f"{plot}.png").stat().st_size > 5000
+
+
+def test_evaluate_resume_refuses_other_data_and_finishes_the_same(chain, tiny_data, tmp_path, capsys) -> None:
+    eval_dir = chain["eval"]
+    result = eval_dir / "results" / "size" / "models" / "k0.json"
+    before = result.stat().st_mtime_ns
+    other = tmp_path / "other"
+    shutil.copytree(Path(tiny_data).parent, other)
+    argv = [a if a != str(tiny_data) else str(other / "data.yaml") for a in chain["evaluate"]]
+    assert main([*argv, "--resume", str(eval_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "data differs from the interrupted run" in err and len(err.strip().splitlines()) == 1
+    # the same settings resume without scoring anything again
+    result_k3 = eval_dir / "results" / "ort-cpu" / "models" / "k3.json"
+    result_k3.unlink()
+    _ok([*chain["evaluate"], "--resume", str(eval_dir)])
+    assert result.stat().st_mtime_ns == before and result_k3.is_file()
+
+
+def test_materialize_refuses_a_target_that_cannot_run_the_schemes(chain, tmp_path, capsys) -> None:
+    int4 = next(s for s in chain["schemes"] if "int4" in (s / "candidates.md").read_text())
+    argv = ["materialize", "--schemes", str(int4), "--target", "ort-cpu", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "target ort-cpu runs int8-int8 only" in err[0]
+    assert not list(tmp_path.glob("*_candidates"))
 
 
 @pytest.mark.skipif(
@@ -139,11 +160,11 @@ def test_report_html_renders_in_headless_chromium(chain, tmp_path) -> None:
         check=True,
     ).stdout
     plots = len(list((chain["eval"] / "plots").glob("*.png")))
-    assert f'data-images-rendered="{plots}"' in dom
-    assert "<table>" in dom and "<td>fp32</td>" in dom
+    assert f'data-images-rendered="{plots}"' in dom and 'data-cards="3"' in dom
+    assert "<table>" in dom and "<code>fp32</code>" in dom
 
 
-def test_bad_evaluation_inputs_exit_2(chain, tiny_data, tmp_path, capsys) -> None:
+def test_bad_evaluation_inputs_exit_2(chain, tiny_checkpoint, tiny_data, tmp_path, capsys) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     assert (
@@ -158,16 +179,14 @@ def test_bad_evaluation_inputs_exit_2(chain, tiny_data, tmp_path, capsys) -> Non
     args = ["evaluate", "--candidates", str(chain["candidates"]), "--out", str(tmp_path)]
     assert main([*args, "--data", str(bad / "images" / "val")]) == 2
     assert "labels do not match" in capsys.readouterr().err
-    # a candidate exported at another input size
+    # a candidate exported at another input size than the data is prepared at
     other = tmp_path / "other"
     shutil.copytree(chain["candidates"], other)
-    shutil.copyfile(chain["candidates"] / "fp32.onnx", other / "k0.onnx")
-    index = json.loads((other / "candidates.json").read_text())
-    (other / "fp32.onnx").unlink()
-    (other / "candidates.json").write_text(json.dumps(index))
-    assert (
-        main(["evaluate", "--candidates", str(other), "--data", str(tiny_data), "--out", str(tmp_path)]) == 2
-    )
-    assert "not found" in capsys.readouterr().err
-    before = sorted(p.name for p in chain["eval"].rglob("*"))
-    assert before  # nothing computed earlier was touched
+    loaded = load_model(str(tiny_checkpoint))
+    export_fp32(loaded.network, imgsz=128, path=other / "size" / "k0.onnx")
+    args = ["evaluate", "--candidates", str(other), "--data", str(tiny_data), "--target", "size"]
+    assert main([*args, "--out", str(tmp_path / "runs")]) == 2
+    assert "k0.onnx takes 128x128 inputs" in capsys.readouterr().err
+    # what finished before the bad artifact is kept, ready for --resume
+    (failed,) = (tmp_path / "runs").glob("*_evaluate/*")
+    assert (failed / "results" / "size" / "models" / "fp32.json").is_file()

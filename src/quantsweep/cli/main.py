@@ -14,7 +14,6 @@ from quantsweep.config import (
     CalibConfig,
     CalibMethod,
     DetectConfig,
-    DropMode,
     Granularity,
     HeadMode,
     HighPrecision,
@@ -29,6 +28,7 @@ from quantsweep.config import (
 from quantsweep.errors import InputError
 
 EXIT_BAD_INPUT = 2
+DEFAULT_TARGETS = "ort-cpu,openvino,size"
 EXIT_INTERRUPTED = 130
 LOG = logging.getLogger("quantsweep")
 
@@ -53,9 +53,13 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
     _add_model_args(parser)
     parser.add_argument("--images", help="image folder, .txt list or Ultralytics data .yaml")
-    parser.add_argument("--weights", default="int4", help="weight dtypes: int8,int4,fp8")
-    parser.add_argument("--acts", default="fp16", help="activation dtypes: fp16 (weight-only),int8,fp8")
-    parser.add_argument("--granularity", default="per_channel", help="per_layer,per_channel")
+    parser.add_argument(
+        "--weights", help="weight dtypes: int8,int4,fp8 (default: what the targets run, else int4)"
+    )
+    parser.add_argument(
+        "--acts", help="activation dtypes: fp16 (weight-only),int8,fp8 (default: the targets', else fp16)"
+    )
+    parser.add_argument("--granularity", help="per_layer,per_channel (default per_channel)")
     parser.add_argument("--int4-block-size", type=int, help="INT4 scales per block of input channels")
     parser.add_argument("--max-images", type=int, default=16, help="calibration images (seeded subset)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the image subset")
@@ -83,10 +87,20 @@ def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", type=Path, help="finish an interrupted sweep run directory")
 
 
+def _add_target_arg(parser: argparse.ArgumentParser, *, default: str | None) -> None:
+    parser.add_argument(
+        "--target",
+        default=default,
+        help="deployment targets, comma-separated: ort-cpu, openvino, size"
+        + (f" (default {default})" if default else ""),
+    )
+
+
 def _add_eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="labelled evaluation images: data .yaml, folder or .txt list")
     parser.add_argument("--eval-images", type=int, default=100, help="evaluation images (the first N)")
-    parser.add_argument("--latency-runs", type=int, default=10, help="timed runs per model and provider")
+    parser.add_argument("--latency-rounds", type=int, default=7, help="interleaved timing rounds")
+    parser.add_argument("--latency-runs", type=int, default=5, help="timed runs per model per round")
     parser.add_argument("--max-drop", type=float, default=0.01, help="allowed mAP50-95 drop from FP32")
     parser.add_argument("--drop-mode", default="relative", help="relative or absolute")
     parser.add_argument("--max-evals", type=int, default=24, help="most ONNX evaluations the search may run")
@@ -98,45 +112,61 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"quantsweep {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
-    _add_sweep_args(commands.add_parser("sweep", help="measure every layer's sensitivity"))
+    sweep = commands.add_parser("sweep", help="measure every layer's sensitivity")
+    _add_sweep_args(sweep)
+    _add_target_arg(sweep, default=None)
     _add_model_args(commands.add_parser("layers", help="list quantizable layers"))
     schemes = commands.add_parser("schemes", help="candidate mixed-precision schemes from a sweep report")
     schemes.add_argument("--report", type=Path, required=True, help="layer-sensitivity-report.json")
     schemes.add_argument("--ks", default="0,5,10,20", help="numbers of layers kept at high precision")
-    schemes.add_argument("--high", default="fp16", help="precision of kept layers: fp16, int8")
-    schemes.add_argument("--low", default="int4", help="precision of the other layers: int4, fp8")
+    schemes.add_argument("--high", default="float", help="precision of kept layers: float (alias fp16), int8")
+    schemes.add_argument(
+        "--low", default="auto", help="precision of the other layers: auto (the swept one), int8, int4, fp8"
+    )
     schemes.add_argument("--target-bits", type=float, help="also a budget scheme: average weight bits")
     schemes.add_argument("--seed", type=int, default=0, help="seed of the random reference scheme")
     schemes.add_argument("--out", type=Path, default=Path("runs"))
-    materialize = commands.add_parser("materialize", help="one verified QDQ ONNX per scheme")
-    materialize.add_argument("--schemes", type=Path, required=True, help="a schemes run directory")
+    materialize = commands.add_parser("materialize", help="one verified ONNX per scheme and target")
+    materialize.add_argument(
+        "--schemes", type=Path, action="append", required=True, help="a schemes run directory (repeatable)"
+    )
+    _add_target_arg(materialize, default=None)
     materialize.add_argument("--out", type=Path, default=Path("runs"))
-    evaluate = commands.add_parser("evaluate", help="score candidates in ONNX Runtime; optionally search")
+    evaluate = commands.add_parser("evaluate", help="score candidates on each target's runtime; search")
     _add_eval_args(evaluate)
+    _add_target_arg(evaluate, default=None)
     evaluate.add_argument("--candidates", type=Path, required=True, help="a candidates run directory")
-    evaluate.add_argument("--schemes", type=Path, help="its schemes directory: also search to --max-drop")
+    evaluate.add_argument(
+        "--search", action="store_true", help="also search each target's kept layers to --max-drop"
+    )
     evaluate.add_argument("--resume", type=Path, help="finish an interrupted evaluate run directory")
     evaluate.add_argument("--out", type=Path, default=Path("runs"))
     report = commands.add_parser("report", help="summary, plots and HTML for an evaluate run")
     report.add_argument("--eval", type=Path, required=True, help="an evaluate run directory")
-    report.add_argument("--max-drop", type=float, default=0.01)
-    report.add_argument("--drop-mode", default="relative", help="relative or absolute")
     run = commands.add_parser("run", help="every stage, on the bundled default or your model and data")
     _add_sweep_args(run)
     _add_eval_args(run)
+    _add_target_arg(run, default=DEFAULT_TARGETS)
     run.add_argument("--ks", default="0,5,10,20", help="numbers of layers kept at high precision")
-    run.add_argument("--high", default="fp16", help="precision of kept layers: fp16, int8")
-    run.add_argument("--low", default="int4", help="precision of the other layers: int4, fp8")
+    run.add_argument("--high", default="float", help="precision of kept layers: float (alias fp16), int8")
+    run.add_argument(
+        "--low", default="auto", help="precision of the other layers: auto (each target's), int8, int4, fp8"
+    )
     run.add_argument("--target-bits", type=float, default=4.5, help="budget scheme: average weight bits")
     return parser
 
 
-def sweep_config_from_args(args: argparse.Namespace, *, images: str) -> SweepConfig:
-    """Parse CLI strings into the typed sweep config."""
-    weights = parse_enum_list(args.weights, WeightDtype, what="weight dtype")
-    acts = parse_enum_list(args.acts, ActDtype, what="activation dtype")
-    grans = parse_enum_list(args.granularity, Granularity, what="granularity")
-    formats = tuple(
+def _formats(args: argparse.Namespace) -> tuple[QuantFormat, ...]:
+    """The sweep's combinations: as given, else what the targets run, else int4 weight-only."""
+    if args.weights is None and args.acts is None and args.granularity is None and args.target:
+        from quantsweep.backends import get_backend, parse_targets  # noqa: PLC0415
+
+        found = [f for t in parse_targets(args.target) for f in get_backend(t).sweep_formats()]
+        return tuple(dict.fromkeys(found))
+    weights = parse_enum_list(args.weights or "int4", WeightDtype, what="weight dtype")
+    acts = parse_enum_list(args.acts or "fp16", ActDtype, what="activation dtype")
+    grans = parse_enum_list(args.granularity or "per_channel", Granularity, what="granularity")
+    return tuple(
         QuantFormat(
             weight=w,
             act=a,
@@ -147,6 +177,11 @@ def sweep_config_from_args(args: argparse.Namespace, *, images: str) -> SweepCon
         for a in acts
         for g in grans
     )
+
+
+def sweep_config_from_args(args: argparse.Namespace, *, images: str) -> SweepConfig:
+    """Parse CLI strings into the typed sweep config."""
+    formats = _formats(args)
     (rank_by,) = parse_enum_list(args.rank_by, RankMetric, what="ranking metric")
     (calib,) = parse_enum_list(args.calib, CalibMethod, what="calibration method")
     (head,) = parse_enum_list(args.head, HeadMode, what="head mode")
@@ -235,10 +270,14 @@ def _cmd_schemes(args: argparse.Namespace) -> int:
 
 
 def _cmd_materialize(args: argparse.Namespace) -> int:
+    from quantsweep.backends import parse_targets  # noqa: PLC0415
     from quantsweep.cli.progress import tqdm_progress  # noqa: PLC0415
     from quantsweep.pipeline import materialize_candidates  # noqa: PLC0415
+    from quantsweep.pipeline.materialize_stage import MaterializeRequest  # noqa: PLC0415
 
-    run_dir = materialize_candidates(args.schemes, out=args.out, progress=tqdm_progress)
+    targets = parse_targets(args.target) if args.target else ()
+    request = MaterializeRequest(tuple(args.schemes), targets)
+    run_dir = materialize_candidates(request, out=args.out, progress=tqdm_progress)
     print(f"candidates written to {run_dir}")
     print(f"index: {run_dir / 'candidates.json'}")
     return 0
@@ -259,10 +298,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from quantsweep.report.build import build_report  # noqa: PLC0415
 
-    (mode,) = parse_enum_list(args.drop_mode, DropMode, what="drop mode")
-    if not (args.eval / "results").is_dir():
-        raise InputError(f"{args.eval} is not an evaluate run directory (no results/)")
-    summary = build_report(args.eval, max_drop=args.max_drop, relative=mode is DropMode.RELATIVE)
+    summary = build_report(args.eval)
     print(summary.read_text())
     print(f"report: {summary} and {args.eval / 'report.html'}")
     return 0

@@ -21,27 +21,35 @@ def parse_ks(text: str) -> tuple[int, ...]:
     return ks
 
 
-def _search_request(args: argparse.Namespace, schemes_dir: Path):
-    from quantsweep.pipeline.search_stage import SearchRequest  # noqa: PLC0415
+def accuracy_target(args: argparse.Namespace):
+    """``--max-drop`` and ``--drop-mode`` as the one accuracy-target type (validated there)."""
+    from quantsweep.evaluate.target import AccuracyTarget  # noqa: PLC0415
 
     (mode,) = parse_enum_list(args.drop_mode, DropMode, what="drop mode")
-    if not (0 < args.max_drop < 1):
-        raise InputError(f"--max-drop must be between 0 and 1, got {args.max_drop}")
-    return SearchRequest(
-        schemes_dir=schemes_dir, max_drop=args.max_drop, drop_mode=mode, max_evals=args.max_evals
-    )
+    return AccuracyTarget(max_drop=args.max_drop, mode=mode)
+
+
+def _positive(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        if getattr(args, name) <= 0:
+            raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
 
 
 def run_default(args: argparse.Namespace) -> int:
-    """Run every stage; with no arguments, on the bundled model and generated data."""
-    from quantsweep.cli.main import sweep_config_from_args  # noqa: PLC0415 (avoid an import cycle)
+    """Run every stage; with no arguments, on the bundled model and generated data, for every target."""
+    from quantsweep.backends import parse_targets  # noqa: PLC0415
+    from quantsweep.cli.main import DEFAULT_TARGETS, sweep_config_from_args  # noqa: PLC0415
     from quantsweep.pipeline import SchemesRequest  # noqa: PLC0415
-    from quantsweep.workflow import RunConfig, run_job  # noqa: PLC0415
+    from quantsweep.pipeline.search_stage import SearchRequest  # noqa: PLC0415
+    from quantsweep.workflow import RunConfig, run_job, usable_targets  # noqa: PLC0415
 
     if args.images and not args.data:
         raise InputError("--images (calibration) needs --data (labelled evaluation images) too")
+    _positive(args, "max_evals", "latency_rounds", "latency_runs", "eval_images")
     (high,) = parse_enum_list(args.high, HighPrecision, what="high precision")
     (low,) = parse_enum_list(args.low, LowPrecision, what="low precision")
+    targets = usable_targets(parse_targets(args.target), explicit=args.target != DEFAULT_TARGETS)
+    args.target = ",".join(targets)
     config = RunConfig(
         sweep=sweep_config_from_args(args, images=args.images or args.data or "<generated>"),
         eval_data=args.data,
@@ -53,8 +61,11 @@ def run_default(args: argparse.Namespace) -> int:
             target_bits=args.target_bits,
             seed=args.seed,
         ),
-        search=_search_request(args, Path("-")),
+        search=SearchRequest(max_evals=args.max_evals),
+        targets=targets,
+        accuracy_target=accuracy_target(args),
         eval_images=args.eval_images,
+        latency_rounds=args.latency_rounds,
         latency_runs=args.latency_runs,
     )
     eval_dir = run_job(config, out=args.out, progress=tqdm_progress)
@@ -64,22 +75,30 @@ def run_default(args: argparse.Namespace) -> int:
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
-    """Score a candidates directory; with ``--schemes`` also search; then write the report."""
-    from quantsweep.pipeline.evaluate_stage import EvalRequest, evaluate_candidates  # noqa: PLC0415
-    from quantsweep.pipeline.search_stage import search_scheme  # noqa: PLC0415
+    """Score a candidates directory on each target's runtime; with ``--search`` also search; report."""
+    from quantsweep.backends import parse_targets  # noqa: PLC0415
+    from quantsweep.pipeline.eval_context import EvalRequest  # noqa: PLC0415
+    from quantsweep.pipeline.evaluate_stage import evaluate_candidates  # noqa: PLC0415
+    from quantsweep.pipeline.search_stage import SearchRequest  # noqa: PLC0415
     from quantsweep.report.build import build_report  # noqa: PLC0415
 
     if not args.data:
         raise InputError("--data is required (labelled evaluation images)")
-    (mode,) = parse_enum_list(args.drop_mode, DropMode, what="drop mode")
+    _positive(args, "max_evals", "latency_rounds", "latency_runs", "eval_images")
     request = EvalRequest(
-        args.candidates, args.data, max_images=args.eval_images, latency_runs=args.latency_runs
+        args.candidates,
+        args.data,
+        max_images=args.eval_images,
+        targets=parse_targets(args.target) if args.target else (),
+        latency_rounds=args.latency_rounds,
+        latency_runs=args.latency_runs,
+        accuracy_target=accuracy_target(args),
     )
-    search = _search_request(args, args.schemes) if args.schemes else None
-    eval_dir = evaluate_candidates(request, out=args.out, resume=args.resume, progress=tqdm_progress)
-    if search is not None:
-        search_scheme(search, eval_dir=eval_dir, eval_request=request, progress=tqdm_progress)
-    summary = build_report(eval_dir, max_drop=args.max_drop, relative=mode is DropMode.RELATIVE)
+    search = SearchRequest(max_evals=args.max_evals) if args.search else None
+    eval_dir = evaluate_candidates(
+        request, out=args.out, resume=args.resume, search=search, progress=tqdm_progress
+    )
+    summary = build_report(eval_dir)
     print(summary.read_text())
     print(f"report: {summary} and {eval_dir / 'report.html'}")
     return 0

@@ -16,7 +16,7 @@ _LABELS = {
     TensorProto.UINT8: "uint8",
     TensorProto.FLOAT8E4M3FN: "fp8",
 }
-_BITS = {"int4": 4, "int8": 8, "uint8": 8, "fp8": 8, "float": 16}
+_BITS = {"int4": 4, "int8": 8, "uint8": 8, "fp8": 8, "float": 32}
 
 
 def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
@@ -77,7 +77,7 @@ def precision_counts(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def average_weight_bits(model: onnx.ModelProto) -> float:
-    """Stored bits per weight over all weighted nodes (float counted as 16, as deployed in FP16)."""
+    """Stored bits per weight over all weighted nodes (float weights count 32 bits, as stored)."""
     producers = _producers(model)
     inits = {init.name: init for init in model.graph.initializer}
     total = bits = 0

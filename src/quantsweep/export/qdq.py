@@ -51,7 +51,8 @@ def _scale_for_onnx(scale: torch.Tensor, fmt: QuantFormat) -> tuple[np.ndarray, 
     return scale.reshape(-1).numpy().astype(np.float32), {"axis": 0}
 
 
-def _weight_dq(node: onnx.NodeProto, weight: np.ndarray, fmt: QuantFormat):
+def weight_dq(node: onnx.NodeProto, weight: np.ndarray, fmt: QuantFormat):
+    """Initializers (codes, scale, zero point) and the DequantizeLinear that replace ``weight``."""
     codes, scale = quantize_weight_codes(torch.from_numpy(weight.copy()), fmt)
     code_array = _codes_array(codes, fmt.weight)
     scale_array, attrs = _scale_for_onnx(scale, fmt)
@@ -107,7 +108,7 @@ def materialize(model: onnx.ModelProto, plans: Mapping[str, NodePlan]) -> onnx.M
         plan = plans.get(node.name)
         if plan is not None:
             weight_name = node.input[1]
-            inits, dq = _weight_dq(node, numpy_helper.to_array(initializers[weight_name]), plan.fmt)
+            inits, dq = weight_dq(node, numpy_helper.to_array(initializers[weight_name]), plan.fmt)
             new_inits += inits
             new_nodes.append(dq)
             node.input[1] = dq.output[0]

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 
+from quantsweep.backends.sessions import ort_session
 from quantsweep.config import QuantFormat
 from quantsweep.export.inspect import average_weight_bits, precision_counts
 from quantsweep.export.onnx_model import INPUT_NAME
@@ -39,9 +39,9 @@ def torch_export_output(
     return np.concatenate(outputs)
 
 
-def run_onnx(path: Path, images: torch.Tensor, *, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
-    """Run an ONNX model image by image (static batch 1); return the outputs and the providers used."""
-    session = ort.InferenceSession(str(path), providers=list(providers))
+def run_onnx(path: Path, images: torch.Tensor):
+    """Run an ONNX model image by image in ONNX Runtime on CPU; return the outputs and the providers."""
+    session = ort_session(path)
     outputs = [session.run(None, {INPUT_NAME: image[None].numpy()})[0] for image in images]
     return np.concatenate(outputs), session.get_providers()
 

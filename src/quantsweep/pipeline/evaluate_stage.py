@@ -1,131 +1,85 @@
-"""The evaluate stage: every artifact of a candidates run scored in ONNX Runtime, one JSON each."""
+"""The evaluate stage: every artifact of every target scored on its own runtime, then timed side by side.
+
+Per target: accuracy of each artifact from the target runtime's outputs (written as each finishes),
+optionally the scheme search, then one interleaved timing pass over the FP32 model and every
+artifact, and a recommendation (fastest, or smallest, model within the accuracy target).
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnx
-
-from quantsweep.config import DetectConfig, SweepConfig
-from quantsweep.data.images import Batch, ImageSet, load_batch, resolve_images
-from quantsweep.errors import InputError
-from quantsweep.evaluate.onnx_eval import OnnxDetector, accuracy, available_providers, detections_of
-from quantsweep.export.inspect import average_weight_bits
-from quantsweep.metrics.detections import pseudo_labels
-from quantsweep.pipeline.common import ProgressFactory, no_progress, read_sweep_config
-from quantsweep.records import read_json, write_json
-from quantsweep.runs import environment, new_run_dir
+from quantsweep.backends import Backend, get_backend
+from quantsweep.backends.timing import interleaved_latency
+from quantsweep.evaluate.recommend import recommend
+from quantsweep.evaluate.scoring import load_checked
+from quantsweep.export.candidates import Artifact
+from quantsweep.pipeline.common import ProgressFactory, no_progress
+from quantsweep.pipeline.eval_context import EvalContext, EvalRequest, prepare_context
+from quantsweep.pipeline.eval_records import EvalRun, ResultStore
+from quantsweep.pipeline.search_stage import SearchRequest, TargetSearch
 
 LOG = logging.getLogger(__name__)
-RESULT_KIND = "candidate_result"
 
 
-@dataclass(frozen=True)
-class EvalRequest:
-    """Where the candidates are, what to score them on, and how long to time them."""
-
-    candidates_dir: Path
-    data: str
-    max_images: int = 100
-    latency_runs: int = 20
-
-
-@dataclass
-class EvalContext:
-    """Everything shared by the evaluations of one run (also used by the scheme search)."""
-
-    config: SweepConfig
-    batch: Batch
-    detect: DetectConfig
-    pseudo: list[np.ndarray]
-    fp32_map50_95_gt: float | None
-    fp32_map50_95_vs_fp32: float
+def _accuracy_pass(
+    backend: Backend, artifacts: list[Artifact], context: EvalContext, store: ResultStore, step
+) -> None:
+    for artifact in artifacts:
+        if not store.has(artifact.name):
+            acc = context.score(backend, store.candidates_dir / artifact.file)
+            store.write_accuracy(artifact, acc)
+        step(f"{backend.name} {artifact.name}")
 
 
-def load_eval_batch(data: str, *, max_images: int, imgsz: int, num_classes: int) -> tuple[ImageSet, Batch]:
-    """The first ``max_images`` of ``data`` letterboxed at ``imgsz``; labels checked against the classes."""
-    image_set = resolve_images(data).subset(count=max_images, seed=None)
-    with_labels = sum(p is not None for p in image_set.label_paths)
-    if 0 < with_labels < len(image_set.paths):
-        raise InputError(
-            f"{len(image_set.paths) - with_labels} of {len(image_set.paths)} evaluation images "
-            "have no label file"
-        )
-    batch = load_batch(image_set, imgsz=imgsz)
-    for path, labels in zip(image_set.label_paths, batch.labels or [], strict=False):
-        if len(labels) and (labels[:, 0].max() >= num_classes or labels[:, 0].min() < 0):
-            raise InputError(
-                f"labels in {path} use class {int(labels[:, 0].max())}, but the model has "
-                f"{num_classes} classes: labels do not match this model's data"
-            )
-    return image_set, batch
-
-
-def _num_classes(fp32: OnnxDetector) -> int:
-    shape = fp32.session.get_outputs()[0].shape
-    if shape[-1] == 6:  # end-to-end output carries class indices, not scores
-        return 10**6
-    return int(shape[1]) - 4
-
-
-def prepare_context(candidates_dir: Path, request: EvalRequest) -> tuple[EvalContext, OnnxDetector, dict]:
-    """Load the candidates index, the eval images and the FP32 reference detections."""
-    index_path = candidates_dir / "candidates.json"
-    if not index_path.is_file():
-        raise InputError(f"{candidates_dir} is not a candidates directory (no candidates.json)")
-    index = read_json(index_path, "candidates_index")
-    if not index["artifacts"]:
-        raise InputError(f"{candidates_dir} holds no candidate models")
-    config = read_sweep_config(Path(index["sweep_dir"]))
-    fp32 = OnnxDetector(candidates_dir / "fp32.onnx", imgsz=config.imgsz)
-    _, batch = load_eval_batch(
-        request.data, max_images=request.max_images, imgsz=config.imgsz, num_classes=_num_classes(fp32)
-    )
-    detections = detections_of(fp32, batch, config.detect)
-    pseudo = pseudo_labels(detections, config.detect)
-    ref = accuracy(detections, batch=batch, pseudo=pseudo)
-    context = EvalContext(
-        config=config,
-        batch=batch,
-        detect=config.detect,
-        pseudo=pseudo,
-        fp32_map50_95_gt=ref.map50_95_gt,
-        fp32_map50_95_vs_fp32=ref.map50_95_vs_fp32,
-    )
-    return context, fp32, index
-
-
-def score_artifact(path: Path, context: EvalContext, *, latency_runs: int) -> dict[str, Any]:
-    """Accuracy (CPU provider) and latency on every available provider of one ONNX file."""
-    detector = OnnxDetector(path, imgsz=context.config.imgsz)
-    acc = accuracy(
-        detections_of(detector, context.batch, context.detect), batch=context.batch, pseudo=context.pseudo
-    )
-    latencies = []
-    for provider in available_providers():
-        timed = (
-            detector
-            if provider == "CPUExecutionProvider"
-            else OnnxDetector(path, provider=provider, imgsz=context.config.imgsz)
-        )
-        latencies.append(timed.latency(context.batch.images[0], runs=latency_runs).__dict__)
-    result = {
-        "accuracy": acc.to_dict(),
-        "latency": latencies,
-        "size_bytes": path.stat().st_size,
-        "avg_weight_bits": average_weight_bits(onnx.load(str(path))),
+def timing_pass(
+    backend: Backend, store: ResultStore, context: EvalContext, request: EvalRequest, step
+) -> None:
+    """Time FP32 and every scored artifact of the target in one interleaved pass; record each."""
+    results = store.all()
+    runners = {
+        name: load_checked(backend, store.artifact_path(result), imgsz=context.config.imgsz)
+        for name, result in results.items()
     }
-    if context.fp32_map50_95_gt is not None and acc.map50_95_gt is not None:
-        result["drop_gt"] = context.fp32_map50_95_gt - acc.map50_95_gt
-        result["relative_drop_gt"] = (
-            result["drop_gt"] / context.fp32_map50_95_gt if context.fp32_map50_95_gt > 0 else None
-        )
-    result["drop_vs_fp32"] = context.fp32_map50_95_vs_fp32 - acc.map50_95_vs_fp32
-    return result
+    timings = interleaved_latency(
+        runners,
+        context.batch.images[0][None].numpy(),
+        reference="fp32",
+        rounds=request.latency_rounds,
+        runs_per_round=request.latency_runs,
+        progress=lambda message: step(f"{backend.name} timing {message}"),
+    )
+    for name, timing in timings.items():
+        store.write_timing(name, timing)
+    store.mark_timed(list(timings))
+
+
+def evaluate_target(
+    backend: Backend,
+    run: EvalRun,
+    context: EvalContext,
+    *,
+    search: TargetSearch | None = None,
+    progress: ProgressFactory = no_progress,
+) -> dict[str, Any]:
+    """Score, optionally search, time and recommend for one target; return its recommendation."""
+    store = run.store(backend.name)
+    artifacts = run.index.targets[backend.name].artifacts
+    with progress(len(artifacts) + run.request.latency_rounds, f"evaluate {backend.name}") as step:
+        _accuracy_pass(backend, artifacts, context, store, step)
+        if search is not None:
+            search(backend, store)
+        if not store.timed():
+            timing_pass(backend, store, context, run.request, step)
+    return recommend(
+        backend,
+        store,
+        reference=context.reference_score,
+        metric=context.metric,
+        target=run.request.accuracy_target,
+    )
 
 
 def evaluate_candidates(
@@ -133,39 +87,22 @@ def evaluate_candidates(
     *,
     out: Path | None,
     resume: Path | None = None,
+    search: SearchRequest | None = None,
     progress: ProgressFactory = no_progress,
 ) -> Path:
-    """Score every artifact into ``results/<name>.json`` of a new (or resumed) run directory."""
-    if resume is not None and not (Path(resume) / "eval_config.json").is_file():
-        raise InputError(f"{resume} is not an evaluate run directory (no eval_config.json)")
-    context, _fp32, index = prepare_context(Path(request.candidates_dir), request)
-    if resume is None:
-        run_dir = new_run_dir(out, model_name=Path(context.config.model).stem, stage="evaluate")
-        write_json(
-            run_dir / "eval_config.json",
-            "eval_config",
-            {
-                "candidates_dir": str(request.candidates_dir),
-                "data": request.data,
-                "max_images": request.max_images,
-                "latency_runs": request.latency_runs,
-                "detect": context.detect.__dict__,
-                "providers": available_providers(),
-            },
-        )
-        write_json(run_dir / "environment.json", "environment", environment())
-    else:
-        run_dir = resume
-    results_dir = run_dir / "results"
-    with progress(len(index["artifacts"]), "evaluate") as step:
-        for artifact in index["artifacts"]:
-            target = results_dir / f"{artifact['name']}.json"
-            if not target.exists():
-                scored = score_artifact(
-                    Path(request.candidates_dir) / artifact["file"],
-                    context,
-                    latency_runs=request.latency_runs,
-                )
-                write_json(target, RESULT_KIND, {**artifact, **scored})
-            step(artifact["name"])
-    return run_dir
+    """Score (and with ``search``, search) every target into a new or resumed run; return its directory."""
+    context, index = prepare_context(Path(request.candidates_dir), request)
+    run = EvalRun.open(request, context=context, index=index, out=out, resume=resume)
+    searcher = None
+    if search is not None:
+        searcher = TargetSearch(search, eval_request=request, context=context, index=index)
+        searcher.progress = progress
+    for name in run.targets:
+        backend = get_backend(name)
+        available = backend.availability()
+        if not available.available:
+            LOG.warning("target %s is not available here: %s", name, available.reason)
+            run.record_unavailable(name, available.reason)
+            continue
+        evaluate_target(backend, run, context, search=searcher, progress=progress)
+    return run.directory

@@ -1,173 +1,196 @@
-"""The materialize stage: a schemes directory in, one verified QDQ ONNX per scheme out (plus baselines)."""
+"""The materialize stage: schemes in, one verified ONNX per scheme and deployment target out.
+
+Each target writes its schemes in its own runtime's Q/DQ placement (through the backend seam)
+into ``<candidates>/<target>/``; the FP32 model is shared. Every artifact is checked as it is
+written (ONNX checker, per-precision node counts against the plan, an ONNX Runtime run, agreement
+with the Torch simulation) and recorded in ``candidates.json`` at once.
+"""
 
 from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import onnx
+import torch
 
-from quantsweep.config import ActDtype, Granularity, QuantFormat, WeightDtype
+from quantsweep.backends import Backend, backend_names, get_backend
+from quantsweep.backends.base import conv_kinds
+from quantsweep.backends.calibration import RangeCache
+from quantsweep.config import QuantFormat
 from quantsweep.errors import InputError
-from quantsweep.export.ort_backend import quantize_with_ort
-from quantsweep.export.qdq import NodePlan, materialize
+from quantsweep.export.candidates import FP32_FILE, Artifact, CandidatesIndex, TargetCandidates
 from quantsweep.export.verify import torch_export_output, verify_artifact
 from quantsweep.models.network import enumerate_layers
 from quantsweep.models.ultralytics_adapter import LoadedModel, load_model
-from quantsweep.pipeline.common import (
-    ProgressFactory,
-    calibrate,
-    calibration_batch,
-    no_progress,
-    read_sweep_config,
-)
-from quantsweep.pipeline.schemes_stage import FP32_ONNX
-from quantsweep.records import read_json, write_json
+from quantsweep.pipeline.common import ProgressFactory, calibrate, calibration_batch, no_progress
+from quantsweep.pipeline.schemes_stage import FP32_ONNX, SchemeSet, read_scheme_set
+from quantsweep.records import write_json
 from quantsweep.runs import environment, new_run_dir
-from quantsweep.schemes.records import Scheme
-from quantsweep.schemes.writer import INDEX_KIND, SCHEME_KIND
+from quantsweep.schemes.records import Precision, Scheme
 
 LOG = logging.getLogger(__name__)
-CANDIDATES_KIND = "candidates_index"
-BASELINE_INT8 = "baseline_int8"
-BASELINE_INT8_ORT = "baseline_int8_ort"
-# the whole-model INT8 baseline: every conv W8A8, per-channel weights
-W8A8 = QuantFormat(WeightDtype.INT8, ActDtype.INT8, Granularity.PER_CHANNEL)
+VERIFY_IMAGES = 4  # Torch-vs-ONNX agreement needs a few images, not the whole calibration set
 
 
-def _load_schemes(schemes_dir: Path) -> tuple[dict[str, Any], list[Scheme]]:
-    index_path = schemes_dir / "schemes_index.json"
-    if not index_path.is_file():
-        raise InputError(f"{schemes_dir} is not a schemes directory (no schemes_index.json)")
-    index = read_json(index_path, INDEX_KIND)
-    schemes = [
-        Scheme.from_dict(read_json(schemes_dir / row["file"], SCHEME_KIND)) for row in index["schemes"]
-    ]
-    return index, schemes
+@dataclass(frozen=True)
+class MaterializeRequest:
+    """Which schemes to write for which deployment targets (none: every target that can run them)."""
+
+    schemes_dirs: tuple[Path, ...]
+    targets: tuple[str, ...] = ()
 
 
-class _Materializer:
-    """Holds the model, images and FP32 graph shared by every artifact of one run."""
+def scheme_plan(scheme: Scheme) -> dict[str, Precision]:
+    """ONNX node -> precision for every layer of ``scheme``."""
+    return {a.onnx_node: a.precision for a in scheme.layers}
 
-    def __init__(
-        self, loaded: LoadedModel, batch, fp32_path: Path, act_ranges, nodes: dict[str, str]
-    ) -> None:
-        self.loaded, self.images, self.act_ranges, self.nodes = loaded, batch.images, act_ranges, nodes
+
+def _runs(backend: Backend, scheme_set: SchemeSet, kinds) -> bool:
+    try:
+        for scheme in scheme_set.schemes:
+            backend.check_plan(scheme_plan(scheme), kinds)
+    except InputError:
+        return False
+    return True
+
+
+def match_targets(
+    scheme_sets: Sequence[SchemeSet], targets: Sequence[str], kinds
+) -> dict[str, tuple[Backend, SchemeSet]]:
+    """Each target with the first schemes whose every layer it can run; one clear error otherwise."""
+    names = targets or backend_names()
+    matched = {}
+    for name in names:
+        backend = get_backend(name)
+        found = next((s for s in scheme_sets if _runs(backend, s, kinds)), None)
+        if found is not None:
+            matched[name] = (backend, found)
+        elif targets:
+            have = ", ".join(f"{s.combination} (low {s.low.label})" for s in scheme_sets)
+            raise InputError(
+                f"target {name} runs {', '.join(sorted(backend.runs()))} only; "
+                f"the schemes given are {have}: sweep {backend.sweep_formats()[0].name} for it"
+            )
+    if not matched:
+        raise InputError("no deployment target can run the schemes given")
+    return matched
+
+
+class _Writer:
+    """The model, images and calibration shared by every artifact of one materialize run."""
+
+    def __init__(self, loaded: LoadedModel, images: torch.Tensor, act_ranges, fp32_path: Path) -> None:
+        self.loaded, self.images, self.act_ranges = loaded, images, act_ranges
         self.fp32_path = fp32_path
         self.fp32 = onnx.load(str(fp32_path))
         self.fp32_bytes = fp32_path.stat().st_size
+        self.ranges = RangeCache(self.fp32, images)
 
-    def verify(self, path: Path, *, assignment, expected) -> dict[str, Any]:
+    def verify(self, path: Path, *, assignment: Mapping[str, QuantFormat], expected) -> dict[str, Any]:
+        sample = self.images[:VERIFY_IMAGES]
         reference = torch_export_output(
-            self.loaded.network, self.images, assignment=assignment, act_ranges=self.act_ranges
+            self.loaded.network, sample, assignment=assignment, act_ranges=self.act_ranges
         )
         return verify_artifact(
-            path,
-            expected_counts=expected,
-            images=self.images,
-            torch_output=reference,
-            fp32_bytes=self.fp32_bytes,
+            path, expected_counts=expected, images=sample, torch_output=reference, fp32_bytes=self.fp32_bytes
         )
 
-    def _write(self, assignment: dict[str, QuantFormat], nodes: dict[str, str], path: Path) -> Path:
-        plans = {
-            nodes[name]: NodePlan(fmt, None if fmt.act is ActDtype.FP16 else self.act_ranges[name])
-            for name, fmt in assignment.items()
-        }
-        onnx.save(materialize(self.fp32, plans), str(path))
-        return path
-
-    def uniform(self, assignment: dict[str, QuantFormat], path: Path) -> Path:
-        """Every layer of ``assignment`` quantized, mapped through the schemes' node names."""
-        return self._write(assignment, self.nodes, path)
-
-    def scheme(self, scheme: Scheme, path: Path) -> dict[str, Any]:
+    def scheme(self, backend: Backend, scheme: Scheme, path: Path) -> Artifact:
+        model = backend.write(self.fp32, scheme_plan(scheme), ranges=self.ranges)
+        onnx.save(model, str(path))
         assignment = {a.torch_name: a.precision.as_format() for a in scheme.layers if a.precision.weight}
-        nodes = {a.torch_name: a.onnx_node for a in scheme.layers}
-        self._write(assignment, nodes, path)
-        return self.verify(path, assignment=assignment, expected=scheme.precision_counts())
+        expected = backend.written_counts(scheme.precision_counts())
+        checked = self.verify(path, assignment=assignment, expected=expected)
+        return _artifact(scheme.name, path, scheme.policy.value, scheme.kept_layers, checked)
 
 
-class _Index:
-    """``candidates.json`` and one ``<name>.verify.json`` per artifact, rewritten as each one finishes."""
-
-    SUMMARY_KEYS = (
-        "file",
-        "counts_match",
-        "torch_vs_onnx_rel_l2",
-        "size_bytes",
-        "fp32_over_size",
-        "avg_weight_bits",
+def _artifact(name: str, path: Path, policy: str, kept, checked: dict[str, Any]) -> Artifact:
+    write_json(path.with_suffix(".verify.json"), "artifact_verification", checked)
+    return Artifact(
+        name=name,
+        file=f"{path.parent.name}/{path.name}" if policy != "fp32" else path.name,
+        policy=policy,
+        kept_layers=None if kept is None else tuple(kept),
+        size_bytes=checked["size_bytes"],
+        avg_weight_bits=checked["avg_weight_bits"],
+        counts_match=checked["counts_match"],
+        torch_vs_onnx_rel_l2=checked["torch_vs_onnx_rel_l2"],
     )
 
-    def __init__(self, run_dir: Path, *, schemes_dir: Path, sweep_dir: str) -> None:
-        self.run_dir = run_dir
-        self.header = {"schemes_dir": str(schemes_dir), "sweep_dir": sweep_dir}
-        self.artifacts: list[dict[str, Any]] = []
-        self.failures: list[dict[str, str]] = []
 
-    def _write(self) -> None:
-        payload = {**self.header, "artifacts": self.artifacts, "failures": self.failures}
-        write_json(self.run_dir / "candidates.json", CANDIDATES_KIND, payload)
-
-    def record(self, name: str, kept: int | None, verification: dict[str, Any]) -> None:
-        write_json(self.run_dir / f"{name}.verify.json", "artifact_verification", verification)
-        summary = {key: verification[key] for key in self.SUMMARY_KEYS}
-        self.artifacts.append({"name": name, "kept": kept, **summary})
-        self._write()
-
-    def fail(self, name: str, exc: Exception) -> None:
-        self.failures.append({"name": name, "reason": f"{type(exc).__name__}: {exc}"[:500]})
-        self._write()
+def _baselines(writer: _Writer, backend: Backend, entry: TargetCandidates, target_dir: Path) -> None:
+    for name, make in backend.baselines().items():
+        path = target_dir / f"{name}.onnx"
+        try:
+            make(writer.fp32_path, path, writer.images)
+            checked = writer.verify(path, assignment={}, expected=None)
+            entry.artifacts.append(_artifact(name, path, "baseline", None, checked))
+        except Exception as exc:  # a third-party tool's failure is a result to record, not a crash
+            LOG.warning("%s baseline %s failed: %s", backend.name, name, exc)
+            entry.failures.append({"name": name, "reason": f"{type(exc).__name__}: {exc}"[:500]})
+            path.unlink(missing_ok=True)
 
 
-def _baselines(worker: _Materializer, index: _Index, *, layers, images) -> None:
-    run_dir = index.run_dir
-    int8 = dict.fromkeys((layer.name for layer in layers), W8A8)
-    baseline = worker.uniform(int8, run_dir / f"{BASELINE_INT8}.onnx")
-    index.record(
-        BASELINE_INT8, 0, worker.verify(baseline, assignment=int8, expected={"int8-int8": len(layers)})
-    )
-    try:
-        # Conv only: quantizing every op also quantizes the output Concat of pixel boxes and 0..1
-        # scores under one scale, which zeroes the scores (measured: mAP 0.0 on the testbed).
-        ort_path = quantize_with_ort(
-            worker.fp32_path, run_dir / f"{BASELINE_INT8_ORT}.onnx", images=images, op_types=("Conv",)
-        )
-        index.record(BASELINE_INT8_ORT, 0, worker.verify(ort_path, assignment=int8, expected=None))
-    except Exception as exc:  # a third-party tool's failure is a result to record, not a crash
-        LOG.warning("ONNX Runtime's quantize_static failed: %s", exc)
-        index.fail(BASELINE_INT8_ORT, exc)
-        (run_dir / f"{BASELINE_INT8_ORT}.onnx").unlink(missing_ok=True)
+def _read_schemes(request: MaterializeRequest) -> list[SchemeSet]:
+    scheme_sets = [read_scheme_set(Path(d)) for d in request.schemes_dirs]
+    if not scheme_sets:
+        raise InputError("--schemes is required (a schemes run directory)")
+    first = scheme_sets[0]
+    for other in scheme_sets[1:]:
+        if (other.sweep_config.model, other.sweep_config.imgsz) != (
+            first.sweep_config.model,
+            first.sweep_config.imgsz,
+        ):
+            raise InputError(
+                f"{other.directory} comes from another model or input size than {first.directory}"
+            )
+    return scheme_sets
 
 
-def materialize_candidates(schemes_dir: Path, *, out: Path, progress: ProgressFactory = no_progress) -> Path:
-    """Write and verify the FP32 model, the INT8 baselines and every scheme; return the run directory."""
-    schemes_dir = Path(schemes_dir)
-    index, schemes = _load_schemes(schemes_dir)
-    config = read_sweep_config(Path(index["sweep_dir"]))
+def _prepare_writer(scheme_sets: list[SchemeSet], run_dir: Path) -> _Writer:
+    config = scheme_sets[0].sweep_config
     loaded = load_model(config.model, head=config.head)
     batch = calibration_batch(config)
     layers = enumerate_layers(loaded.network, batch.images[:1])
     act_ranges = calibrate(loaded.network, batch, config, [layer.name for layer in layers])
-    run_dir = new_run_dir(out, model_name=loaded.name, stage="candidates")
     write_json(run_dir / "environment.json", "environment", environment())
     ranges = {"method": config.calib.method.value, "amax": act_ranges}
     write_json(run_dir / "act_ranges.json", "act_ranges", ranges)
-    fp32_path = run_dir / "fp32.onnx"
-    shutil.copyfile(schemes_dir / FP32_ONNX, fp32_path)
-    nodes = {a.torch_name: a.onnx_node for a in schemes[0].layers}
-    worker = _Materializer(loaded, batch, fp32_path, act_ranges, nodes)
-    artifacts = _Index(run_dir, schemes_dir=schemes_dir, sweep_dir=index["sweep_dir"])
-    with progress(len(schemes) + 2, "materialize") as step:
-        artifacts.record("fp32", None, worker.verify(fp32_path, assignment={}, expected=None))
+    shutil.copyfile(scheme_sets[0].directory / FP32_ONNX, run_dir / FP32_FILE)
+    return _Writer(loaded, batch.images, act_ranges, run_dir / FP32_FILE)
+
+
+def materialize_candidates(
+    request: MaterializeRequest, *, out: Path, progress: ProgressFactory = no_progress
+) -> Path:
+    """Write and verify FP32, every scheme per target and each target's baselines; return the run dir."""
+    scheme_sets = _read_schemes(request)
+    kinds = conv_kinds(onnx.load(str(scheme_sets[0].directory / FP32_ONNX)))
+    matched = match_targets(scheme_sets, request.targets, kinds)
+    config = scheme_sets[0].sweep_config
+    run_dir = new_run_dir(out, model_name=Path(config.model).stem, stage="candidates")
+    writer = _prepare_writer(scheme_sets, run_dir)
+    index = CandidatesIndex(sweep_dir=str(scheme_sets[0].sweep_dir), imgsz=config.imgsz)
+    with progress(1 + sum(len(s.schemes) + 1 for _, s in matched.values()), "materialize") as step:
+        checked = writer.verify(writer.fp32_path, assignment={}, expected=None)
+        fp32 = _artifact("fp32", writer.fp32_path, "fp32", None, checked)
         step("fp32")
-        _baselines(worker, artifacts, layers=layers, images=batch.images)
-        step("baselines")
-        for scheme in schemes:
-            verification = worker.scheme(scheme, run_dir / f"{scheme.name}.onnx")
-            artifacts.record(scheme.name, len(scheme.kept_layers), verification)
-            step(scheme.name)
+        for name, (backend, scheme_set) in matched.items():
+            target_dir = run_dir / name
+            target_dir.mkdir()
+            entry = TargetCandidates(name, str(scheme_set.directory), scheme_set.combination, [fp32])
+            index.targets[name] = entry
+            for scheme in scheme_set.schemes:
+                entry.artifacts.append(writer.scheme(backend, scheme, target_dir / f"{scheme.name}.onnx"))
+                index.write(run_dir)
+                step(f"{name} {scheme.name}")
+            _baselines(writer, backend, entry, target_dir)
+            index.write(run_dir)
+            step(f"{name} baselines")
+    write_json(run_dir / "tensor_ranges.json", "tensor_ranges", {"ranges": writer.ranges.to_dict()})
     return run_dir

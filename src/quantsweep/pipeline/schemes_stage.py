@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from quantsweep.config import ActDtype, HighPrecision, LowPrecision, QuantFormat, WeightDtype
+from quantsweep.config import ActDtype, HighPrecision, LowPrecision, QuantFormat, SweepConfig, WeightDtype
 from quantsweep.errors import InputError
 from quantsweep.export.onnx_model import MappingError, export_fp32, map_layers
 from quantsweep.models.network import enumerate_layers
@@ -17,12 +17,53 @@ from quantsweep.pipeline.common import read_sweep_config
 from quantsweep.records import read_json, write_json
 from quantsweep.runs import environment, new_run_dir
 from quantsweep.schemes.policies import RankedLayer, SchemeSpace, budget, first_and_head, random_k, top_k
-from quantsweep.schemes.records import Precision
-from quantsweep.schemes.writer import write_schemes
+from quantsweep.schemes.records import LayerAssignment, Precision, Scheme
+from quantsweep.schemes.writer import INDEX_KIND, SCHEME_KIND, write_schemes
 from quantsweep.sweep.report import REPORT_KIND
 
 LOG = logging.getLogger(__name__)
 FP32_ONNX = "model_fp32.onnx"
+
+
+@dataclass(frozen=True)
+class SchemeSet:
+    """A schemes run directory read back: its schemes, precisions and the sweep they came from."""
+
+    directory: Path
+    sweep_dir: Path
+    sweep_config: SweepConfig
+    combination: str
+    low: Precision
+    high: Precision
+    schemes: tuple[Scheme, ...]
+
+    @property
+    def ranking(self) -> list[LayerAssignment]:
+        """Every layer, most sensitive first (layers the sweep skipped last)."""
+        return sorted(self.schemes[0].layers, key=lambda a: (a.rank is None, a.rank or 0))
+
+
+def read_scheme_set(schemes_dir: Path) -> SchemeSet:
+    """The checked contents of a schemes run directory (one clear error when it is not one)."""
+    index_path = Path(schemes_dir) / "schemes_index.json"
+    if not index_path.is_file():
+        raise InputError(f"{schemes_dir} is not a schemes directory (no schemes_index.json)")
+    index = read_json(index_path, INDEX_KIND)
+    schemes = tuple(
+        Scheme.from_dict(read_json(Path(schemes_dir) / row["file"], SCHEME_KIND)) for row in index["schemes"]
+    )
+    if not schemes:
+        raise InputError(f"{schemes_dir} holds no schemes")
+    sweep_dir = Path(index["sweep_dir"])
+    return SchemeSet(
+        directory=Path(schemes_dir),
+        sweep_dir=sweep_dir,
+        sweep_config=read_sweep_config(sweep_dir),
+        combination=index["combination"],
+        low=Precision.from_dict(index["low_precision"]),
+        high=Precision.from_dict(index["high_precision"]),
+        schemes=schemes,
+    )
 
 
 @dataclass(frozen=True)
@@ -31,23 +72,30 @@ class SchemesRequest:
 
     report: Path
     ks: tuple[int, ...] = (0, 5, 10, 20)
-    high: HighPrecision = HighPrecision.FP16
-    low: LowPrecision = LowPrecision.INT4
+    high: HighPrecision = HighPrecision.FLOAT
+    low: LowPrecision = LowPrecision.AUTO
     target_bits: float | None = None
     seed: int = 0
+    references: bool = True  # random and first+head schemes at each K, to show what the ranking buys
 
 
 def precisions(fmt: QuantFormat, *, low: LowPrecision, high: HighPrecision) -> tuple[Precision, Precision]:
     """Low and high precision for a sweep combination.
 
-    INT4 keeps the sweep's activation type; FP8 is the usual W8A8 FP8 recipe. Kept INT8 layers
-    take INT8 activations only when the rest does (INT8 weights never pair with FP8 inputs).
+    ``auto`` is the swept combination itself; INT4 and INT8 keep the sweep's activation type; FP8
+    is the usual W8A8 FP8 recipe. Kept INT8 layers take INT8 activations only when the rest does
+    (INT8 weights never pair with FP8 inputs).
     """
-    if low is LowPrecision.INT4:
+    if low is LowPrecision.AUTO:
+        low_p = Precision(fmt.weight, fmt.act, fmt.granularity, fmt.int4_block_size)
+    elif low is LowPrecision.INT4:
         low_p = Precision(WeightDtype.INT4, fmt.act, fmt.granularity, fmt.int4_block_size)
+    elif low is LowPrecision.INT8:
+        act = fmt.act if fmt.act is not ActDtype.FP8 else ActDtype.INT8
+        low_p = Precision(WeightDtype.INT8, act, fmt.granularity)
     else:
         low_p = Precision(WeightDtype.FP8, ActDtype.FP8, fmt.granularity)
-    if high is HighPrecision.FP16:
+    if high is HighPrecision.FLOAT:
         return low_p, Precision(None)
     act = ActDtype.INT8 if low_p.act is ActDtype.INT8 else ActDtype.FP16
     return low_p, Precision(WeightDtype.INT8, act, fmt.granularity)
@@ -105,7 +153,7 @@ def make_schemes(request: SchemesRequest, *, out: Path) -> Path:
     low, high = precisions(fmt, low=request.low, high=request.high)
     space = SchemeSpace(ranked=_ranked_layers(report, layers), onnx_nodes=mapping.nodes, low=low, high=high)
     schemes = [top_k(space, k) for k in request.ks]
-    for k in sorted({k for k in request.ks if k > 0}):
+    for k in sorted({k for k in request.ks if k > 0} if request.references else ()):
         schemes += [random_k(space, k, seed=request.seed), first_and_head(space, k)]
     if request.target_bits is not None:
         try:

@@ -1,4 +1,10 @@
-"""The search stage: the fewest kept layers meeting an accuracy target, measured on ONNX artifacts."""
+"""The search stage: per target, the kept sets that meet the accuracy target, measured on real artifacts.
+
+Every step writes the scheme in the target's placement and scores it on the target's runtime.
+The passing kept sets with the fewest layers become models of their own (``search_k<N>``), so the
+evaluate stage's timing pass measures them beside every other candidate and the recommendation
+can pick the fastest (speed targets) or smallest (size) of all of them.
+"""
 
 from __future__ import annotations
 
@@ -7,72 +13,51 @@ import logging
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import onnx
 
-from quantsweep.config import DropMode
-from quantsweep.errors import InputError
-from quantsweep.evaluate.onnx_eval import OnnxDetector, accuracy, detections_of
+from quantsweep.backends import Backend, Objective
+from quantsweep.backends.calibration import RangeCache, TensorRange
+from quantsweep.evaluate.scoring import Accuracy
 from quantsweep.evaluate.search import search
-from quantsweep.export.qdq import NodePlan, materialize
-from quantsweep.pipeline.common import ProgressFactory, no_progress
-from quantsweep.pipeline.evaluate_stage import (
-    RESULT_KIND,
-    EvalContext,
-    EvalRequest,
-    prepare_context,
-    score_artifact,
-)
+from quantsweep.export.candidates import FP32_FILE
+from quantsweep.export.inspect import average_weight_bits
+from quantsweep.pipeline.common import ProgressFactory, calibration_batch, no_progress
+from quantsweep.pipeline.eval_context import EvalContext, EvalRequest
+from quantsweep.pipeline.eval_records import ResultStore
+from quantsweep.pipeline.schemes_stage import SchemeSet, read_scheme_set
 from quantsweep.records import JsonLines, read_json, write_json
-from quantsweep.schemes.records import Precision, Scheme
-from quantsweep.schemes.writer import INDEX_KIND, SCHEME_KIND
 
 LOG = logging.getLogger(__name__)
-RECOMMENDED = "recommended"
+FINALISTS = {Objective.SPEED: 3, Objective.SIZE: 1}  # passing kept sets timed beside the candidates
 
 
 @dataclass(frozen=True)
 class SearchRequest:
-    """The accuracy target and the search's cost bound."""
+    """The search's cost bound (the accuracy target is the evaluate request's)."""
 
-    schemes_dir: Path
-    max_drop: float = 0.01
-    drop_mode: DropMode = DropMode.RELATIVE
     max_evals: int = 24
 
 
-class _ArtifactMeasure:
-    """Materializes a kept set, scores it in ONNX Runtime, and remembers every score on disk."""
+class _Measure:
+    """Writes a kept set in the target's placement, scores it on its runtime, logs every score."""
 
-    def __init__(self, schemes_dir: Path, candidates_dir: Path, context: EvalContext, log: JsonLines) -> None:
-        index = read_json(schemes_dir / "schemes_index.json", INDEX_KIND)
-        base = Scheme.from_dict(read_json(schemes_dir / index["schemes"][0]["file"], SCHEME_KIND))
-        self.layers = sorted(base.layers, key=lambda a: (a.rank is None, a.rank or 0))
-        self.low = Precision.from_dict(index["low_precision"])
-        self.high = Precision.from_dict(index["high_precision"])
-        self.fp32 = onnx.load(str(candidates_dir / "fp32.onnx"))
-        self.act_ranges = read_json(candidates_dir / "act_ranges.json", "act_ranges")["amax"]
+    def __init__(self, backend: Backend, scheme_set: SchemeSet, ranges: RangeCache, context, log) -> None:
+        self.backend, self.scheme_set, self.ranges = backend, scheme_set, ranges
         self.context, self.log = context, log
         self.known = {tuple(sorted(r["kept"])): r["score"] for r in log.read()}
 
     @property
     def ranking(self) -> list[str]:
-        return [a.torch_name for a in self.layers]
+        return [a.torch_name for a in self.scheme_set.ranking]
 
     def model(self, kept: tuple[str, ...]) -> onnx.ModelProto:
-        plans = {}
-        for layer in self.layers:
-            fmt = (self.high if layer.torch_name in kept else self.low).as_format()
-            if fmt is not None:
-                amax = None if fmt.act.value == "fp16" else self.act_ranges[layer.torch_name]
-                plans[layer.onnx_node] = NodePlan(fmt, amax)
-        return materialize(self.fp32, plans)
-
-    def score(self, acc) -> float:
-        if self.context.fp32_map50_95_gt:
-            return acc.map50_95_gt
-        return acc.map50_95_vs_fp32
+        keep = set(kept)
+        plan = {
+            a.onnx_node: self.scheme_set.high if a.torch_name in keep else self.scheme_set.low
+            for a in self.scheme_set.ranking
+        }
+        return self.backend.write(self.ranges.model, plan, ranges=self.ranges)
 
     def __call__(self, kept: tuple[str, ...]) -> float:
         key = tuple(sorted(kept))
@@ -81,81 +66,85 @@ class _ArtifactMeasure:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "trial.onnx"
             onnx.save(self.model(kept), str(path))
-            detector = OnnxDetector(path, imgsz=self.context.config.imgsz)
-            acc = accuracy(
-                detections_of(detector, self.context.batch, self.context.detect),
-                batch=self.context.batch,
-                pseudo=self.context.pseudo,
-            )
-        value = self.score(acc)
-        self.log.append({"kept": list(key), "score": value, "accuracy": acc.to_dict()})
-        self.known[key] = value
-        return value
+            acc = self.context.score(self.backend, path)
+        score = acc.value(self.context.metric)
+        self.log.append({"kept": list(key), "score": score, "accuracy": acc.to_dict()})
+        self.known[key] = score
+        return score
 
 
-def _target(context: EvalContext, request: SearchRequest) -> tuple[float, float, str]:
-    reference, metric = context.fp32_map50_95_gt, "map50_95_gt"
-    if not reference:  # no labels, or a model that detects nothing real: judge by agreement with FP32
-        reference, metric = context.fp32_map50_95_vs_fp32, "map50_95_vs_fp32"
-    if request.drop_mode is DropMode.RELATIVE:
-        return reference, reference * (1 - request.max_drop), metric
-    return reference, reference - request.max_drop, metric
+def _ranges(candidates_dir: Path, context: EvalContext) -> RangeCache:
+    """The materialize run's tensor ranges, extended from the calibration images if a tensor is new."""
+    cache = RangeCache(onnx.load(str(candidates_dir / FP32_FILE)), calibration_batch(context.config).images)
+    recorded = read_json(candidates_dir / "tensor_ranges.json", "tensor_ranges")["ranges"]
+    cache.found.update({name: TensorRange(*pair) for name, pair in recorded.items()})
+    return cache
 
 
-def search_scheme(
-    request: SearchRequest,
-    *,
-    eval_dir: Path,
-    eval_request: EvalRequest,
-    progress: ProgressFactory = no_progress,
-) -> dict[str, Any]:
-    """Run the search inside an evaluate run; write ``search/`` and a scored ``recommended.onnx``."""
-    if not (0 < request.max_drop < 1):
-        raise InputError(f"--max-drop must be between 0 and 1, got {request.max_drop}")
-    candidates_dir = Path(eval_request.candidates_dir)
-    context, _fp32, _index = prepare_context(candidates_dir, eval_request)
-    search_dir = eval_dir / "search"
-    measure = _ArtifactMeasure(
-        Path(request.schemes_dir), candidates_dir, context, JsonLines(search_dir / "evaluations.jsonl")
-    )
-    reference, target, metric = _target(context, request)
-    with progress(request.max_evals, "search") as step:
+class TargetSearch:
+    """The search, run by the evaluate stage for each target before its timing pass."""
 
-        def measured(kept: tuple[str, ...]) -> float:
-            score = measure(kept)
-            step(f"{len(kept)} kept: {score:.4f}")
-            return score
+    def __init__(self, request: SearchRequest, *, eval_request: EvalRequest, context: EvalContext, index):
+        self.request, self.eval_request, self.context, self.index = request, eval_request, context, index
+        self.candidates_dir = Path(eval_request.candidates_dir)
+        self.progress: ProgressFactory = no_progress
 
-        result = search(measure.ranking, measured, target=target, max_evals=request.max_evals)
-    path = search_dir / f"{RECOMMENDED}.onnx"
-    onnx.save(measure.model(result.kept), str(path))
-    scored = score_artifact(path, context, latency_runs=eval_request.latency_runs)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    summary = {
-        "metric": metric,
-        "reference": reference,
-        "target": target,
-        "max_drop": request.max_drop,
-        "drop_mode": request.drop_mode.value,
-        "max_evals": request.max_evals,
-        **asdict(result),
-        "low": measure.low.label,
-        "high": measure.high.label,
-        "onnx": str(path),
-        "sha256_16": digest,
-    }
-    write_json(search_dir / "search.json", "scheme_search", summary)
-    write_json(
-        eval_dir / "results" / f"{RECOMMENDED}.json",
-        RESULT_KIND,
-        {
-            "name": RECOMMENDED,
-            "file": str(path),
-            "kept": len(result.kept),
-            "kept_layers": list(result.kept),
-            "avg_weight_bits": None,
-            "target_met": result.target_met,
-            **scored,
-        },
-    )
-    return summary
+    def __call__(self, backend: Backend, store: ResultStore) -> dict:
+        scheme_set = read_scheme_set(Path(self.index.targets[backend.name].schemes_dir))
+        search_dir = store.directory.parent.parent / "search" / backend.name
+        log = JsonLines(search_dir / "evaluations.jsonl")
+        measure = _Measure(backend, scheme_set, _ranges(self.candidates_dir, self.context), self.context, log)
+        reference = self.context.reference_score
+        threshold = self.eval_request.accuracy_target.threshold(reference)
+        with self.progress(self.request.max_evals, f"search {backend.name}") as step:
+
+            def measured(kept: tuple[str, ...]) -> float:
+                score = measure(kept)
+                step(f"{len(kept)} kept: {score:.4f}")
+                return score
+
+            result = search(measure.ranking, measured, target=threshold, max_evals=self.request.max_evals)
+        finalists = self._finalists(backend, result, measure, store, search_dir)
+        summary = {
+            "target": backend.name,
+            "reference": reference,
+            "threshold": threshold,
+            "accuracy_target": self.eval_request.accuracy_target.to_dict(),
+            "max_evals": self.request.max_evals,
+            **asdict(result),
+            "low": scheme_set.low.label,
+            "high": scheme_set.high.label,
+            "finalists": finalists,
+        }
+        write_json(search_dir / "search.json", "scheme_search", summary)
+        return summary
+
+    def _finalists(
+        self, backend, result, measure: _Measure, store: ResultStore, search_dir: Path
+    ) -> list[str]:
+        passing = sorted(
+            {tuple(e["kept"]) for e in result.evaluations if e["score"] >= result.target},
+            key=lambda kept: (len(kept), [measure.ranking.index(n) for n in kept]),
+        )[: FINALISTS[backend.objective]]
+        names = []
+        for kept in passing:
+            same = sum(n.startswith(f"search_k{len(kept)}") for n in names)
+            name = f"search_k{len(kept)}" + (f"_{same + 1}" if same else "")
+            path = search_dir / f"{name}.onnx"
+            if not store.has(name):
+                model = measure.model(kept)
+                onnx.save(model, str(path))
+                acc: Accuracy = self.context.score(backend, path)
+                record = {
+                    "name": name,
+                    "file": str(path),
+                    "policy": "search",
+                    "kept": len(kept),
+                    "kept_layers": list(kept),
+                    "size_bytes": path.stat().st_size,
+                    "avg_weight_bits": average_weight_bits(model),
+                    "sha256_16": hashlib.sha256(path.read_bytes()).hexdigest()[:16],
+                }
+                store.write_result(record, acc)
+            names.append(name)
+        return names

@@ -2,43 +2,103 @@
 
 from __future__ import annotations
 
-import base64
-import html
-import json
 from pathlib import Path
 from typing import Any
 
-from quantsweep.records import write_text_atomic
+from quantsweep.evaluate.target import AccuracyTarget
+from quantsweep.export.candidates import read_candidates
+from quantsweep.pipeline.eval_records import CONFIG_KIND
+from quantsweep.records import read_json, write_text_atomic
+from quantsweep.report.html import render_html
 from quantsweep.report.plots import heatmap_plot, sensitivity_plot, tradeoff_plot
-from quantsweep.report.table import Row, load_rows, load_search, markdown_table, recommend
-
-REPORT_NAME = "layer-sensitivity-report.json"
+from quantsweep.report.table import Row, TargetReport, load_targets, markdown_table
+from quantsweep.sweep.report import REPORT_KIND, REPORT_NAME
 
 
 def _sweep_reports(eval_dir: Path) -> dict[str, dict[str, Any]]:
-    config = json.loads((eval_dir / "eval_config.json").read_text())
-    candidates = json.loads((Path(config["candidates_dir"]) / "candidates.json").read_text())
-    sweep_dir = Path(candidates["sweep_dir"])
+    config = read_json(eval_dir / "eval_config.json", CONFIG_KIND)
+    sweep_dir = Path(read_candidates(Path(config["candidates_dir"])).sweep_dir)
     return {
-        str(path.parent.relative_to(sweep_dir)): json.loads(path.read_text())
-        for path in sorted(sweep_dir.glob(f"*/*/{REPORT_NAME}"))
+        str(path.parent.relative_to(sweep_dir)): read_json(path, REPORT_KIND)
+        for path in sorted(sweep_dir.glob(f"*/*/{REPORT_NAME}.json"))
     }
 
 
-def _recommendation(rows: list[Row], *, max_drop: float, relative: bool) -> list[str]:
-    best, closest = recommend(rows, max_drop=max_drop, relative=relative)
-    rule = f"{max_drop:.1%} relative" if relative else f"{max_drop:.3f} absolute"
-    if best is not None:
-        return [
-            f"**Recommendation: `{best.name}`**: the smallest model within a {rule} mAP50-95 drop from "
-            f"FP32 ({best.map50_95:.4f}, {best.size_mb:.1f} MB, {best.kept} layers kept at high precision)."
-        ]
+def _card(report: TargetReport) -> list[str]:
+    """One target's recommendation in a few lines: model, speed-up or size, mAP drop, file, deployment."""
+    title = f"### {report.target}"
+    if report.unavailable is not None:
+        return [title, "", f"Not available on this machine: {report.unavailable}", ""]
+    rec = report.recommendation
+    if rec is None or rec["recommended"] is None:
+        closest = "" if rec is None else f" Closest: `{rec['closest']}`."
+        return [title, "", f"**No model meets the accuracy target.**{closest}", ""]
+    target = AccuracyTarget.from_dict(rec["accuracy_target"])
+    if rec["objective"] == "speed":
+        gain = (
+            f"**{rec['speedup']:.2f}x faster than FP32** on {rec['runtime']} "
+            f"({rec['latency_ms']:.1f} ms vs {rec['fp32_latency_ms']:.1f} ms, median of one interleaved pass)"
+        )
+    else:
+        gain = f"**{rec['size_reduction']:.1f}x smaller than FP32** ({rec['size_bytes'] / 1e6:.1f} MB)"
+    kept = ", ".join(f"`{n}`" for n in rec.get("kept_layers") or []) or "none"
+    note = " (no quantized model beats FP32 here)" if rec["recommended"] == "fp32" else ""
     return [
-        f"**No candidate stays within a {rule} mAP50-95 drop from FP32.** Closest: `{closest.name}` "
-        f"({closest.map50_95:.4f}, {closest.kept} layers kept)."
-        if closest
-        else "No quantized candidate."
+        title,
+        "",
+        f"{rec['description']}.",
+        "",
+        f"- Recommended: **`{rec['recommended']}`**{note}: {gain}.",
+        f"- mAP50-95 {rec['map50_95']:.4f}: drop {rec['drop']:.4f} ({(rec['relative_drop'] or 0):.2%}) from "
+        f"FP32 {rec['reference_map50_95']:.4f}, within the {target.describe()} target.",
+        f"- Size {rec['size_bytes'] / 1e6:.1f} MB ({rec['size_reduction']:.1f}x smaller than FP32); "
+        f"kept in float: {kept}.",
+        f"- File: `{rec['file']}`",
+        f"- Deploy: `{rec['deploy']}`",
+        "",
     ]
+
+
+def _target_section(report: TargetReport, plots_dir: Path) -> tuple[list[str], list[Path]]:
+    if report.unavailable is not None or not report.rows:
+        return [], []
+    lines = [f"## {report.target}", ""]
+    if report.search is not None:
+        s = report.search
+        lines += [
+            f"Search: {len(s['evaluations'])} evaluations on {report.target}, target mAP50-95 >= "
+            f"{s['threshold']:.4f} (FP32 {s['reference']:.4f}); fewest kept: "
+            f"{', '.join(f'`{n}`' for n in s['kept']) or 'none'}; timed finalists: "
+            f"{', '.join(f'`{n}`' for n in s['finalists']) or 'none'}.",
+            "",
+        ]
+    lines += [*markdown_table(report.rows), ""]
+    comparison = _reference_comparison(report.rows)
+    if comparison:
+        lines += ["Sensitivity ranking against the reference schemes at the same number of kept layers:", ""]
+        lines += [*comparison, ""]
+    threshold = None if report.recommendation is None else report.recommendation["threshold"]
+    slug = report.target.replace("/", "_")
+    plots = [
+        tradeoff_plot(
+            report.rows,
+            x_field="latency_ms",
+            x_label=f"latency ms on {report.target} (batch 1, interleaved pass)",
+            path=plots_dir / f"map_vs_latency_{slug}.png",
+            target=threshold,
+        )
+    ]
+    if report.recommendation and report.recommendation["objective"] == "size":
+        plots.append(
+            tradeoff_plot(
+                report.rows,
+                x_field="avg_bits",
+                x_label="average stored weight bits",
+                path=plots_dir / f"map_vs_bits_{slug}.png",
+                target=threshold,
+            )
+        )
+    return lines, plots
 
 
 def _reference_comparison(rows: list[Row]) -> list[str]:
@@ -55,32 +115,20 @@ def _reference_comparison(rows: list[Row]) -> list[str]:
     return lines
 
 
-def build_report(eval_dir: Path, *, max_drop: float = 0.01, relative: bool = True) -> Path:
+def build_report(eval_dir: Path) -> Path:
     """Write the summary, plots and HTML into ``eval_dir``; return the path of ``summary.md``."""
-    rows = load_rows(eval_dir)
-    search = load_search(eval_dir)
-    if search is not None:
-        max_drop, relative = search["max_drop"], search["drop_mode"] == "relative"
-    fp32 = next(r for r in rows if r.kind == "fp32").map50_95
-    target = fp32 * (1 - max_drop) if relative else fp32 - max_drop
+    eval_dir = Path(eval_dir)
+    targets = load_targets(eval_dir)
     plots_dir = eval_dir / "plots"
     plots_dir.mkdir(exist_ok=True)
-    plots = [
-        tradeoff_plot(
-            rows,
-            x_field="avg_bits",
-            x_label="average weight bits",
-            path=plots_dir / "map_vs_bits.png",
-            target=target,
-        ),
-        tradeoff_plot(
-            rows,
-            x_field="latency_ms",
-            x_label=f"latency ms ({rows[0].provider}, batch 1)",
-            path=plots_dir / "map_vs_latency.png",
-            target=target,
-        ),
-    ]
+    cards = ["# quantsweep report", "", "## Recommendations", ""]
+    for report in targets:
+        cards += _card(report)
+    body, plots = [], []
+    for report in targets:
+        lines, target_plots = _target_section(report, plots_dir)
+        body += lines
+        plots += target_plots
     reports = _sweep_reports(eval_dir)
     for combination, report in reports.items():
         plots.append(
@@ -88,67 +136,8 @@ def build_report(eval_dir: Path, *, max_drop: float = 0.01, relative: bool = Tru
         )
     if reports:
         plots.append(heatmap_plot(reports, path=plots_dir / "sensitivity_heatmap.png"))
-    lines = ["# quantsweep report", "", *_recommendation(rows, max_drop=max_drop, relative=relative), ""]
-    if search is not None:
-        lines += [
-            f"Search: {len(search['evaluations'])} ONNX evaluations, target {search['metric']} >= "
-            f"{search['target']:.4f} (FP32 {search['reference']:.4f}); kept: "
-            f"{', '.join(f'`{n}`' for n in search['kept']) or 'none'}.",
-            "",
-        ]
-    lines += markdown_table(rows)
-    comparison = _reference_comparison(rows)
-    if comparison:
-        lines += [
-            "",
-            "Sensitivity ranking against the reference schemes at the same number of kept layers:",
-            "",
-            *comparison,
-        ]
-    lines += ["", *[f"![{p.stem}](plots/{p.name})" for p in plots], ""]
+    lines = [*cards, *body, *[f"![{p.stem}](plots/{p.name})" for p in plots], ""]
     summary = eval_dir / "summary.md"
     write_text_atomic(summary, "\n".join(lines))
-    write_text_atomic(eval_dir / "report.html", _html(lines, plots))
+    write_text_atomic(eval_dir / "report.html", render_html(cards, body, plots))
     return summary
-
-
-def _html(lines: list[str], plots: list[Path]) -> str:
-    body, table = [], []
-    for line in lines:
-        if line.startswith("|"):
-            if not set(line) <= set("|-"):
-                cells = [html.escape(c.strip().strip("`")) for c in line.strip("|").split("|")]
-                tag = "th" if not table else "td"
-                table.append("<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
-            continue
-        if table:
-            body.append("<table>" + "".join(table) + "</table>")
-            table = []
-        if line.startswith("# "):
-            body.append(f"<h1>{html.escape(line[2:])}</h1>")
-        elif line.startswith("- "):
-            body.append(f"<ul><li>{html.escape(line[2:].replace('`', ''))}</li></ul>")
-        elif line and not line.startswith("!["):
-            body.append(f"<p>{html.escape(line.replace('**', '').replace('`', ''))}</p>")
-    if table:
-        body.append("<table>" + "".join(table) + "</table>")
-    for plot in plots:
-        data = base64.b64encode(plot.read_bytes()).decode()
-        body.append(
-            f'<figure><img alt="{plot.stem}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{plot.stem}</figcaption></figure>"
-        )
-    style = (
-        "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse;font-size:13px}"
-        "td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}"
-    )
-    # the script lets a headless browser confirm what rendered
-    script = (
-        "<script>window.addEventListener('load',()=>{const ok=[...document.images].filter("
-        "i=>i.complete&&i.naturalWidth>0).length;document.body.dataset.imagesRendered=ok;"
-        "document.body.dataset.tableRows=document.querySelectorAll('tr').length;});</script>"
-    )
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>quantsweep report</title>"
-        f"<style>{style}</style>{script}</head><body>{''.join(body)}</body></html>"
-    )

@@ -17,7 +17,7 @@ from quantsweep.report.table import Row
 COLOURS = {
     "fp32": "black",
     "baseline": "tab:gray",
-    "recommended": "tab:red",
+    "search": "tab:cyan",
     "top_k": "tab:blue",
     "budget": "tab:purple",
     "random": "tab:orange",
@@ -50,10 +50,22 @@ def tradeoff_plot(
                 [r.map50_95 for r in pts],
                 c=colour,
                 label=kind,
-                s=60 if kind == "recommended" else 30,
-                marker="*" if kind == "recommended" else "o",
+                s=30,
                 zorder=3,
             )
+    chosen = [r for r in usable if r.recommended]
+    if chosen:
+        ax.scatter(
+            [getattr(r, x_field) for r in chosen],
+            [r.map50_95 for r in chosen],
+            s=220,
+            marker="*",
+            facecolors="none",
+            edgecolors="tab:red",
+            linewidths=1.5,
+            label="recommended",
+            zorder=4,
+        )
     points = [(getattr(r, x_field), r.map50_95) for r in usable]
     front = pareto_front(points)
     ax.plot(
@@ -65,16 +77,8 @@ def tradeoff_plot(
         label="Pareto front",
         zorder=2,
     )
-    labelled = {usable[i].name for i in front} | {r.name for r in usable if r.kind in ("fp32", "baseline")}
-    for r in usable:  # only the front and the baselines, so labels stay legible
-        if r.name in labelled:
-            ax.annotate(
-                r.name,
-                (getattr(r, x_field), r.map50_95),
-                fontsize=7,
-                xytext=(4, -10),
-                textcoords="offset points",
-            )
+    labelled = {usable[i].name for i in front} | {r.name for r in usable if r.kind == "fp32" or r.recommended}
+    _label_points(ax, [r for r in usable if r.name in labelled], x_field)
     if target is not None:
         ax.axhline(target, c="tab:red", lw=0.8, alpha=0.6, label=f"target {target:.3f}")
     ax.set_xlabel(x_label)
@@ -85,6 +89,20 @@ def tradeoff_plot(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _label_points(ax, rows: Sequence[Row], x_field: str) -> None:
+    """Name the given points, alternating above and below in x order so neighbours do not collide."""
+    ordered = sorted(rows, key=lambda r: (getattr(r, x_field), r.map50_95))
+    for i, r in enumerate(ordered):
+        ax.annotate(
+            r.name + (" (recommended)" if r.recommended else ""),
+            (getattr(r, x_field), r.map50_95),
+            fontsize=7,
+            xytext=(5, 9 if i % 2 == 0 else -13),
+            textcoords="offset points",
+            arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "gray"},
+        )
 
 
 def sensitivity_plot(report: dict[str, Any], *, path: Path, top_k: int = 10) -> Path:
@@ -114,8 +132,8 @@ def sensitivity_plot(report: dict[str, Any], *, path: Path, top_k: int = 10) -> 
     return path
 
 
-def heatmap_plot(reports: dict[str, dict[str, Any]], *, path: Path) -> Path:
-    """Layers x combinations, each column scaled to its own maximum (log colour)."""
+def heatmap_plot(reports: dict[str, dict[str, Any]], *, path: Path, top: int = 40) -> Path:
+    """The ``top`` most sensitive layers x combinations, each column scaled to its own maximum (log)."""
     names = [
         r["name"]
         for r in sorted(next(iter(reports.values()))["layers"], key=lambda r: r["layer"]["exec_order"])
@@ -125,17 +143,15 @@ def heatmap_plot(reports: dict[str, dict[str, Any]], *, path: Path) -> Path:
         value = {r["name"]: max(r["sensitivity"], 0.0) for r in report["layers"]}
         column = np.array([value.get(n, 0.0) for n in names])
         matrix[:, j] = column / column.max() if column.max() > 0 else column
-    fig, ax = plt.subplots(figsize=(2.2 + 1.2 * len(reports), 10), dpi=110)
+    # the most sensitive rows in any combination, kept in execution order, so every label is legible
+    keep = sorted(np.argsort(-matrix.max(axis=1))[:top])
+    matrix, names = matrix[keep], [names[i] for i in keep]
+    fig, ax = plt.subplots(figsize=(4.5 + 1.6 * len(reports), 0.24 * len(names) + 2.2), dpi=110)
     image = ax.imshow(np.log10(matrix + 1e-4), aspect="auto", cmap="magma", vmin=-4, vmax=0)
-    ax.set_xticks(range(len(reports)), list(reports), rotation=45, ha="right", fontsize=7)
-    step = max(1, len(names) // 40)
-    ax.set_yticks(
-        range(0, len(names), step),
-        [names[i].removeprefix("model.") for i in range(0, len(names), step)],
-        fontsize=5,
-    )
+    ax.set_xticks(range(len(reports)), list(reports), rotation=30, ha="right", fontsize=9)
+    ax.set_yticks(range(len(names)), [n.removeprefix("model.") for n in names], fontsize=8)
     fig.colorbar(image, ax=ax, label="log10 sensitivity / column max")
-    ax.set_title("Sensitivity per layer and combination")
+    ax.set_title(f"Sensitivity of the {len(names)} most sensitive layers per combination", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

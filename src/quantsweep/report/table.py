@@ -1,16 +1,24 @@
-"""Rows of the summary table and the recommendation, from an evaluate run's results."""
+"""Rows of the per-target tables and the recommendation cards, read from an evaluate run's records."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-KIND_ORDER = {
+from quantsweep.errors import InputError
+from quantsweep.pipeline.eval_records import (
+    CONFIG_KIND,
+    RECOMMENDATION_KIND,
+    RESULT_KIND,
+    UNAVAILABLE_KIND,
+)
+from quantsweep.records import read_json
+
+POLICY_ORDER = {
     "fp32": 0,
     "baseline": 1,
-    "recommended": 2,
+    "search": 2,
     "top_k": 3,
     "budget": 4,
     "random": 5,
@@ -20,10 +28,10 @@ KIND_ORDER = {
 
 @dataclass(frozen=True)
 class Row:
-    """One model in the summary."""
+    """One model of one target in the summary."""
 
     name: str
-    kind: str
+    kind: str  # the scheme's policy, as recorded (fp32, baseline, search, top_k, ...)
     kept: int | None
     map50_95: float | None
     map50: float | None
@@ -32,85 +40,87 @@ class Row:
     size_mb: float
     avg_bits: float | None
     latency_ms: float | None
-    provider: str | None
+    p10_ms: float | None
+    p90_ms: float | None
+    speed_ratio: float | None  # latency / FP32 latency, median over interleaved rounds
+    recommended: bool = False
 
 
-def _kind(name: str) -> str:
-    if name == "fp32":
-        return "fp32"
-    if name.startswith("baseline"):
-        return "baseline"
-    if name == "recommended":
-        return "recommended"
-    for prefix in ("random", "first_head", "budget"):
-        if name.startswith(prefix):
-            return prefix
-    return "top_k"
+@dataclass(frozen=True)
+class TargetReport:
+    """Everything the report shows for one target."""
+
+    target: str
+    rows: list[Row]
+    recommendation: dict[str, Any] | None
+    unavailable: str | None
+    search: dict[str, Any] | None
 
 
-def load_rows(eval_dir: Path) -> list[Row]:
-    """Every result of an evaluate run as a row, FP32 first (ground truth mAP when labels exist)."""
-    rows = []
-    for path in sorted((eval_dir / "results").glob("*.json")):
-        data = json.loads(path.read_text())
-        acc = data["accuracy"]
-        use_gt = acc.get("map50_95_gt") is not None
-        lat = data["latency"][0] if data.get("latency") else None
-        rows.append(
-            Row(
-                name=data["name"],
-                kind=_kind(data["name"]),
-                kept=data.get("kept"),
-                map50_95=acc["map50_95_gt"] if use_gt else acc["map50_95_vs_fp32"],
-                map50=acc["map50_gt"] if use_gt else acc["map50_vs_fp32"],
-                drop=data.get("drop_gt", data.get("drop_vs_fp32")),
-                relative_drop=data.get("relative_drop_gt"),
-                size_mb=data["size_bytes"] / 1e6,
-                avg_bits=data.get("avg_weight_bits"),
-                latency_ms=None if lat is None else lat["median_ms"],
-                provider=None if lat is None else lat["provider"],
-            )
-        )
-    return sorted(rows, key=lambda r: (KIND_ORDER[r.kind], r.kept or 0, r.name))
+def _row(record: dict[str, Any], recommended: str | None) -> Row:
+    acc = record["accuracy"]
+    lat = record.get("latency") or {}
+    use_gt = acc.get("map50_95_gt") is not None
+    return Row(
+        name=record["name"],
+        kind=record["policy"],
+        kept=record.get("kept"),
+        map50_95=record["score"],
+        map50=acc["map50_gt"] if use_gt else acc["map50_vs_fp32"],
+        drop=record.get("drop"),
+        relative_drop=record.get("relative_drop"),
+        size_mb=record["size_bytes"] / 1e6,
+        avg_bits=record.get("avg_weight_bits"),
+        latency_ms=lat.get("median_ms"),
+        p10_ms=lat.get("p10_ms"),
+        p90_ms=lat.get("p90_ms"),
+        speed_ratio=lat.get("ratio_to_reference"),
+        recommended=record["name"] == recommended,
+    )
 
 
-def within_target(row: Row, *, fp32: float, max_drop: float, relative: bool) -> bool:
-    """Does the row keep its mAP within the allowed drop from FP32?"""
-    if row.map50_95 is None:
-        return False
-    allowed = fp32 * max_drop if relative else max_drop
-    return fp32 - row.map50_95 <= allowed + 1e-12
+def load_target(eval_dir: Path, target: str) -> TargetReport:
+    """One target's rows (FP32 first), recommendation, search record or unavailability."""
+    directory = eval_dir / "results" / target
+    if (directory / "unavailable.json").is_file():
+        reason = read_json(directory / "unavailable.json", UNAVAILABLE_KIND)["reason"]
+        return TargetReport(target, [], None, reason, None)
+    rec_path = directory / "recommendation.json"
+    recommendation = read_json(rec_path, RECOMMENDATION_KIND) if rec_path.is_file() else None
+    chosen = None if recommendation is None else recommendation["recommended"]
+    rows = [_row(read_json(p, RESULT_KIND), chosen) for p in sorted((directory / "models").glob("*.json"))]
+    search_path = eval_dir / "search" / target / "search.json"
+    search = read_json(search_path, "scheme_search") if search_path.is_file() else None
+    rows.sort(key=lambda r: (POLICY_ORDER.get(r.kind, 9), r.kept or 0, r.name))
+    return TargetReport(target, rows, recommendation, None, search)
 
 
-def recommend(rows: list[Row], *, max_drop: float, relative: bool) -> tuple[Row | None, Row | None]:
-    """(smallest quantized model within the target, or None; the most accurate one as the closest)."""
-    fp32 = next(r for r in rows if r.kind == "fp32").map50_95
-    quantized = [r for r in rows if r.kind != "fp32" and r.map50_95 is not None]
-    passing = [r for r in quantized if within_target(r, fp32=fp32, max_drop=max_drop, relative=relative)]
-    best = min(passing, key=lambda r: (r.size_mb, r.kept or 0), default=None)
-    closest = max(quantized, key=lambda r: r.map50_95, default=None)
-    return best, closest
+def load_targets(eval_dir: Path) -> list[TargetReport]:
+    """Every target of the run, in the order it was asked for."""
+    config_path = eval_dir / "eval_config.json"
+    if not config_path.is_file():
+        raise InputError(f"{eval_dir} is not an evaluate run directory (no eval_config.json)")
+    config = read_json(config_path, CONFIG_KIND)
+    return [load_target(eval_dir, target) for target in config["targets"]]
+
+
+def _f(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def markdown_table(rows: list[Row]) -> list[str]:
-    """The summary table as Markdown lines."""
+    """A target's table as Markdown lines."""
     lines = [
-        "| model | kind | kept | mAP50-95 | mAP50 | drop | size MB | avg weight bits | latency ms |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | policy | kept float | mAP50-95 | mAP50 | drop | size MB | avg weight bits "
+        "| latency ms (p10-p90) | x FP32 time |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-
-        def f(v, d=4):
-            return "-" if v is None else f"{v:.{d}f}"
-
+        name = f"**`{r.name}`** (recommended)" if r.recommended else f"`{r.name}`"
+        spread = "" if r.p10_ms is None else f" ({r.p10_ms:.1f}-{r.p90_ms:.1f})"
         lines.append(
-            f"| `{r.name}` | {r.kind} | {'-' if r.kept is None else r.kept} | {f(r.map50_95)} | "
-            f"{f(r.map50)} | {f(r.drop)} | {r.size_mb:.1f} | {f(r.avg_bits, 2)} | {f(r.latency_ms, 1)} |"
+            f"| {name} | {r.kind} | {'-' if r.kept is None else r.kept} | {_f(r.map50_95)} | "
+            f"{_f(r.map50)} | {_f(r.drop)} | {r.size_mb:.1f} | {_f(r.avg_bits, 2)} | "
+            f"{_f(r.latency_ms, 1)}{spread} | {_f(r.speed_ratio, 2)} |"
         )
     return lines
-
-
-def load_search(eval_dir: Path) -> dict[str, Any] | None:
-    """The search record, if the run searched."""
-    path = eval_dir / "search" / "search.json"
-    return json.loads(path.read_text()) if path.is_file() else None

@@ -9,7 +9,7 @@ from typing import Any
 from quantsweep.config import ActDtype, Granularity, QuantFormat, WeightDtype
 from quantsweep.quant.numerics import weight_bits
 
-FLOAT_BITS = 16  # a layer kept in float is counted as FP16, as it is deployed
+FLOAT_BITS = 32  # a layer kept in float is stored as FP32 in the artifacts
 
 
 class Policy(enum.StrEnum):

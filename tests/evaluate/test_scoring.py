@@ -3,10 +3,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from quantsweep.backends import get_backend
 from quantsweep.config import DetectConfig, HeadMode
 from quantsweep.data.images import load_batch, resolve_images
 from quantsweep.errors import InputError
-from quantsweep.evaluate.onnx_eval import OnnxDetector, accuracy, detections_of
+from quantsweep.evaluate.scoring import accuracy, detections_of, load_checked
 from quantsweep.export.onnx_model import export_fp32
 from quantsweep.metrics.detections import decode, pseudo_labels
 from tests.conftest import TINY_IMGSZ, tiny_model
@@ -18,7 +19,7 @@ def test_both_output_conventions_decode_like_torch(head, tiny_data, tmp_path) ->
     path = tmp_path / "m.onnx"
     export_fp32(loaded.network, imgsz=TINY_IMGSZ, path=path)
     batch = load_batch(resolve_images(tiny_data), imgsz=TINY_IMGSZ)
-    detector = OnnxDetector(path, imgsz=TINY_IMGSZ)
+    detector = load_checked(get_backend("ort-cpu"), path, imgsz=TINY_IMGSZ)
     onnx_dets = detections_of(detector, batch, DetectConfig())
     with torch.no_grad():
         torch_dets = decode(loaded.network.run(batch.images)[0], DetectConfig())
@@ -31,14 +32,12 @@ def test_both_output_conventions_decode_like_torch(head, tiny_data, tmp_path) ->
     assert acc.map50_95_vs_fp32 > 0.9 and acc.map50_95_gt is not None
 
 
-def test_latency_and_input_size_check(tiny_data, tmp_path) -> None:
-    loaded = tiny_model("yolov8n.yaml")
-    path = tmp_path / "m.onnx"
-    export_fp32(loaded.network, imgsz=TINY_IMGSZ, path=path)
-    detector = OnnxDetector(path, imgsz=TINY_IMGSZ)
-    lat = detector.latency(torch.rand(3, TINY_IMGSZ, TINY_IMGSZ), warmup=1, runs=5)
-    assert lat.provider == "CPUExecutionProvider" and 0 < lat.median_ms <= lat.p90_ms and lat.runs == 5
+@pytest.mark.parametrize("target", ["ort-cpu", "openvino"])
+def test_input_size_and_missing_file_are_input_errors(target, tiny_onnx, tmp_path) -> None:
+    backend = get_backend(target)
+    runner = load_checked(backend, tiny_onnx["path"], imgsz=TINY_IMGSZ)
+    assert runner(tiny_onnx["images"][:1].numpy()).shape[0] == 1
     with pytest.raises(InputError, match="takes 96x96 inputs"):
-        OnnxDetector(path, imgsz=128)
+        load_checked(backend, tiny_onnx["path"], imgsz=128)
     with pytest.raises(InputError, match="not found"):
-        OnnxDetector(tmp_path / "missing.onnx", imgsz=TINY_IMGSZ)
+        load_checked(backend, tmp_path / "missing.onnx", imgsz=TINY_IMGSZ)

@@ -1,0 +1,154 @@
+"""What a deployment target is: what it runs fast, how it writes Q/DQ, how it loads and runs a model.
+
+Stages talk to targets only through :class:`Backend`; each target is one module in this package,
+registered by name (see ``quantsweep.backends``).
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from quantsweep.backends.calibration import RangeSource
+from quantsweep.backends.placement import Placement
+from quantsweep.config import QuantFormat
+from quantsweep.errors import InputError
+from quantsweep.schemes.records import Precision
+
+# writes a third-party baseline artifact: (FP32 ONNX path, output path, calibration images)
+BaselineWriter = Callable[[Path, Path, torch.Tensor], None]
+
+
+class ConvKind(enum.StrEnum):
+    """Kinds of weighted node whose kernels differ between runtimes."""
+
+    REGULAR = "regular"
+    GROUPED = "grouped"
+    DEPTHWISE = "depthwise"
+    FIRST = "first"  # reads the image: 3 input channels, no fast low-precision kernel on some GPUs
+    LINEAR = "linear"
+
+
+class Objective(enum.StrEnum):
+    """What a target's recommendation optimizes within the accuracy target."""
+
+    SPEED = "speed"
+    SIZE = "size"
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether the target's runtime can load and time models on this machine, and why not."""
+
+    available: bool
+    reason: str = ""
+
+
+class Runner(abc.ABC):
+    """A loaded model in its runtime: batch-1 inference on a preprocessed image."""
+
+    device: str = "cpu"
+
+    @abc.abstractmethod
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """The first output for one ``[1, 3, H, W]`` float32 image."""
+
+    def input_size(self) -> tuple[int, int] | None:
+        """The static input height and width, when the model has one."""
+        return None
+
+
+def conv_kinds(model: onnx.ModelProto) -> dict[str, ConvKind]:
+    """The kind of every weighted node of ``model`` (by its attributes and where its input comes from)."""
+    graph_inputs = {i.name for i in model.graph.input}
+    inits = {i.name: i for i in model.graph.initializer}
+    kinds = {}
+    for node in model.graph.node:
+        if node.op_type in ("Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in inits:
+            kinds[node.name] = ConvKind.LINEAR
+        if node.op_type != "Conv":
+            continue
+        if node.input[0] in graph_inputs:
+            kinds[node.name] = ConvKind.FIRST
+            continue
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        out_channels = inits[node.input[1]].dims[0] if node.input[1] in inits else 0
+        if group == 1:
+            kinds[node.name] = ConvKind.REGULAR
+        elif group == out_channels:
+            kinds[node.name] = ConvKind.DEPTHWISE
+        else:
+            kinds[node.name] = ConvKind.GROUPED
+    return kinds
+
+
+class Backend(abc.ABC):
+    """One deployment target: a runtime, the formats it runs fast, and its Q/DQ placement."""
+
+    name: str
+    runtime: str
+    objective: Objective
+    description: str
+    placement: Placement = Placement()
+
+    @abc.abstractmethod
+    def sweep_formats(self) -> tuple[QuantFormat, ...]:
+        """The sweep combinations whose ranking drives this target's schemes."""
+
+    @abc.abstractmethod
+    def fast_precisions(self, kind: ConvKind) -> frozenset[str]:
+        """Precision labels (``int8-int8``, ...) this runtime executes fast for ``kind``."""
+
+    def runs(self) -> frozenset[str]:
+        """Every precision label this target runs fast on some kind of node."""
+        return frozenset().union(*(self.fast_precisions(kind) for kind in ConvKind))
+
+    @abc.abstractmethod
+    def availability(self) -> Availability:
+        """Can this machine load and run the target's artifacts?"""
+
+    @abc.abstractmethod
+    def write(
+        self, fp32: onnx.ModelProto, plan: Mapping[str, Precision], *, ranges: RangeSource
+    ) -> onnx.ModelProto:
+        """``fp32`` with ``plan`` (ONNX node -> precision) applied in this runtime's Q/DQ placement."""
+
+    @abc.abstractmethod
+    def load(self, path: Path) -> Runner:
+        """The artifact loaded in this target's runtime."""
+
+    def baselines(self) -> dict[str, BaselineWriter]:
+        """Artifacts made by the runtime's own tools, scored beside quantsweep's (none by default)."""
+        return {}
+
+    def written_counts(self, counts: Mapping[str, int]) -> dict[str, int]:
+        """Per-precision node counts of a plan as they read back from the written file."""
+        written: dict[str, int] = {}
+        for label, count in counts.items():
+            key = self.placement.written_label(label)
+            written[key] = written.get(key, 0) + count
+        return dict(sorted(written.items()))
+
+    def deploy_hint(self, path: Path) -> str:
+        """How a deployer loads ``path`` with the settings it was measured with."""
+        return f"load {path} in {self.runtime}"
+
+    def check_plan(self, plan: Mapping[str, Precision], kinds: Mapping[str, ConvKind]) -> None:
+        """Refuse, in one line, a plan with precisions this target cannot run."""
+        for node, precision in plan.items():
+            if precision.weight is None:
+                continue
+            kind = kinds.get(node, ConvKind.REGULAR)
+            if precision.label not in self.fast_precisions(kind):
+                allowed = ", ".join(sorted(self.fast_precisions(kind))) or "none"
+                raise InputError(
+                    f"target {self.name} cannot run {precision.label} on {kind.value} node {node} "
+                    f"(it runs: {allowed}, or float)"
+                )

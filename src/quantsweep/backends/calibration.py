@@ -1,0 +1,76 @@
+"""Activation ranges of any tensors of an FP32 ONNX graph, from the calibration images.
+
+A backend's placement quantizes tensors the Torch sweep never names (conv outputs for ONNX
+Runtime's integer kernels), so ranges are taken on the exported graph itself: every requested
+tensor becomes an extra graph output and the FP32 model runs once per image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper
+
+from quantsweep.backends.sessions import ort_session
+
+
+@dataclass(frozen=True)
+class TensorRange:
+    """Smallest and largest value a tensor took over the calibration images."""
+
+    low: float
+    high: float
+
+    def to_list(self) -> list[float]:
+        """JSON-ready form."""
+        return [self.low, self.high]
+
+
+# tensors -> their calibrated ranges; computed on demand and cached (see :class:`RangeCache`)
+RangeSource = Callable[[set[str]], Mapping[str, TensorRange]]
+
+
+class RangeCache:
+    """A :data:`RangeSource` over one FP32 model and image set that measures each tensor once."""
+
+    def __init__(self, model: onnx.ModelProto, images: torch.Tensor) -> None:
+        self.model, self.images = model, images
+        self.found: dict[str, TensorRange] = {}
+
+    def __call__(self, tensors: set[str]) -> dict[str, TensorRange]:
+        missing = set(tensors) - set(self.found)
+        self.found.update(tensor_ranges(self.model, self.images, missing))
+        return {name: self.found[name] for name in tensors}
+
+    def to_dict(self) -> dict[str, list[float]]:
+        """Every range measured so far, JSON-ready."""
+        return {name: r.to_list() for name, r in sorted(self.found.items())}
+
+
+def tensor_ranges(
+    model: onnx.ModelProto, images: torch.Tensor, tensors: Iterable[str]
+) -> dict[str, TensorRange]:
+    """``{tensor: range}`` over ``images`` (one run per image, batch 1, as the model is exported)."""
+    wanted = sorted(set(tensors))
+    if not wanted:
+        return {}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {o.name for o in probe.graph.output}
+    for name in wanted:
+        if name not in existing:
+            probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    session = ort_session(probe.SerializeToString())
+    input_name = session.get_inputs()[0].name
+    low = dict.fromkeys(wanted, np.inf)
+    high = dict.fromkeys(wanted, -np.inf)
+    for image in images:
+        values = session.run(wanted, {input_name: image[None].numpy()})
+        for name, value in zip(wanted, values, strict=True):
+            low[name] = min(low[name], float(value.min()))
+            high[name] = max(high[name], float(value.max()))
+    return {name: TensorRange(low[name], high[name]) for name in wanted}

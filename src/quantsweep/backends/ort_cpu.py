@@ -1,0 +1,97 @@
+"""``ort-cpu``: INT8 W8A8 in the placement ONNX Runtime's CPU provider fuses into QLinearConv.
+
+ONNX Runtime fuses ``DQ(x) + DQ(w) + DQ(bias int32) -> Conv -> Q`` into one QLinearConv only
+when the conv's output goes to that Q alone; with Q/DQ on the inputs only, every conv runs in
+float after dequantizing its weight on every run (slower than FP32). So each planned conv gets:
+its input through the tensor's shared QuantizeLinear (UINT8, asymmetric: SiLU outputs are mostly
+positive and keep twice the resolution), INT8 per-output-channel weights, an INT32 bias and a
+QuantizeLinear on its output, whose dequantized copy every reader takes. Graph outputs and the
+decode tail stay float.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from quantsweep.backends.base import (
+    Availability,
+    Backend,
+    BaselineWriter,
+    ConvKind,
+    Objective,
+    Runner,
+)
+from quantsweep.backends.calibration import RangeSource
+from quantsweep.backends.placement import Placement, apply_placement
+from quantsweep.backends.sessions import SessionOptions, ort_session
+from quantsweep.config import ActDtype, Granularity, QuantFormat, WeightDtype
+from quantsweep.export.ort_quantize_static import quantize_with_ort
+from quantsweep.schemes.records import Precision
+
+W8A8 = QuantFormat(WeightDtype.INT8, ActDtype.INT8, Granularity.PER_CHANNEL)
+
+
+class OrtRunner(Runner):
+    """An ONNX Runtime session with the target's options."""
+
+    def __init__(self, path: Path, options: SessionOptions) -> None:
+        self.session = ort_session(path, options)
+        self.input_name = self.session.get_inputs()[0].name
+        self.device = options.provider
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: image})[0]
+
+    def input_size(self) -> tuple[int, int] | None:
+        size = self.session.get_inputs()[0].shape[2:4]
+        return tuple(size) if all(isinstance(d, int) for d in size) else None
+
+
+class OrtCpuBackend(Backend):
+    """ONNX Runtime, CPU execution provider, integer convolutions (QLinearConv)."""
+
+    name = "ort-cpu"
+    runtime = "onnxruntime"
+    objective = Objective.SPEED
+    description = "ONNX Runtime CPU: INT8 W8A8 fused into QLinearConv (UINT8 activations)"
+    placement = Placement(asymmetric=True, output_q=True, int32_bias=True)
+
+    def sweep_formats(self) -> tuple[QuantFormat, ...]:
+        return (W8A8,)
+
+    def fast_precisions(self, kind: ConvKind) -> frozenset[str]:
+        return frozenset() if kind is ConvKind.LINEAR else frozenset({"int8-int8"})
+
+    def availability(self) -> Availability:
+        return Availability(True)
+
+    def session_options(self) -> SessionOptions:
+        """What the artifacts are measured with (and a deployer should use)."""
+        return SessionOptions()
+
+    def write(
+        self, fp32: onnx.ModelProto, plan: Mapping[str, Precision], *, ranges: RangeSource
+    ) -> onnx.ModelProto:
+        return apply_placement(fp32, plan, ranges=ranges, placement=self.placement)
+
+    def baselines(self) -> dict[str, BaselineWriter]:
+        """ONNX Runtime's own ``quantize_static`` (convs only, UINT8 activations), nothing kept float."""
+
+        def ort_tool(fp32_path: Path, out_path: Path, images: torch.Tensor) -> None:
+            quantize_with_ort(fp32_path, out_path, images=images, op_types=("Conv",))
+
+        return {"ort_quantize_static": ort_tool}
+
+    def load(self, path: Path) -> Runner:
+        return OrtRunner(path, self.session_options())
+
+    def deploy_hint(self, path: Path) -> str:
+        return (
+            f"onnxruntime.InferenceSession('{path.name}', providers=['CPUExecutionProvider']) "
+            "with graph_optimization_level=ORT_ENABLE_ALL (the default)"
+        )

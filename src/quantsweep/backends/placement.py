@@ -1,0 +1,69 @@
+"""Q/DQ placements: where a runtime wants quantization around the nodes it runs in low precision.
+
+A placement is data (signedness of activations, output Q, integer bias), applied by one function,
+so each backend states its runtime's convention instead of re-implementing graph surgery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import onnx
+
+from quantsweep.backends.calibration import RangeSource, TensorRange
+from quantsweep.backends.qdq_graph import QdqEditor, TensorQuant
+from quantsweep.config import ActDtype
+from quantsweep.schemes.records import Precision
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How a runtime's fusions want Q/DQ around a quantized node.
+
+    ``asymmetric``: UINT8 activations with a zero point (ONNX Runtime on x86), else signed
+    symmetric INT8 (TensorRT, OpenVINO). ``output_q``: a QuantizeLinear on the node's output, the
+    pattern ONNX Runtime needs to fuse an integer kernel. ``int32_bias``: the bias as INT32 codes
+    with scale ``input_scale * weight_scale``, as integer convolutions take it.
+    """
+
+    asymmetric: bool = False
+    output_q: bool = False
+    int32_bias: bool = False
+
+    def quant(self, found: TensorRange, act: ActDtype) -> TensorQuant:
+        """Per-tensor parameters for a calibrated range."""
+        return TensorQuant.from_range(found.low, found.high, act=act, asymmetric=self.asymmetric)
+
+    def written_label(self, label: str) -> str:
+        """A plan's precision label as the file shows it (``int8-int8`` is ``int8-uint8`` when asymmetric)."""
+        if self.asymmetric and label.endswith("-int8"):
+            return label[: -len("int8")] + "uint8"
+        return label
+
+
+def apply_placement(
+    fp32: onnx.ModelProto, plan: Mapping[str, Precision], *, ranges: RangeSource, placement: Placement
+) -> onnx.ModelProto:
+    """``fp32`` with every planned node at its precision, Q/DQ placed as ``placement`` says."""
+    order = [node.name for node in fp32.graph.node]
+    planned = [name for name in order if name in plan and plan[name].weight is not None]
+    with_acts = [name for name in planned if plan[name].act is not ActDtype.FP16]
+    editor = QdqEditor(fp32, planned=frozenset(with_acts))
+    nodes = [editor.node(name) for name in with_acts]
+    outputs = ({n.output[0] for n in nodes} - editor.outputs) if placement.output_q else set()
+    found = ranges({n.input[0] for n in nodes} | outputs)
+    for node in nodes:
+        act = plan[node.name].act
+        quant = placement.quant(found[node.input[0]], act)
+        scale = editor.quantize_weight(node, plan[node.name].as_format())
+        if placement.int32_bias:
+            editor.quantize_bias(node, input_scale=quant.scale, weight_scale=scale)
+        editor.quantize_input(node, quant)
+    for node in nodes:
+        if node.output[0] in outputs:
+            editor.quantize_output(node, placement.quant(found[node.output[0]], plan[node.name].act))
+    for name in planned:
+        if name not in with_acts:  # weight-only nodes
+            editor.quantize_weight(editor.node(name), plan[name].as_format())
+    return editor.build()

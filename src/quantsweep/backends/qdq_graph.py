@@ -1,0 +1,208 @@
+"""Edit an FP32 ONNX graph into a Q/DQ graph: weights, conv inputs, conv outputs and biases.
+
+Backends decide *where* Q/DQ go (their runtime's placement); this module only knows *how* to
+insert them so that the graph stays valid: one QuantizeLinear per source tensor (every consumer
+shares the codes), one DequantizeLinear per quantized consumer (runtimes fuse a DQ into the op
+that reads it only when that op is its sole reader), float consumers keep reading float, and the
+nodes are re-sorted topologically at the end.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from quantsweep.config import ActDtype, QuantFormat
+from quantsweep.export.qdq import weight_dq
+
+FP8_MAX = 448.0
+
+
+@dataclass(frozen=True)
+class TensorQuant:
+    """Per-tensor quantization of an activation: ``q = round(x / scale) + zero_point``."""
+
+    scale: float
+    zero_point: int
+    dtype: int  # TensorProto element type: UINT8, INT8 or FLOAT8E4M3FN
+
+    @classmethod
+    def from_range(cls, low: float, high: float, *, act: ActDtype, asymmetric: bool) -> TensorQuant:
+        """Parameters that cover ``[low, high]``: UINT8 asymmetric, INT8 symmetric, or FP8 symmetric."""
+        low, high = min(float(low), 0.0), max(float(high), 0.0)  # zero must be exact
+        if act is ActDtype.FP8:
+            return cls(max(abs(low), high, 1e-12) / FP8_MAX, 0, TensorProto.FLOAT8E4M3FN)
+        if asymmetric:
+            scale = max(high - low, 1e-12) / 255.0
+            return cls(scale, int(np.clip(round(-low / scale), 0, 255)), TensorProto.UINT8)
+        return cls(max(abs(low), high, 1e-12) / 127.0, 0, TensorProto.INT8)
+
+
+def _zero_point_tensor(name: str, quant: TensorQuant) -> onnx.TensorProto:
+    if quant.dtype == TensorProto.FLOAT8E4M3FN:
+        data = np.zeros((), dtype=ml_dtypes.float8_e4m3fn)
+        return numpy_helper.from_array(data, name)
+    return helper.make_tensor(name, quant.dtype, [], [quant.zero_point])
+
+
+def topological_sort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
+    """Order ``nodes`` so that every input is produced before it is read (stable otherwise)."""
+    producers = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    readers: dict[int, list[int]] = defaultdict(list)
+    waiting = [0] * len(nodes)
+    for i, node in enumerate(nodes):
+        for name in {n for n in node.input if n and n not in available and n in producers}:
+            readers[producers[name]].append(i)
+            waiting[i] += 1
+    ready = [i for i, count in enumerate(waiting) if count == 0]
+    order: list[int] = []
+    while ready:
+        ready.sort(reverse=True)  # keep the original order where the graph allows
+        i = ready.pop()
+        order.append(i)
+        for j in readers[i]:
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                ready.append(j)
+    if len(order) != len(nodes):
+        raise ValueError("the edited graph has a cycle")
+    return [nodes[i] for i in order]
+
+
+class QdqEditor:
+    """Accumulates Q/DQ edits on a copy of an FP32 model; :meth:`build` returns the edited model."""
+
+    def __init__(self, model: onnx.ModelProto, *, planned: frozenset[str] = frozenset()) -> None:
+        self.planned = planned  # nodes that get their own input Q/DQ: they read a private DQ
+        self.model = onnx.ModelProto()
+        self.model.CopyFrom(model)
+        self.graph = self.model.graph
+        self.inits = {init.name: init for init in self.graph.initializer}
+        self.nodes = {node.name: node for node in self.graph.node}
+        self.readers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for node in self.graph.node:
+            for name in node.input:
+                self.readers[name].append(node)
+        self.outputs = {o.name for o in self.graph.output}
+        self.new_nodes: list[onnx.NodeProto] = []
+        self.new_inits: list[onnx.TensorProto] = []
+        self.dropped: set[str] = set()
+        self.quantized: dict[str, tuple[str, TensorQuant]] = {}  # tensor -> (Q output, params)
+
+    def node(self, name: str) -> onnx.NodeProto:
+        """The node called ``name`` (KeyError naming it otherwise)."""
+        if name not in self.nodes:
+            raise KeyError(f"node not in the model: {name}")
+        return self.nodes[name]
+
+    def weight(self, node: onnx.NodeProto) -> np.ndarray:
+        """The float weight initializer of a Conv/Gemm/MatMul."""
+        return numpy_helper.to_array(self.inits[node.input[1]])
+
+    def quantize_weight(self, node: onnx.NodeProto, fmt: QuantFormat) -> np.ndarray:
+        """Replace input 1 by codes -> DequantizeLinear; return the weight scale it stores."""
+        weight_name = node.input[1]
+        inits, dq = weight_dq(node, self.weight(node), fmt)
+        scale = numpy_helper.to_array(next(i for i in inits if i.name == dq.input[1]))
+        self.new_inits += inits
+        self.new_nodes.append(dq)
+        node.input[1] = dq.output[0]
+        if len(self.readers[weight_name]) == 1:
+            self.dropped.add(weight_name)
+        return scale
+
+    def _quantize_tensor(self, tensor: str, quant: TensorQuant) -> str:
+        """One shared QuantizeLinear of ``tensor``; return its output name."""
+        if tensor in self.quantized:
+            previous = self.quantized[tensor][1]
+            if previous != quant:
+                raise ValueError(f"{tensor} is quantized twice with different parameters")
+            return self.quantized[tensor][0]
+        base = f"{tensor}/q"
+        scale = numpy_helper.from_array(np.array(quant.scale, dtype=np.float32), f"{base}_scale")
+        zero = _zero_point_tensor(f"{base}_zero_point", quant)
+        self.new_inits += [scale, zero]
+        q = helper.make_node(
+            "QuantizeLinear", [tensor, scale.name, zero.name], [f"{base}_quantized"], name=f"{base}_Q"
+        )
+        self.new_nodes.append(q)
+        self.quantized[tensor] = (q.output[0], quant)
+        return q.output[0]
+
+    def _dequantize(self, tensor: str, suffix: str) -> str:
+        q_out, _ = self.quantized[tensor]
+        base = f"{tensor}/q"
+        dq = helper.make_node(
+            "DequantizeLinear",
+            [q_out, f"{base}_scale", f"{base}_zero_point"],
+            [f"{base}_dq_{suffix}"],
+            name=f"{base}_DQ_{suffix}",
+        )
+        self.new_nodes.append(dq)
+        return dq.output[0]
+
+    def quantize_input(self, node: onnx.NodeProto, quant: TensorQuant, *, index: int = 0) -> None:
+        """Feed input ``index`` of ``node`` through the tensor's shared Q and a DQ of its own."""
+        tensor = node.input[index]
+        self._quantize_tensor(tensor, quant)
+        node.input[index] = self._dequantize(tensor, node.name)
+
+    def quantize_output(self, node: onnx.NodeProto, quant: TensorQuant) -> None:
+        """Quantize output 0 of ``node``: every reader (and a graph output) reads a dequantized copy.
+
+        The producer then feeds only its QuantizeLinear, which is what lets a runtime fuse
+        ``DQ -> op -> Q`` into one integer kernel.
+        """
+        tensor = node.output[0]
+        if tensor in self.outputs:
+            raise ValueError(f"{node.name} produces a graph output; outputs stay float")
+        self._quantize_tensor(tensor, quant)
+        shared = None
+        for reader in self.readers[tensor]:
+            for i, name in enumerate(reader.input):
+                if name != tensor:
+                    continue
+                if reader.name in self.planned:
+                    reader.input[i] = self._dequantize(tensor, reader.name)
+                else:
+                    shared = shared or self._dequantize(tensor, "float")
+                    reader.input[i] = shared
+
+    def quantize_bias(self, node: onnx.NodeProto, *, input_scale: float, weight_scale: np.ndarray) -> None:
+        """INT32 bias with scale ``input_scale * weight_scale`` per channel, as integer convs take it."""
+        if len(node.input) < 3 or node.input[2] not in self.inits:
+            return
+        bias_name = node.input[2]
+        bias = numpy_helper.to_array(self.inits[bias_name]).astype(np.float64)
+        scale = (input_scale * weight_scale.reshape(-1).astype(np.float64)).astype(np.float32)
+        codes = np.clip(np.round(bias / scale), -(2**31), 2**31 - 1).astype(np.int32)
+        base = f"{node.name}/bias"
+        inits = [
+            numpy_helper.from_array(codes, f"{base}_quantized"),
+            numpy_helper.from_array(scale, f"{base}_scale"),
+            numpy_helper.from_array(np.zeros(scale.shape, np.int32), f"{base}_zero_point"),
+        ]
+        self.new_inits += inits
+        dq = helper.make_node(
+            "DequantizeLinear", [i.name for i in inits], [f"{base}_dequantized"], name=f"{base}_DQ", axis=0
+        )
+        self.new_nodes.append(dq)
+        node.input[2] = dq.output[0]
+        if len(self.readers[bias_name]) == 1:
+            self.dropped.add(bias_name)
+
+    def build(self) -> onnx.ModelProto:
+        """The edited model, nodes in topological order, unused float initializers removed."""
+        available = {i.name for i in self.graph.input} | set(self.inits) | {i.name for i in self.new_inits}
+        nodes = topological_sort([*self.graph.node, *self.new_nodes], available)
+        del self.graph.node[:]
+        self.graph.node.extend(nodes)
+        kept = [init for init in self.graph.initializer if init.name not in self.dropped]
+        del self.graph.initializer[:]
+        self.graph.initializer.extend(kept + self.new_inits)
+        return self.model

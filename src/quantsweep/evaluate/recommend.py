@@ -1,0 +1,78 @@
+"""Pick each target's recommendation from its measured models: what the target is for, within accuracy.
+
+Speed targets: the fastest model (median over rounds of its time relative to FP32, measured in one
+interleaved pass) whose mAP50-95 meets the accuracy target; kept float layers cost time through
+their kernels and the Q/DQ around them, so the count of kept layers is not the objective. Size
+target: the smallest file that meets it. FP32 itself is a candidate: where nothing quantized beats
+it, the recommendation says so instead of shipping a slower model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quantsweep.backends import Backend, Objective
+from quantsweep.evaluate.target import AccuracyTarget
+
+
+def _speed_ratio(record: dict[str, Any]) -> float:
+    latency = record.get("latency")
+    return float("inf") if latency is None else latency["ratio_to_reference"]
+
+
+def _objective_key(backend: Backend):
+    if backend.objective is Objective.SPEED:
+        return lambda r: (_speed_ratio(r), r["size_bytes"])
+    return lambda r: (r["size_bytes"], r.get("kept") or 0)
+
+
+def _score(record: dict[str, Any]) -> float:
+    return record["score"]
+
+
+def recommend(
+    backend: Backend, store, *, reference: float, metric: str, target: AccuracyTarget
+) -> dict[str, Any]:
+    """Choose, record (``recommendation.json``) and return the target's recommendation.
+
+    ``reference`` is the FP32 model's ``metric``; every record's ``score`` is its ``metric``.
+    """
+    results = store.all()
+    fp32 = results["fp32"]
+    passing = [r for r in results.values() if target.met(r["score"], reference)]
+    best = min(passing, key=_objective_key(backend), default=None)
+    quantized = [r for r in results.values() if r["name"] != "fp32"]
+    closest = max(quantized, key=_score, default=None)
+    payload: dict[str, Any] = {
+        "target": backend.name,
+        "runtime": backend.runtime,
+        "objective": backend.objective.value,
+        "description": backend.description,
+        "accuracy_target": target.to_dict(),
+        "metric": metric,
+        "reference_map50_95": reference,
+        "threshold": target.threshold(reference),
+        "fp32_latency_ms": (fp32.get("latency") or {}).get("median_ms"),
+        "fp32_size_bytes": fp32["size_bytes"],
+        "closest": None if closest is None else closest["name"],
+        "recommended": None,
+    }
+    if best is not None:
+        ratio = _speed_ratio(best)
+        payload.update(
+            recommended=best["name"],
+            file=best["file"],
+            policy=best["policy"],
+            map50_95=best["score"],
+            drop=best["drop"],
+            relative_drop=best["relative_drop"],
+            kept=best.get("kept"),
+            kept_layers=best.get("kept_layers"),
+            latency_ms=(best.get("latency") or {}).get("median_ms"),
+            speedup=None if ratio in (0, float("inf")) else 1.0 / ratio,
+            size_bytes=best["size_bytes"],
+            size_reduction=fp32["size_bytes"] / best["size_bytes"],
+            deploy=backend.deploy_hint(store.artifact_path(best)),
+        )
+    store.write_recommendation(payload)
+    return payload

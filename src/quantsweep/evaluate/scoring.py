@@ -1,0 +1,85 @@
+"""Score a detector loaded in any target runtime: decode its outputs, mAP against labels and FP32.
+
+Both YOLO output conventions are decoded: raw ``[N, 4+nc, A]`` (xywh boxes, class scores; NMS
+applied here) and end-to-end ``[N, K, 6]`` (x1, y1, x2, y2, score, class). Every model is decoded
+with the same confidence, IoU and max-detection settings, whatever runtime produced its outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from quantsweep.backends import Backend, Runner
+from quantsweep.config import DetectConfig
+from quantsweep.data.images import Batch
+from quantsweep.errors import InputError
+from quantsweep.metrics.detections import decode
+from quantsweep.metrics.map import MapResult, mean_average_precision
+from quantsweep.models.outputs import HeadOutput
+
+
+def load_checked(backend: Backend, path: Path, *, imgsz: int) -> Runner:
+    """``path`` loaded in ``backend``'s runtime, refusing a model made for another input size."""
+    if not Path(path).is_file():
+        raise InputError(f"candidate model not found: {path}")
+    runner = backend.load(Path(path))
+    size = runner.input_size()
+    if size is not None and tuple(size) != (imgsz, imgsz):
+        raise InputError(
+            f"{Path(path).name} takes {size[0]}x{size[1]} inputs, but the data is prepared at {imgsz}x{imgsz}"
+        )
+    return runner
+
+
+def head_output(runner: Runner, images: torch.Tensor) -> HeadOutput:
+    """Outputs of all images (batch 1 each) as a HeadOutput, either convention."""
+    raw = np.concatenate([runner(image[None].numpy()) for image in images])
+    tensor = torch.from_numpy(raw)
+    if tensor.shape[-1] == 6 and tensor.shape[1] != 6:  # [N, K, 6] end-to-end
+        empty = torch.zeros(0)
+        return HeadOutput(raw=tensor, boxes=empty, scores=empty, detections=tensor)
+    return HeadOutput.from_raw(tensor, boxes_are_xywh=True)
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """mAP against labels (when given) and against the FP32 model's own detections."""
+
+    map50_95_gt: float | None
+    map50_gt: float | None
+    map50_95_vs_fp32: float
+    map50_vs_fp32: float
+
+    def value(self, metric: str) -> float:
+        """The figure named ``metric`` (``map50_95_gt`` or ``map50_95_vs_fp32``)."""
+        return getattr(self, metric)
+
+    def judging_metric(self) -> str:
+        """The metric targets are judged by when this is the FP32 reference: mAP50-95 against labels,
+        unless there are none or the reference itself detects nothing real (then agreement with FP32)."""
+        return "map50_95_gt" if self.map50_95_gt else "map50_95_vs_fp32"
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def detections_of(runner: Runner, batch: Batch, detect: DetectConfig) -> list[np.ndarray]:
+    """Decoded detections for every image of ``batch``."""
+    return decode(head_output(runner, batch.images), detect)
+
+
+def accuracy(detections: list[np.ndarray], *, batch: Batch, pseudo: list[np.ndarray]) -> Accuracy:
+    """Score detections against labels and against the FP32 pseudo-labels."""
+    gt = mean_average_precision(detections, batch.labels) if batch.labels is not None else None
+    vs_fp32: MapResult = mean_average_precision(detections, pseudo)
+    return Accuracy(
+        map50_95_gt=None if gt is None else gt.map50_95,
+        map50_gt=None if gt is None else gt.map50,
+        map50_95_vs_fp32=vs_fp32.map50_95,
+        map50_vs_fp32=vs_fp32.map50,
+    )

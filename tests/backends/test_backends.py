@@ -1,0 +1,113 @@
+"""The backend seam: registry, plan checks, node kinds, each CPU target's placement as its runtime runs it."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+
+from quantsweep.backends import backend_names, get_backend, parse_targets
+from quantsweep.backends.base import ConvKind, conv_kinds
+from quantsweep.backends.calibration import RangeCache
+from quantsweep.backends.sessions import SessionOptions, ort_session
+from quantsweep.config import ActDtype, WeightDtype
+from quantsweep.errors import InputError
+from quantsweep.export.inspect import precision_counts
+from quantsweep.export.onnx_model import export_fp32
+from quantsweep.export.verify import relative_l2
+from quantsweep.schemes.records import Precision
+from tests.conftest import tiny_model
+
+W8A8 = Precision(WeightDtype.INT8, ActDtype.INT8)
+FLOAT = Precision(None)
+
+
+def _plan(tiny_onnx, *, kept: int) -> dict[str, Precision]:
+    nodes = list(tiny_onnx["nodes"].values())
+    return {node: FLOAT if i < kept else W8A8 for i, node in enumerate(nodes)}
+
+
+def _write(tiny_onnx, target: str, plan, tmp_path):
+    backend = get_backend(target)
+    model = backend.write(
+        tiny_onnx["model"], plan, ranges=RangeCache(tiny_onnx["model"], tiny_onnx["images"])
+    )
+    path = tmp_path / f"{target}.onnx"
+    onnx.save(model, str(path))
+    onnx.checker.check_model(str(path))
+    return backend, path
+
+
+def test_registry_names_and_errors() -> None:
+    assert {"ort-cpu", "openvino", "size"} <= set(backend_names())
+    assert parse_targets("size, ort-cpu,size") == ("size", "ort-cpu")
+    with pytest.raises(InputError, match=r"unknown target 'tensorrtx'; valid: .*ort-cpu"):
+        get_backend("tensorrtx")
+
+
+def test_a_plan_the_target_cannot_run_is_refused_in_one_line(tiny_onnx) -> None:
+    kinds = conv_kinds(tiny_onnx["model"])
+    node = next(iter(tiny_onnx["nodes"].values()))
+    with pytest.raises(InputError, match="target ort-cpu cannot run fp8-fp8"):
+        get_backend("ort-cpu").check_plan({node: Precision(WeightDtype.FP8, ActDtype.FP8)}, kinds)
+    with pytest.raises(InputError, match="target size cannot run int8-int8"):
+        get_backend("size").check_plan({node: W8A8}, kinds)
+    get_backend("openvino").check_plan({node: W8A8, "other": FLOAT}, kinds)
+
+
+def test_conv_kinds_find_first_depthwise_and_regular(tmp_path) -> None:
+    loaded = tiny_model("yolov10n.yaml")
+    model = export_fp32(loaded.network, imgsz=64, path=tmp_path / "v10.onnx")
+    kinds = Counter(conv_kinds(model).values())
+    assert kinds[ConvKind.FIRST] == 1 and kinds[ConvKind.DEPTHWISE] > 0 and kinds[ConvKind.REGULAR] > 50
+
+
+def test_ort_cpu_fuses_every_planned_conv_into_qlinearconv(tiny_onnx, tmp_path) -> None:
+    plan = _plan(tiny_onnx, kept=3)
+    backend, path = _write(tiny_onnx, "ort-cpu", plan, tmp_path)
+    planned = sum(p.weight is not None for p in plan.values())
+    assert precision_counts(onnx.load(str(path))) == {"float": 3, "int8-uint8": planned}
+    optimized = tmp_path / "optimized.onnx"
+    ort_session(path, SessionOptions(optimized_model_path=optimized))
+    ops = Counter(node.op_type for node in onnx.load(str(optimized)).graph.node)
+    assert ops["QLinearConv"] == planned
+    assert ops["Conv"] + ops.get("FusedConv", 0) == 3
+    image = tiny_onnx["images"][:1].numpy()
+    fp32 = ort_session(tiny_onnx["path"]).run(None, {"images": image})[0]
+    assert relative_l2(backend.load(path)(image), fp32) < 0.1
+
+
+def test_inputs_only_placement_is_not_fused_by_onnx_runtime(tiny_onnx, tmp_path) -> None:
+    # why ort-cpu needs its own placement: Q/DQ on inputs and weights alone leave float convs
+    _, path = _write(tiny_onnx, "openvino", _plan(tiny_onnx, kept=0), tmp_path)
+    optimized = tmp_path / "optimized.onnx"
+    ort_session(path, SessionOptions(optimized_model_path=optimized))
+    assert not any(n.op_type == "QLinearConv" for n in onnx.load(str(optimized)).graph.node)
+
+
+def test_openvino_runs_every_planned_conv_in_int8(tiny_onnx, tmp_path) -> None:
+    plan = _plan(tiny_onnx, kept=2)
+    backend, path = _write(tiny_onnx, "openvino", plan, tmp_path)
+    assert backend.availability().available
+    runner = backend.load(path)
+    executed = Counter(runner.executed_precisions().values())
+    assert executed["i8"] == sum(p.weight is not None for p in plan.values())
+    model = onnx.load(str(path))
+    producers = {out: node for node in model.graph.node for out in node.output}
+    kept = [n for n in model.graph.node if plan.get(n.name) == FLOAT]
+    assert kept and all(producers.get(n.input[0], n).op_type != "DequantizeLinear" for n in kept)
+    image = tiny_onnx["images"][:1].numpy()
+    fp32 = ort_session(tiny_onnx["path"]).run(None, {"images": image})[0]
+    assert relative_l2(runner(image), fp32) < 0.1
+
+
+def test_size_target_writes_int4_weights_that_onnx_runtime_folds(tiny_onnx, tmp_path) -> None:
+    plan = {node: Precision(WeightDtype.INT4) for node in tiny_onnx["nodes"].values()}
+    backend, path = _write(tiny_onnx, "size", plan, tmp_path)
+    assert precision_counts(onnx.load(str(path))) == {"int4-fp16": len(plan)}
+    assert path.stat().st_size < 0.2 * tiny_onnx["path"].stat().st_size
+    image = tiny_onnx["images"][:1].numpy()
+    plain = ort_session(path).run(None, {"images": image})[0]
+    np.testing.assert_allclose(backend.load(path)(image), plain, rtol=1e-4, atol=1e-4)
