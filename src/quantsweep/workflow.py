@@ -18,7 +18,7 @@ from quantsweep.data.shapes import generate_split
 from quantsweep.errors import InputError
 from quantsweep.evaluate.target import AccuracyTarget
 from quantsweep.pipeline import SchemesRequest, make_schemes, materialize_candidates, sweep
-from quantsweep.pipeline.common import ProgressFactory, no_progress
+from quantsweep.pipeline.common import ProgressFactory, RunCache, no_progress
 from quantsweep.pipeline.eval_context import EvalRequest, load_eval_batch
 from quantsweep.pipeline.evaluate_stage import evaluate_candidates
 from quantsweep.pipeline.materialize_stage import MaterializeRequest
@@ -150,12 +150,13 @@ def run_job(config: RunConfig, *, out: Path, progress: ProgressFactory = no_prog
     # fail on bad evaluation data before minutes of sweeping
     load_eval_batch(eval_data, max_images=config.eval_images, imgsz=sweep_config.imgsz, num_classes=10**6)
     sweep_dir = sweep(sweep_config, out=run_dir, progress=progress)
+    cache = RunCache()  # one model load, one calibration batch and one export for what follows
     schemes_dirs = tuple(
-        make_schemes(_schemes_request(config.schemes, report), out=run_dir)
+        make_schemes(_schemes_request(config.schemes, report), out=run_dir, cache=cache)
         for report in _reports(sweep_dir, sweep_config)
     )
     candidates_dir = materialize_candidates(
-        MaterializeRequest(schemes_dirs, config.targets), out=run_dir, progress=progress
+        MaterializeRequest(schemes_dirs, config.targets), out=run_dir, progress=progress, cache=cache
     )
     eval_request = EvalRequest(
         candidates_dir,

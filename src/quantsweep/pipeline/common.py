@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -13,6 +15,7 @@ from quantsweep.config import SweepConfig
 from quantsweep.data.images import Batch, load_batch, resolve_images
 from quantsweep.errors import InputError
 from quantsweep.models.network import StagedNetwork
+from quantsweep.models.ultralytics_adapter import LoadedModel, load_model
 from quantsweep.quant.apply import calibrate_inputs
 from quantsweep.records import read_json
 from quantsweep.sweep.runner import ProgressFn
@@ -54,6 +57,33 @@ def calibrate(
                 yield None
 
     return calibrate_inputs(network.module, names, drive(), calib=config.calib)
+
+
+@dataclass
+class RunCache:
+    """What one ``quantsweep run`` loads once and hands to the stages after the sweep.
+
+    A stage run alone gets an empty cache and loads for itself; inside a run the schemes stage
+    (once per swept combination) and the materialize stage share one model load, one calibration
+    batch and one FP32 export with its layer mapping.
+    """
+
+    model: LoadedModel | None = None
+    calib: Batch | None = None
+    fp32_onnx: Path | None = None
+    mapping: Any = None  # export.onnx_model.LayerMapping of ``fp32_onnx``
+
+    def load(self, config: SweepConfig) -> LoadedModel:
+        """The sweep's model on CPU (loaded the first time it is asked for)."""
+        if self.model is None:
+            self.model = load_model(config.model, head=config.head)
+        return self.model
+
+    def batch(self, config: SweepConfig) -> Batch:
+        """The sweep's calibration images (loaded the first time)."""
+        if self.calib is None:
+            self.calib = calibration_batch(config)
+        return self.calib
 
 
 def calibration_batch(config: SweepConfig) -> Batch:

@@ -26,10 +26,10 @@ from quantsweep.errors import InputError
 from quantsweep.export.candidates import FP32_FILE, Artifact, CandidatesIndex, TargetCandidates
 from quantsweep.export.verify import torch_export_output, verify_artifact
 from quantsweep.models.network import enumerate_layers
-from quantsweep.models.ultralytics_adapter import LoadedModel, load_model
-from quantsweep.pipeline.common import ProgressFactory, calibrate, calibration_batch, no_progress
+from quantsweep.models.ultralytics_adapter import LoadedModel
+from quantsweep.pipeline.common import ProgressFactory, RunCache, calibrate, no_progress
 from quantsweep.pipeline.schemes_stage import FP32_ONNX, SchemeSet, read_scheme_set
-from quantsweep.records import write_json
+from quantsweep.records import read_json, write_json
 from quantsweep.runs import environment, new_run_dir
 from quantsweep.schemes.records import Precision, Scheme
 
@@ -152,12 +152,23 @@ def _read_schemes(request: MaterializeRequest) -> list[SchemeSet]:
     return scheme_sets
 
 
-def _prepare_writer(scheme_sets: list[SchemeSet], run_dir: Path) -> _Writer:
+def _torch_ranges(scheme_set: SchemeSet, loaded, batch, layers) -> dict[str, float]:
+    """The sweep's calibrated input ranges when it recorded every layer's, else calibrated here."""
+    config, path = scheme_set.sweep_config, scheme_set.sweep_dir / "act_ranges.json"
+    names = [layer.name for layer in layers]
+    if path.is_file():
+        recorded = read_json(path, "act_ranges")
+        if recorded["method"] == config.calib.method.value and set(names) <= set(recorded["amax"]):
+            return recorded["amax"]
+    return calibrate(loaded.network, batch, config, names)
+
+
+def _prepare_writer(scheme_sets: list[SchemeSet], run_dir: Path, cache: RunCache) -> _Writer:
     config = scheme_sets[0].sweep_config
-    loaded = load_model(config.model, head=config.head)
-    batch = calibration_batch(config)
+    loaded = cache.load(config)
+    batch = cache.batch(config)
     layers = enumerate_layers(loaded.network, batch.images[:1])
-    act_ranges = calibrate(loaded.network, batch, config, [layer.name for layer in layers])
+    act_ranges = _torch_ranges(scheme_sets[0], loaded, batch, layers)
     write_json(run_dir / "environment.json", "environment", environment())
     ranges = {"method": config.calib.method.value, "amax": act_ranges}
     write_json(run_dir / "act_ranges.json", "act_ranges", ranges)
@@ -166,7 +177,11 @@ def _prepare_writer(scheme_sets: list[SchemeSet], run_dir: Path) -> _Writer:
 
 
 def materialize_candidates(
-    request: MaterializeRequest, *, out: Path, progress: ProgressFactory = no_progress
+    request: MaterializeRequest,
+    *,
+    out: Path,
+    progress: ProgressFactory = no_progress,
+    cache: RunCache | None = None,
 ) -> Path:
     """Write and verify FP32, every scheme per target and each target's baselines; return the run dir."""
     scheme_sets = _read_schemes(request)
@@ -174,7 +189,7 @@ def materialize_candidates(
     matched = match_targets(scheme_sets, request.targets, kinds)
     config = scheme_sets[0].sweep_config
     run_dir = new_run_dir(out, model_name=Path(config.model).stem, stage="candidates")
-    writer = _prepare_writer(scheme_sets, run_dir)
+    writer = _prepare_writer(scheme_sets, run_dir, cache or RunCache())
     index = CandidatesIndex(sweep_dir=str(scheme_sets[0].sweep_dir), imgsz=config.imgsz)
     with progress(1 + sum(len(s.schemes) + 1 for _, s in matched.values()), "materialize") as step:
         checked = writer.verify(writer.fp32_path, assignment={}, expected=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,8 +13,7 @@ from quantsweep.config import ActDtype, HighPrecision, LowPrecision, QuantFormat
 from quantsweep.errors import InputError
 from quantsweep.export.onnx_model import MappingError, export_fp32, map_layers
 from quantsweep.models.network import enumerate_layers
-from quantsweep.models.ultralytics_adapter import load_model
-from quantsweep.pipeline.common import read_sweep_config
+from quantsweep.pipeline.common import RunCache, read_sweep_config
 from quantsweep.records import read_json, write_json
 from quantsweep.runs import environment, new_run_dir
 from quantsweep.schemes.policies import RankedLayer, SchemeSpace, budget, first_and_head, random_k, top_k
@@ -130,23 +130,34 @@ def _ranked_layers(report: dict, layers) -> list[RankedLayer]:
     return ranked
 
 
-def make_schemes(request: SchemesRequest, *, out: Path) -> Path:
+def _export(cache: RunCache, loaded, layers, *, imgsz: int, run_dir: Path):
+    """The FP32 ONNX in ``run_dir`` and its mapping, exported once per run (copied after that)."""
+    if cache.fp32_onnx is not None:
+        shutil.copyfile(cache.fp32_onnx, run_dir / FP32_ONNX)
+        return cache.mapping
+    fp32 = export_fp32(loaded.network, imgsz=imgsz, path=run_dir / FP32_ONNX)
+    try:
+        mapping = map_layers(fp32, loaded.network.module, layers)
+    except MappingError as exc:
+        raise InputError(str(exc)) from exc
+    cache.fp32_onnx, cache.mapping = run_dir / FP32_ONNX, mapping
+    return mapping
+
+
+def make_schemes(request: SchemesRequest, *, out: Path, cache: RunCache | None = None) -> Path:
     """Export, map and write the candidate schemes into a new run directory; return it."""
     if not request.report.is_file():
         raise InputError(f"sensitivity report not found: {request.report}")
     report = read_json(request.report, REPORT_KIND)
     sweep_dir = request.report.resolve().parents[2]
     config = read_sweep_config(sweep_dir)
-    loaded = load_model(config.model, head=config.head)
+    cache = cache or RunCache()
+    loaded = cache.load(config)
     layers = enumerate_layers(loaded.network, torch.zeros(1, 3, config.imgsz, config.imgsz))
     if any(k > len(layers) for k in request.ks):
         raise InputError(f"--ks asks to keep more layers than the model's {len(layers)}")
     run_dir = new_run_dir(out, model_name=loaded.name, stage="schemes")
-    fp32 = export_fp32(loaded.network, imgsz=config.imgsz, path=run_dir / FP32_ONNX)
-    try:
-        mapping = map_layers(fp32, loaded.network.module, layers)
-    except MappingError as exc:
-        raise InputError(str(exc)) from exc
+    mapping = _export(cache, loaded, layers, imgsz=config.imgsz, run_dir=run_dir)
     write_json(run_dir / "mapping.json", "layer_mapping", mapping.to_dict())
     write_json(run_dir / "environment.json", "environment", environment())
     fmt = QuantFormat.from_dict(report["format"])

@@ -14,6 +14,11 @@ from quantsweep.report.plots import heatmap_plot, sensitivity_plot, tradeoff_plo
 from quantsweep.report.table import Row, TargetReport, load_targets, markdown_table
 from quantsweep.sweep.report import REPORT_KIND, REPORT_NAME
 
+METRICS = {
+    "map50_95_gt": "against the evaluation labels",
+    "map50_95_vs_fp32": "against the FP32 model's own detections (the labels give FP32 no real score)",
+}
+
 
 def _sweep_reports(eval_dir: Path) -> dict[str, dict[str, Any]]:
     config = read_json(eval_dir / "eval_config.json", CONFIG_KIND)
@@ -72,6 +77,8 @@ def _target_section(report: TargetReport, plots_dir: Path) -> tuple[list[str], l
             f"{', '.join(f'`{n}`' for n in s['finalists']) or 'none'}.",
             "",
         ]
+    if report.recommendation is not None:
+        lines += [f"mAP50-95 here is {METRICS[report.recommendation['metric']]}.", ""]
     lines += [*markdown_table(report.rows), ""]
     comparison = _reference_comparison(report.rows)
     if comparison:

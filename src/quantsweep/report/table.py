@@ -60,7 +60,7 @@ class TargetReport:
 def _row(record: dict[str, Any], recommended: str | None) -> Row:
     acc = record["accuracy"]
     lat = record.get("latency") or {}
-    use_gt = acc.get("map50_95_gt") is not None
+    use_gt = record["metric"] == "map50_95_gt"
     return Row(
         name=record["name"],
         kind=record["policy"],
