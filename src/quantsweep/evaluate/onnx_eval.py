@@ -1,12 +1,15 @@
 """Run an ONNX detector in ONNX Runtime and score it like a detector: mAP, latency, size.
 
 Both YOLO output conventions are decoded: raw ``[N, 4+nc, A]`` (xywh boxes, class scores; NMS
-applied here) and end-to-end ``[N, K, 6]`` (x1, y1, x2, y2, score, class). Every model is decoded
+applied here) and end-to-end ``[N, K, 6]`` (x1, y1, x2, y2, score, class); RT-DETR's ``[N, K, 6]``
+(normalised cx, cy, w, h, score, class) is recognised by the convention recorded in the model's
+metadata at export. Every model is decoded
 with the same confidence, IoU and max-detection settings.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -21,7 +24,13 @@ from quantsweep.data.images import Batch
 from quantsweep.errors import InputError
 from quantsweep.metrics.detections import decode
 from quantsweep.metrics.map import MapResult, mean_average_precision
-from quantsweep.models.outputs import HeadOutput
+from quantsweep.models.outputs import (
+    CLASS_NAMES_KEY,
+    OUTPUT_CONVENTION_KEY,
+    HeadOutput,
+    OutputConvention,
+    rtdetr_detections,
+)
 
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -43,6 +52,18 @@ def available_providers() -> list[str]:
     return [p for p in PREFERRED_PROVIDERS if p in offered]
 
 
+def output_convention(session: ort.InferenceSession) -> OutputConvention | None:
+    """The convention recorded in the model's metadata at export (None for older exports)."""
+    value = session.get_modelmeta().custom_metadata_map.get(OUTPUT_CONVENTION_KEY)
+    return OutputConvention(value) if value in set(OutputConvention) else None
+
+
+def class_names(session: ort.InferenceSession) -> dict[int, str] | None:
+    """The model's class names recorded at export, or None for older exports."""
+    value = session.get_modelmeta().custom_metadata_map.get(CLASS_NAMES_KEY)
+    return None if value is None else {int(k): v for k, v in json.loads(value).items()}
+
+
 class OnnxDetector:
     """An ONNX Runtime session with the input checks and decoding the evaluation needs."""
 
@@ -51,6 +72,7 @@ class OnnxDetector:
             raise InputError(f"candidate model not found: {path}")
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), providers=[provider])
+        self.convention = output_convention(self.session)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         size = inp.shape[2:4]
@@ -67,6 +89,10 @@ class OnnxDetector:
         """Outputs of all images as a HeadOutput (either convention)."""
         raw = np.concatenate([self._run(image[None].numpy()) for image in images])
         tensor = torch.from_numpy(raw)
+        if self.convention is OutputConvention.RTDETR:  # [N, K, 6], normalised xywh
+            empty = torch.zeros(0)
+            dets = rtdetr_detections(tensor, imgsz=images.shape[-1])
+            return HeadOutput(raw=tensor, boxes=empty, scores=empty, detections=dets)
         if tensor.shape[-1] == 6 and tensor.shape[1] != 6:  # [N, K, 6] end-to-end
             empty = torch.zeros(0)
             return HeadOutput(raw=tensor, boxes=empty, scores=empty, detections=tensor)

@@ -10,7 +10,7 @@ import torch
 
 from quantsweep.config import ActDtype, HighPrecision, LowPrecision, QuantFormat, WeightDtype
 from quantsweep.errors import InputError
-from quantsweep.export.onnx_model import MappingError, export_fp32, map_layers
+from quantsweep.export.onnx_model import MappingError, export_fp32, map_layers, record_unquantized
 from quantsweep.models.network import enumerate_layers
 from quantsweep.models.ultralytics_adapter import load_model
 from quantsweep.pipeline.common import read_sweep_config
@@ -99,6 +99,7 @@ def make_schemes(request: SchemesRequest, *, out: Path) -> Path:
         mapping = map_layers(fp32, loaded.network.module, layers)
     except MappingError as exc:
         raise InputError(str(exc)) from exc
+    record_unquantized(fp32, mapping, path=run_dir / FP32_ONNX)
     write_json(run_dir / "mapping.json", "layer_mapping", mapping.to_dict())
     write_json(run_dir / "environment.json", "environment", environment())
     fmt = QuantFormat.from_dict(report["format"])
