@@ -83,14 +83,24 @@ def run_job(config: RunConfig, *, out: Path, progress: ProgressFactory = no_prog
         },
     )
     # fail on bad evaluation data before minutes of sweeping
-    load_eval_batch(eval_data, max_images=config.eval_images, imgsz=sweep_config.imgsz, num_classes=10**6)
+    load_eval_batch(
+        eval_data,
+        max_images=config.eval_images,
+        imgsz=sweep_config.imgsz,
+        num_classes=10**6,
+        image_root=sweep_config.image_root,
+    )
     sweep_dir = sweep(sweep_config, out=run_dir, progress=progress)
     schemes_dir = make_schemes(
         dataclasses.replace(config.schemes, report=_first_report(sweep_dir, sweep_config)), out=run_dir
     )
     candidates_dir = materialize_candidates(schemes_dir, out=run_dir, progress=progress)
     eval_request = EvalRequest(
-        candidates_dir, eval_data, max_images=config.eval_images, latency_runs=config.latency_runs
+        candidates_dir,
+        eval_data,
+        max_images=config.eval_images,
+        latency_runs=config.latency_runs,
+        image_root=sweep_config.image_root,
     )
     eval_dir = evaluate_candidates(eval_request, out=run_dir, progress=progress)
     search_scheme(

@@ -52,7 +52,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
     _add_model_args(parser)
-    parser.add_argument("--images", help="image folder, .txt list or Ultralytics data .yaml")
+    parser.add_argument("--images", help="image folder, .txt list, Ultralytics data .yaml or COCO .json")
+    parser.add_argument("--image-root", help="folder of a COCO json's images (default: the json's folder)")
     parser.add_argument("--weights", default="int4", help="weight dtypes: int8,int4,fp8")
     parser.add_argument("--acts", default="fp16", help="activation dtypes: fp16 (weight-only),int8,fp8")
     parser.add_argument("--granularity", default="per_channel", help="per_layer,per_channel")
@@ -84,7 +85,9 @@ def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_eval_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", help="labelled evaluation images: data .yaml, folder or .txt list")
+    parser.add_argument(
+        "--data", help="labelled evaluation images: data .yaml, folder, .txt list or COCO .json"
+    )
     parser.add_argument("--eval-images", type=int, default=100, help="evaluation images (the first N)")
     parser.add_argument("--latency-runs", type=int, default=10, help="timed runs per model and provider")
     parser.add_argument("--max-drop", type=float, default=0.01, help="allowed mAP50-95 drop from FP32")
@@ -113,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     materialize.add_argument("--out", type=Path, default=Path("runs"))
     evaluate = commands.add_parser("evaluate", help="score candidates in ONNX Runtime; optionally search")
     _add_eval_args(evaluate)
+    evaluate.add_argument("--image-root", help="folder of a COCO json's images (default: its folder)")
     evaluate.add_argument("--candidates", type=Path, required=True, help="a candidates run directory")
     evaluate.add_argument("--schemes", type=Path, help="its schemes directory: also search to --max-drop")
     evaluate.add_argument("--resume", type=Path, help="finish an interrupted evaluate run directory")
@@ -169,6 +173,7 @@ def sweep_config_from_args(args: argparse.Namespace, *, images: str) -> SweepCon
         hybrid_exact=args.hybrid_exact,
         calib=CalibConfig(method=calib, percentile=args.percentile),
         detect=DetectConfig(pseudo_label_conf=args.pseudo_conf),
+        image_root=args.image_root,
     )
 
 

@@ -73,7 +73,11 @@ def evaluate_command(args: argparse.Namespace) -> int:
         raise InputError("--data is required (labelled evaluation images)")
     (mode,) = parse_enum_list(args.drop_mode, DropMode, what="drop mode")
     request = EvalRequest(
-        args.candidates, args.data, max_images=args.eval_images, latency_runs=args.latency_runs
+        args.candidates,
+        args.data,
+        max_images=args.eval_images,
+        latency_runs=args.latency_runs,
+        image_root=args.image_root,
     )
     search = _search_request(args, args.schemes) if args.schemes else None
     eval_dir = evaluate_candidates(request, out=args.out, resume=args.resume, progress=tqdm_progress)

@@ -79,8 +79,6 @@ def resolve_images(
     source = Path(source)
     if not source.exists():
         raise InputError(f"image source not found: {source}")
-    if image_root is not None and not is_coco_json(source):
-        raise InputError(f"--image-root applies to a COCO json only, not to {source}")
     if is_coco_json(source):
         return _coco_image_set(source, image_root=image_root, class_names=class_names)
     if source.is_dir():

@@ -20,8 +20,10 @@ import onnxruntime as ort
 import torch
 
 from quantsweep.config import DetectConfig
+from quantsweep.data.coco import is_coco_json
 from quantsweep.data.images import Batch
 from quantsweep.errors import InputError
+from quantsweep.export.ort_session import open_session
 from quantsweep.metrics.detections import decode
 from quantsweep.metrics.map import MapResult, mean_average_precision
 from quantsweep.models.outputs import (
@@ -64,6 +66,19 @@ def class_names(session: ort.InferenceSession) -> dict[int, str] | None:
     return None if value is None else {int(k): v for k, v in json.loads(value).items()}
 
 
+def coco_class_names(data: str | Path, detector: OnnxDetector) -> dict[int, str] | None:
+    """The class names to map a COCO json's categories by (None when ``data`` is not a json)."""
+    if not is_coco_json(Path(data)):
+        return None
+    names = class_names(detector.session)
+    if names is None:
+        raise InputError(
+            f"{detector.path.name} records no class names, so the categories of {data} cannot be "
+            "mapped to its classes; re-export it with this version (quantsweep schemes)"
+        )
+    return names
+
+
 class OnnxDetector:
     """An ONNX Runtime session with the input checks and decoding the evaluation needs."""
 
@@ -71,7 +86,7 @@ class OnnxDetector:
         if not Path(path).is_file():
             raise InputError(f"candidate model not found: {path}")
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), providers=[provider])
+        self.session = open_session(Path(path), provider=provider)
         self.convention = output_convention(self.session)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name

@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 
 from quantsweep.config import QuantFormat
 from quantsweep.export.inspect import average_weight_bits, precision_counts
 from quantsweep.export.onnx_model import INPUT_NAME
+from quantsweep.export.ort_session import open_session
 from quantsweep.models.network import StagedNetwork
 from quantsweep.models.outputs import OUTPUT_CONVENTION_KEY, OutputConvention
 from quantsweep.quant.apply import quantized_layers
@@ -53,10 +53,8 @@ def run_onnx(
     CPU provider fuses an INT4/INT8 DequantizeLinear + MatMul into MatMulNBits, which computes with
     its own (lower) precision, so the artifact's own semantics are checked at the basic level.
     """
-    options = ort.SessionOptions()
-    if graph_as_written:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    session = ort.InferenceSession(str(path), options, providers=list(providers))
+    (provider,) = providers
+    session = open_session(path, provider=provider, graph_as_written=graph_as_written)
     outputs = [session.run(None, {INPUT_NAME: image[None].numpy()})[0] for image in images]
     return np.concatenate(outputs), session.get_providers()
 

@@ -168,7 +168,7 @@ def _staged(model: DetectionModel) -> StagedNetwork:
     finish = lambda out: _head_output(head, out)  # noqa: E731
     convention = OutputConvention.END2END if getattr(head, "end2end", False) else OutputConvention.RAW
     if isinstance(head, RTDETRDecoder):
-        finish, convention = _rtdetr_finish(blocks[0]), OutputConvention.RTDETR
+        finish, convention = _rtdetr_finish(model, head), OutputConvention.RTDETR
     return StagedNetwork(
         module=model,
         blocks=blocks,
@@ -183,20 +183,29 @@ def _staged(model: DetectionModel) -> StagedNetwork:
     )
 
 
-def _rtdetr_finish(first_block: nn.Module):
-    # RT-DETR boxes are normalised to the input size; the first block sees that size on every full
-    # run (resumed runs reuse the size of the run they resume).
-    size: dict[str, int] = {}
+def _rtdetr_finish(model: nn.Module, head: RTDETRDecoder):
+    # RT-DETR boxes are normalised to the input size. The head records the shapes of its input
+    # feature maps on every call (``head.shapes``); the first map's stride, probed once here,
+    # turns them back into the input size. No hook stays on the model (it must stay picklable).
+    seen: dict[str, int] = {}
 
-    def remember(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        size["imgsz"] = int(inputs[0].shape[-1])
+    def record(_module: nn.Module, inputs: tuple) -> None:
+        seen["w"] = int(inputs[0][0].shape[-1])
 
-    first_block.register_forward_pre_hook(remember)
+    handle = head.register_forward_pre_hook(record)
+    probe = 64
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, probe, probe, device=next(model.parameters()).device))
+    finally:
+        handle.remove()
+    stride = probe // seen["w"]
 
     def finish(out: Any) -> HeadOutput:
         detections, (dec_bboxes, dec_scores, *_rest) = out
+        imgsz = int(head.shapes[0][1]) * stride
         return HeadOutput.from_rtdetr(
-            dec_bboxes[-1], dec_scores[-1].sigmoid(), detections=detections, imgsz=size["imgsz"]
+            dec_bboxes[-1], dec_scores[-1].sigmoid(), detections=detections, imgsz=imgsz
         )
 
     return finish

@@ -13,10 +13,17 @@ import onnx
 from quantsweep.config import DetectConfig, SweepConfig
 from quantsweep.data.images import Batch, ImageSet, load_batch, resolve_images
 from quantsweep.errors import InputError
-from quantsweep.evaluate.onnx_eval import OnnxDetector, accuracy, available_providers, detections_of
+from quantsweep.evaluate.onnx_eval import (
+    OnnxDetector,
+    accuracy,
+    available_providers,
+    coco_class_names,
+    detections_of,
+)
 from quantsweep.export.inspect import average_weight_bits
 from quantsweep.metrics.detections import pseudo_labels
 from quantsweep.pipeline.common import ProgressFactory, no_progress, read_sweep_config
+from quantsweep.pipeline.eval_inputs import check_resume, eval_inputs
 from quantsweep.records import read_json, write_json
 from quantsweep.runs import environment, new_run_dir
 
@@ -32,6 +39,7 @@ class EvalRequest:
     data: str
     max_images: int = 100
     latency_runs: int = 20
+    image_root: str | None = None  # where a COCO json's images are (default: the json's folder)
 
 
 @dataclass
@@ -46,9 +54,21 @@ class EvalContext:
     fp32_map50_95_vs_fp32: float
 
 
-def load_eval_batch(data: str, *, max_images: int, imgsz: int, num_classes: int) -> tuple[ImageSet, Batch]:
-    """The first ``max_images`` of ``data`` letterboxed at ``imgsz``; labels checked against the classes."""
-    image_set = resolve_images(data).subset(count=max_images, seed=None)
+def load_eval_batch(
+    data: str,
+    *,
+    max_images: int,
+    imgsz: int,
+    num_classes: int,
+    image_root: str | None = None,
+    class_names: dict[int, str] | None = None,
+) -> tuple[ImageSet, Batch]:
+    """The first ``max_images`` of ``data`` letterboxed at ``imgsz``; labels checked against the classes.
+
+    A COCO json's categories are mapped by ``class_names`` (see data/coco.py).
+    """
+    image_set = resolve_images(data, image_root=image_root, class_names=class_names)
+    image_set = image_set.subset(count=max_images, seed=None)
     with_labels = sum(p is not None for p in image_set.label_paths)
     if 0 < with_labels < len(image_set.paths):
         raise InputError(
@@ -83,7 +103,12 @@ def prepare_context(candidates_dir: Path, request: EvalRequest) -> tuple[EvalCon
     config = read_sweep_config(Path(index["sweep_dir"]))
     fp32 = OnnxDetector(candidates_dir / "fp32.onnx", imgsz=config.imgsz)
     _, batch = load_eval_batch(
-        request.data, max_images=request.max_images, imgsz=config.imgsz, num_classes=_num_classes(fp32)
+        request.data,
+        max_images=request.max_images,
+        imgsz=config.imgsz,
+        num_classes=_num_classes(fp32),
+        image_root=request.image_root,
+        class_names=coco_class_names(request.data, fp32),
     )
     detections = detections_of(fp32, batch, config.detect)
     pseudo = pseudo_labels(detections, config.detect)
@@ -139,6 +164,13 @@ def evaluate_candidates(
     if resume is not None and not (Path(resume) / "eval_config.json").is_file():
         raise InputError(f"{resume} is not an evaluate run directory (no eval_config.json)")
     context, _fp32, index = prepare_context(Path(request.candidates_dir), request)
+    inputs = eval_inputs(
+        candidates_dir=Path(request.candidates_dir),
+        data=request.data,
+        image_root=request.image_root,
+        eval_images=request.max_images,
+        batch=context.batch,
+    )
     if resume is None:
         run_dir = new_run_dir(out, model_name=Path(context.config.model).stem, stage="evaluate")
         write_json(
@@ -151,10 +183,12 @@ def evaluate_candidates(
                 "latency_runs": request.latency_runs,
                 "detect": context.detect.__dict__,
                 "providers": available_providers(),
+                "inputs": inputs,
             },
         )
         write_json(run_dir / "environment.json", "environment", environment())
     else:
+        check_resume(Path(resume), inputs)
         run_dir = resume
     results_dir = run_dir / "results"
     with progress(len(index["artifacts"]), "evaluate") as step:
