@@ -32,15 +32,36 @@ def _load(json_path: Path) -> dict:
     return data
 
 
+def _default_root(json_path: Path, first_file: str) -> Path:
+    """The json's folder, or where the usual layouts put the images of ``instances_<split>.json``:
+    ``images/<split>`` beside it (Ultralytics, this project's generator) or ``../<split>`` (COCO).
+    """
+    split = json_path.stem.removeprefix("instances_")
+    here = json_path.parent
+    for root in (here, here / "images" / split, here.parent / split, here.parent / "images" / split):
+        if (root / first_file).is_file():
+            return root
+    return here
+
+
 def coco_image_paths(json_path: Path, *, image_root: Path | None = None) -> list[Path]:
-    """The json's images, in its order, found by ``file_name`` under ``image_root`` (default: its folder)."""
+    """The json's images, in its order, found by ``file_name`` under ``image_root`` (default: its
+    folder, or ``images/<split>`` beside it, or ``../<split>``).
+    """
     data = _load(json_path)
-    root = Path(image_root) if image_root is not None else json_path.parent
+    if image_root is not None:
+        root = Path(image_root)
+    else:
+        root = (
+            _default_root(json_path, data["images"][0]["file_name"]) if data["images"] else json_path.parent
+        )
     paths = []
     for entry in data["images"]:
         path = root / entry["file_name"]
         if not path.is_file():
-            raise InputError(f"image '{entry['file_name']}' of {json_path} not found under {root}")
+            raise InputError(
+                f"image '{entry['file_name']}' of {json_path} not found under {root} (set --image-root)"
+            )
         paths.append(path)
     return paths
 

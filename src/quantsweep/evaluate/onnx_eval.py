@@ -9,6 +9,8 @@ with the same confidence, IoU and max-detection settings.
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import json
 import statistics
 import time
@@ -61,9 +63,16 @@ def output_convention(session: ort.InferenceSession) -> OutputConvention | None:
 
 
 def class_names(session: ort.InferenceSession) -> dict[int, str] | None:
-    """The model's class names recorded at export, or None for older exports."""
-    value = session.get_modelmeta().custom_metadata_map.get(CLASS_NAMES_KEY)
-    return None if value is None else {int(k): v for k, v in json.loads(value).items()}
+    """The model's class names recorded at export (ours, or Ultralytics' own ``names``), or None."""
+    meta = session.get_modelmeta().custom_metadata_map
+    if CLASS_NAMES_KEY in meta:
+        return {int(k): v for k, v in json.loads(meta[CLASS_NAMES_KEY]).items()}
+    if "names" in meta:  # an Ultralytics export: a Python dict literal
+        with contextlib.suppress(ValueError, SyntaxError):
+            names = ast.literal_eval(meta["names"])
+            if isinstance(names, dict):
+                return {int(k): str(v) for k, v in names.items()}
+    return None
 
 
 def coco_class_names(data: str | Path, detector: OnnxDetector) -> dict[int, str] | None:

@@ -60,11 +60,12 @@ def run_onnx(
 
 
 def canonical_rows(output: np.ndarray, model: onnx.ModelProto) -> np.ndarray:
-    """RT-DETR's top-k rows ordered by (class, box centre) instead of score, so that two runs whose
-    scores differ in the last bits compare row by row; other conventions are returned unchanged.
+    """Top-k detection rows (RT-DETR, YOLOv10 NMS-free) ordered by (class, box position) instead of
+    score, so that two runs whose scores differ in the last bits compare row by row; the raw
+    per-anchor convention is returned unchanged.
     """
     meta = {p.key: p.value for p in model.metadata_props}
-    if meta.get(OUTPUT_CONVENTION_KEY) != OutputConvention.RTDETR.value:
+    if meta.get(OUTPUT_CONVENTION_KEY) not in (OutputConvention.RTDETR, OutputConvention.END2END):
         return output
     rows = []
     for det in output:
