@@ -40,7 +40,9 @@ def tiny_model(name: str = "yolov8n.yaml", *, head: HeadMode = HeadMode.AUTO) ->
     # Default init leaves activations vanishing with depth, so quantizing most layers would change
     # nothing measurable; fan-in scaled weights keep signals O(1). The DFL conv is fixed, not learned.
     for layer_name, module in loaded.network.module.named_modules():
-        if isinstance(module, nn.Conv2d) and not layer_name.endswith("dfl.conv"):
+        # Linear too: RT-DETR's decoder layers start as deep copies (identical weights, which the
+        # ONNX export shares) and some of its heads start at zero; trained weights are all distinct.
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and not layer_name.endswith("dfl.conv"):
             fan_in = module.weight[0].numel()
             nn.init.normal_(module.weight, std=1.0 / fan_in**0.5)
             if module.bias is not None:

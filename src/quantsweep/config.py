@@ -87,6 +87,13 @@ class DropMode(enum.StrEnum):
     ABSOLUTE = "absolute"
 
 
+class ApConvention(enum.StrEnum):
+    """How average precision integrates precision over recall (both use 101 recall points)."""
+
+    ULTRALYTICS = "ultralytics"  # trapezoid over the linearly interpolated envelope (yolo val)
+    COCO = "coco"  # mean of the envelope sampled at the recall points (pycocotools COCOeval)
+
+
 class SweepMethod(enum.StrEnum):
     """How sensitivities are obtained."""
 
@@ -199,6 +206,7 @@ class SweepConfig:
     hybrid_exact: int | None = None  # layers the hybrid method measures exactly; default 2*top_k+10
     calib: CalibConfig = field(default_factory=CalibConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
+    image_root: str | None = None  # where a COCO json's images are (default: the json's folder)
 
     def __post_init__(self) -> None:
         if self.imgsz <= 0 or self.imgsz % 32:

@@ -148,7 +148,13 @@ def run_job(config: RunConfig, *, out: Path, progress: ProgressFactory = no_prog
         sweep_config = dataclasses.replace(sweep_config, images=calib, seed=0)
     _record(run_dir, config, sweep_config, eval_data)
     # fail on bad evaluation data before minutes of sweeping
-    load_eval_batch(eval_data, max_images=config.eval_images, imgsz=sweep_config.imgsz, num_classes=10**6)
+    load_eval_batch(
+        eval_data,
+        max_images=config.eval_images,
+        imgsz=sweep_config.imgsz,
+        num_classes=10**6,
+        image_root=sweep_config.image_root,
+    )
     sweep_dir = sweep(sweep_config, out=run_dir, progress=progress)
     cache = RunCache()  # one model load, one calibration batch and one export for what follows
     schemes_dirs = tuple(
@@ -166,6 +172,7 @@ def run_job(config: RunConfig, *, out: Path, progress: ProgressFactory = no_prog
         latency_rounds=config.latency_rounds,
         latency_runs=config.latency_runs,
         accuracy_target=config.accuracy_target,
+        image_root=sweep_config.image_root,
     )
     eval_dir = evaluate_candidates(eval_request, out=run_dir, search=config.search, progress=progress)
     build_report(eval_dir)

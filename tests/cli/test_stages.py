@@ -99,7 +99,7 @@ def test_evaluation_search_timing_and_recommendation_per_target(chain) -> None:
         # the passing kept sets the search found are timed beside the candidates
         assert set(search["finalists"]) <= set(models) and bool(search["finalists"]) == search["target_met"]
     summary = (eval_dir / "summary.md").read_text()
-    assert summary.index("## Recommendations") < summary.index("## ort-cpu")
+    assert summary.index("## Recommendations") < summary.index("\n## ort-cpu")
     for target in ("ort-cpu", "openvino", "size"):
         assert f"### {target}" in summary and f"map_vs_latency_{target}.png" in summary
     for plot in ("map_vs_bits_size", "sensitivity_heatmap", "sensitivity_int8-int8_per_channel"):
@@ -115,7 +115,20 @@ def test_evaluate_resume_refuses_other_data_and_finishes_the_same(chain, tiny_da
     argv = [a if a != str(tiny_data) else str(other / "data.yaml") for a in chain["evaluate"]]
     assert main([*argv, "--resume", str(eval_dir)]) == 2
     err = capsys.readouterr().err
-    assert "data differs from the interrupted run" in err and len(err.strip().splitlines()) == 1
+    assert "was evaluated with a different --data" in err and len(err.strip().splitlines()) == 1
+    assert main([*chain["evaluate"], "--eval-images", "4", "--resume", str(eval_dir)]) == 2
+    assert "different --eval-images: recorded 8, now 4" in capsys.readouterr().err
+    assert main([*chain["evaluate"], "--latency-rounds", "3", "--resume", str(eval_dir)]) == 2
+    assert "latency differs from the interrupted run" in capsys.readouterr().err
+    # same path, changed content: one label file edited
+    label = next((Path(tiny_data).parent / "labels" / "val").glob("*.txt"))
+    original = label.read_text()
+    try:
+        label.write_text(original + "0 0.5 0.5 0.1 0.1\n")
+        assert main([*chain["evaluate"], "--resume", str(eval_dir)]) == 2
+        assert "different evaluation data content" in capsys.readouterr().err
+    finally:
+        label.write_text(original)
     # the same settings resume without scoring anything again
     result_k3 = eval_dir / "results" / "ort-cpu" / "models" / "k3.json"
     result_k3.unlink()

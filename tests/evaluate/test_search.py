@@ -36,6 +36,10 @@ def test_unreachable_target_reports_the_closest() -> None:
 
 def test_cost_is_bounded() -> None:
     calls: list = []
+    # only keeping "h" (last in the ranking) meets the target: the grow phase needs 5 evaluations
+    # ((), a, ab, abcd, all) to get there, so a budget of 3 must stop it short
     result = search(RANKING, _measure({"h"}, calls), target=0.6, max_evals=3)
-    assert len(calls) == 3
-    assert not result.target_met or result.score >= 0.6
+    assert len(calls) == 3 == len(result.evaluations)
+    assert not result.target_met and result.score == 0.5 and "h" not in result.kept
+    unbounded = search(RANKING, _measure({"h"}, []), target=0.6, max_evals=24)
+    assert unbounded.target_met and unbounded.kept == ("h",)  # the same search with budget succeeds

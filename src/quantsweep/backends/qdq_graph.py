@@ -93,6 +93,7 @@ class QdqEditor:
         self.new_inits: list[onnx.TensorProto] = []
         self.dropped: set[str] = set()
         self.quantized: dict[str, tuple[str, TensorQuant]] = {}  # tensor -> (Q output, params)
+        self.weights: dict[str, tuple[str, np.ndarray]] = {}  # weight -> (DQ output, scale)
 
     def node(self, name: str) -> onnx.NodeProto:
         """The node called ``name`` (KeyError naming it otherwise)."""
@@ -105,15 +106,23 @@ class QdqEditor:
         return numpy_helper.to_array(self.inits[node.input[1]])
 
     def quantize_weight(self, node: onnx.NodeProto, fmt: QuantFormat) -> np.ndarray:
-        """Replace input 1 by codes -> DequantizeLinear; return the weight scale it stores."""
+        """Replace input 1 by codes -> DequantizeLinear; return the weight scale it stores.
+
+        A Torch layer called several times (RT-DETR's query_pos_head) is one weight read by several
+        nodes; Torch quantizes every call, so every reader gets the one dequantized weight.
+        """
         weight_name = node.input[1]
+        if weight_name in self.weights:
+            node.input[1], scale = self.weights[weight_name]
+            return scale
         inits, dq = weight_dq(node, self.weight(node), fmt)
         scale = numpy_helper.to_array(next(i for i in inits if i.name == dq.input[1]))
         self.new_inits += inits
         self.new_nodes.append(dq)
-        node.input[1] = dq.output[0]
-        if len(self.readers[weight_name]) == 1:
-            self.dropped.add(weight_name)
+        for reader in self.readers[weight_name]:
+            reader.input[:] = [dq.output[0] if name == weight_name else name for name in reader.input]
+        self.weights[weight_name] = (dq.output[0], scale)
+        self.dropped.add(weight_name)
         return scale
 
     def _quantize_tensor(self, tensor: str, quant: TensorQuant) -> str:

@@ -7,6 +7,12 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+# ONNX Runtime 1.32's MatMulAddFusion rewrites a Q/DQ MatMul on a 3-D input (a Linear layer with
+# INT8 activations, e.g. in RT-DETR) into a Gemm with reshapes whose new QuantizeLinear gets a
+# UINT8 zero point but an INT8 output type, and the session fails to load; without it the graph
+# runs as written.
+DISABLED_OPTIMIZERS = ("MatMulAddFusion",)
+
 
 @dataclass(frozen=True)
 class SessionOptions:
@@ -20,6 +26,9 @@ class SessionOptions:
     disable_quant_qdq: bool = False
     intra_op_threads: int = 0  # 0: ONNX Runtime's default (one per physical core)
     optimized_model_path: Path | None = None
+    # basic optimizations only: no MatMulNBits fusion of quantized Linear weights, which computes
+    # in its own lower precision, so an artifact's own semantics can be checked
+    graph_as_written: bool = False
 
     def to_dict(self) -> dict:
         """The settings a deployer copies into their own session, JSON-ready."""
@@ -35,7 +44,11 @@ def ort_session(model: str | Path | bytes, options: SessionOptions | None = None
     """An InferenceSession for ``model`` (path or serialized bytes) with ``options``."""
     options = options or SessionOptions()
     settings = ort.SessionOptions()
-    settings.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    settings.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        if options.graph_as_written
+        else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    )
     settings.log_severity_level = 3  # the QDQ transformers warn about every unfused node
     if options.intra_op_threads:
         settings.intra_op_num_threads = options.intra_op_threads
@@ -44,4 +57,9 @@ def ort_session(model: str | Path | bytes, options: SessionOptions | None = None
     if options.optimized_model_path is not None:
         settings.optimized_model_filepath = str(options.optimized_model_path)
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, sess_options=settings, providers=[options.provider])
+    return ort.InferenceSession(
+        source,
+        sess_options=settings,
+        providers=[options.provider],
+        disabled_optimizers=list(DISABLED_OPTIMIZERS),
+    )

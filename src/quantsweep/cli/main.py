@@ -52,7 +52,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
     _add_model_args(parser)
-    parser.add_argument("--images", help="image folder, .txt list or Ultralytics data .yaml")
+    parser.add_argument("--images", help="image folder, .txt list, Ultralytics data .yaml or COCO .json")
+    parser.add_argument("--image-root", help="folder of a COCO json's images (default: the json's folder)")
     parser.add_argument(
         "--weights", help="weight dtypes: int8,int4,fp8 (default: what the targets run, else int4)"
     )
@@ -97,7 +98,9 @@ def _add_target_arg(parser: argparse.ArgumentParser, *, default: str | None) -> 
 
 
 def _add_eval_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", help="labelled evaluation images: data .yaml, folder or .txt list")
+    parser.add_argument(
+        "--data", help="labelled evaluation images: data .yaml, folder, .txt list or COCO .json"
+    )
     parser.add_argument("--eval-images", type=int, default=100, help="evaluation images (the first N)")
     parser.add_argument("--latency-rounds", type=int, default=7, help="interleaved timing rounds")
     parser.add_argument("--latency-runs", type=int, default=5, help="timed runs per model per round")
@@ -135,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="score candidates on each target's runtime; search")
     _add_eval_args(evaluate)
     _add_target_arg(evaluate, default=None)
+    evaluate.add_argument("--image-root", help="folder of a COCO json's images (default: its folder)")
     evaluate.add_argument("--candidates", type=Path, required=True, help="a candidates run directory")
     evaluate.add_argument(
         "--search", action="store_true", help="also search each target's kept layers to --max-drop"
@@ -204,6 +208,7 @@ def sweep_config_from_args(args: argparse.Namespace, *, images: str) -> SweepCon
         hybrid_exact=args.hybrid_exact,
         calib=CalibConfig(method=calib, percentile=args.percentile),
         detect=DetectConfig(pseudo_label_conf=args.pseudo_conf),
+        image_root=args.image_root,
     )
 
 

@@ -93,6 +93,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         latency_rounds=args.latency_rounds,
         latency_runs=args.latency_runs,
         accuracy_target=accuracy_target(args),
+        image_root=args.image_root,
     )
     search = SearchRequest(max_evals=args.max_evals) if args.search else None
     eval_dir = evaluate_candidates(

@@ -1,12 +1,13 @@
-"""Image sets: resolve a folder, a list file or an Ultralytics data YAML; letterbox like Ultralytics.
+"""Image sets: resolve a folder, a list file, an Ultralytics data YAML or a COCO json; letterbox.
 
-Labels, when present, are Ultralytics YOLO text files (``images/`` -> ``labels/``, ``.txt``) and are
-returned in the letterboxed pixel frame the model sees.
+Labels, when present, are Ultralytics YOLO text files (``images/`` -> ``labels/``, ``.txt``) or the
+boxes of a COCO json (data/coco.py), and are returned in the letterboxed pixel frame the model sees.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 import yaml
 
+from quantsweep.data.coco import coco_image_paths, coco_labels, is_coco_json
 from quantsweep.errors import InputError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -27,10 +29,15 @@ class ImageSet:
 
     paths: tuple[Path, ...]
     label_paths: tuple[Path | None, ...]
+    # per image [M, 5] (class, x1, y1, x2, y2 in original pixels) when labels come from a COCO json
+    boxes: tuple[np.ndarray, ...] | None = None
+    labels_source: Path | None = None  # the COCO json the boxes came from
 
     @property
     def has_labels(self) -> bool:
-        """True when every image has a label file (an empty file means no objects)."""
+        """True when every image has a label file (an empty file means no objects) or COCO boxes."""
+        if self.boxes is not None:
+            return True
         return bool(self.paths) and all(p is not None for p in self.label_paths)
 
     def subset(self, *, count: int, seed: int | None) -> ImageSet:
@@ -41,7 +48,12 @@ class ImageSet:
             index = list(range(count))
         else:
             index = sorted(np.random.default_rng(seed).choice(len(self.paths), size=count, replace=False))
-        return ImageSet(tuple(self.paths[i] for i in index), tuple(self.label_paths[i] for i in index))
+        return ImageSet(
+            tuple(self.paths[i] for i in index),
+            tuple(self.label_paths[i] for i in index),
+            boxes=None if self.boxes is None else tuple(self.boxes[i] for i in index),
+            labels_source=self.labels_source,
+        )
 
 
 @dataclass
@@ -52,11 +64,23 @@ class Batch:
     labels: list[np.ndarray] | None  # per image [M, 5]: class, x1, y1, x2, y2 in letterbox pixels
 
 
-def resolve_images(source: str | Path) -> ImageSet:
-    """Resolve a folder, a ``.txt`` list (paths relative to the list), or a data ``.yaml`` (its val split)."""
+def resolve_images(
+    source: str | Path,
+    *,
+    image_root: str | Path | None = None,
+    class_names: Mapping[int, str] | None = None,
+) -> ImageSet:
+    """Resolve a folder, a ``.txt`` list (paths relative to the list), a data ``.yaml`` (its val split)
+    or a COCO ``instances_*.json`` (images under ``image_root``, default the json's folder).
+
+    COCO boxes are read only when ``class_names`` (the model's) are given, since categories are
+    mapped to classes by name; without them a COCO json gives unlabelled images.
+    """
     source = Path(source)
     if not source.exists():
         raise InputError(f"image source not found: {source}")
+    if is_coco_json(source):
+        return _coco_image_set(source, image_root=image_root, class_names=class_names)
     if source.is_dir():
         paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     elif source.suffix in (".yaml", ".yml"):
@@ -66,10 +90,23 @@ def resolve_images(source: str | Path) -> ImageSet:
     elif source.suffix.lower() in IMAGE_SUFFIXES:
         paths = [source]
     else:
-        raise InputError(f"{source} is neither an image folder, a .txt list nor a data .yaml")
+        raise InputError(f"{source} is neither an image folder, a .txt list, a data .yaml nor a COCO .json")
     if not paths:
         raise InputError(f"no images found in {source}")
     return ImageSet(tuple(paths), tuple(_label_path(p) for p in paths))
+
+
+def _coco_image_set(
+    source: Path, *, image_root: str | Path | None, class_names: Mapping[int, str] | None
+) -> ImageSet:
+    root = None if image_root is None else Path(image_root)
+    if root is not None and not root.is_dir():
+        raise InputError(f"--image-root {root} is not a folder")
+    paths = coco_image_paths(source, image_root=root)
+    if not paths:
+        raise InputError(f"no images listed in {source}")
+    boxes = None if class_names is None else tuple(coco_labels(source, class_names))
+    return ImageSet(tuple(paths), (None,) * len(paths), boxes=boxes, labels_source=source)
 
 
 def _paths_from_list(list_file: Path) -> list[Path]:
@@ -145,17 +182,27 @@ def _read_labels(label_file: Path, *, width: int, height: int, ratio: float, pad
     return np.stack([cls, x1, y1, x2, y2], axis=1).astype(np.float32)
 
 
+def _letterbox_boxes(boxes: np.ndarray, *, ratio: float, pad: tuple[float, float]) -> np.ndarray:
+    """``[M, 5]`` (class, x1, y1, x2, y2) from original pixels into the letterboxed frame."""
+    out = boxes.astype(np.float64)
+    out[:, [1, 3]] = out[:, [1, 3]] * ratio + pad[0]
+    out[:, [2, 4]] = out[:, [2, 4]] * ratio + pad[1]
+    return out.astype(np.float32)
+
+
 def load_batch(image_set: ImageSet, *, imgsz: int) -> Batch:
     """Read, letterbox and stack the images; labels too when every image has them."""
     arrays, labels = [], []
-    for path, label_file in zip(image_set.paths, image_set.label_paths, strict=True):
+    for i, (path, label_file) in enumerate(zip(image_set.paths, image_set.label_paths, strict=True)):
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
             raise InputError(f"unreadable image: {path}")
         height, width = image.shape[:2]
         boxed, ratio, pad = letterbox(image, imgsz)
         arrays.append(boxed[:, :, ::-1].transpose(2, 0, 1))  # BGR HWC -> RGB CHW
-        if label_file is not None:
+        if image_set.boxes is not None:
+            labels.append(_letterbox_boxes(image_set.boxes[i], ratio=ratio, pad=pad))
+        elif label_file is not None:
             labels.append(_read_labels(label_file, width=width, height=height, ratio=ratio, pad=pad))
     images = torch.from_numpy(np.ascontiguousarray(np.stack(arrays))).float() / 255.0
     return Batch(images=images, labels=labels if image_set.has_labels else None)

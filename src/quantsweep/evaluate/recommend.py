@@ -3,8 +3,9 @@
 Speed targets: the fastest model (median over rounds of its time relative to FP32, measured in one
 interleaved pass) whose mAP50-95 meets the accuracy target; kept float layers cost time through
 their kernels and the Q/DQ around them, so the count of kept layers is not the objective. Size
-target: the smallest file that meets it. FP32 itself is a candidate: where nothing quantized beats
-it, the recommendation says so instead of shipping a slower model.
+target: the smallest file that meets it. Where the fastest passing model is still slower than FP32,
+the recommendation is FP32 itself (and says so) instead of shipping a slower model; where no
+quantized model passes, there is no recommendation and the closest model is named.
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ def recommend(
     """
     results = store.all()
     fp32 = results["fp32"]
-    passing = [r for r in results.values() if target.met(r["score"], reference)]
-    best = min(passing, key=_objective_key(backend), default=None)
     quantized = [r for r in results.values() if r["name"] != "fp32"]
+    passing = [r for r in quantized if target.met(r["score"], reference)]
+    best = min(passing, key=_objective_key(backend), default=None)
+    if backend.objective is Objective.SPEED and best is not None and _speed_ratio(best) >= 1.0:
+        best = fp32
     closest = max(quantized, key=_score, default=None)
     payload: dict[str, Any] = {
         "target": backend.name,

@@ -1,25 +1,75 @@
 """Score a detector loaded in any target runtime: decode its outputs, mAP against labels and FP32.
 
 Both YOLO output conventions are decoded: raw ``[N, 4+nc, A]`` (xywh boxes, class scores; NMS
-applied here) and end-to-end ``[N, K, 6]`` (x1, y1, x2, y2, score, class). Every model is decoded
-with the same confidence, IoU and max-detection settings, whatever runtime produced its outputs.
+applied here) and end-to-end ``[N, K, 6]`` (x1, y1, x2, y2, score, class); RT-DETR's ``[N, K, 6]``
+(normalised cx, cy, w, h, score, class) is recognised by the convention recorded in the model's
+metadata at export. Every model is decoded with the same confidence, IoU and max-detection
+settings, whatever runtime produced its outputs.
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 from quantsweep.backends import Backend, Runner
 from quantsweep.config import DetectConfig
+from quantsweep.data.coco import is_coco_json
 from quantsweep.data.images import Batch
 from quantsweep.errors import InputError
 from quantsweep.metrics.detections import decode
 from quantsweep.metrics.map import MapResult, mean_average_precision
-from quantsweep.models.outputs import HeadOutput
+from quantsweep.models.outputs import (
+    CLASS_NAMES_KEY,
+    OUTPUT_CONVENTION_KEY,
+    HeadOutput,
+    OutputConvention,
+    rtdetr_detections,
+)
+
+
+def model_metadata(path: Path) -> dict[str, str]:
+    """The ONNX model's metadata properties (output convention, class names)."""
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def output_convention(path: Path) -> OutputConvention | None:
+    """The convention recorded in the model's metadata at export (None for older exports)."""
+    value = model_metadata(path).get(OUTPUT_CONVENTION_KEY)
+    return OutputConvention(value) if value in set(OutputConvention) else None
+
+
+def class_names(path: Path) -> dict[int, str] | None:
+    """The model's class names recorded at export (ours, or Ultralytics' own ``names``), or None."""
+    meta = model_metadata(path)
+    if CLASS_NAMES_KEY in meta:
+        return {int(k): v for k, v in json.loads(meta[CLASS_NAMES_KEY]).items()}
+    if "names" in meta:  # an Ultralytics export: a Python dict literal
+        with contextlib.suppress(ValueError, SyntaxError):
+            names = ast.literal_eval(meta["names"])
+            if isinstance(names, dict):
+                return {int(k): str(v) for k, v in names.items()}
+    return None
+
+
+def coco_class_names(data: str | Path, model_path: Path) -> dict[int, str] | None:
+    """The class names to map a COCO json's categories by (None when ``data`` is not a json)."""
+    if not is_coco_json(Path(data)):
+        return None
+    names = class_names(model_path)
+    if names is None:
+        raise InputError(
+            f"{model_path.name} records no class names, so the categories of {data} cannot be "
+            "mapped to its classes; re-export it with this version (quantsweep schemes)"
+        )
+    return names
 
 
 def load_checked(backend: Backend, path: Path, *, imgsz: int) -> Runner:
@@ -35,10 +85,16 @@ def load_checked(backend: Backend, path: Path, *, imgsz: int) -> Runner:
     return runner
 
 
-def head_output(runner: Runner, images: torch.Tensor) -> HeadOutput:
-    """Outputs of all images (batch 1 each) as a HeadOutput, either convention."""
+def head_output(
+    runner: Runner, images: torch.Tensor, *, convention: OutputConvention | None = None
+) -> HeadOutput:
+    """Outputs of all images (batch 1 each) as a HeadOutput, in the model's convention."""
     raw = np.concatenate([runner(image[None].numpy()) for image in images])
     tensor = torch.from_numpy(raw)
+    if convention is OutputConvention.RTDETR:  # [N, K, 6], normalised xywh
+        empty = torch.zeros(0)
+        dets = rtdetr_detections(tensor, imgsz=images.shape[-1])
+        return HeadOutput(raw=tensor, boxes=empty, scores=empty, detections=dets)
     if tensor.shape[-1] == 6 and tensor.shape[1] != 6:  # [N, K, 6] end-to-end
         empty = torch.zeros(0)
         return HeadOutput(raw=tensor, boxes=empty, scores=empty, detections=tensor)
@@ -68,9 +124,11 @@ class Accuracy:
         return asdict(self)
 
 
-def detections_of(runner: Runner, batch: Batch, detect: DetectConfig) -> list[np.ndarray]:
+def detections_of(
+    runner: Runner, batch: Batch, detect: DetectConfig, *, convention: OutputConvention | None = None
+) -> list[np.ndarray]:
     """Decoded detections for every image of ``batch``."""
-    return decode(head_output(runner, batch.images), detect)
+    return decode(head_output(runner, batch.images, convention=convention), detect)
 
 
 def accuracy(detections: list[np.ndarray], *, batch: Batch, pseudo: list[np.ndarray]) -> Accuracy:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
 import onnx
 from onnx import TensorProto
 
-from quantsweep.export.onnx_model import WEIGHTED_OPS
+from quantsweep.export.onnx_model import UNQUANTIZED_KEY, WEIGHTED_OPS
 
 _LABELS = {
     TensorProto.INT4: "int4",
@@ -72,8 +73,25 @@ def precision_label(weight: str, act: str) -> str:
 
 
 def precision_counts(model: onnx.ModelProto) -> dict[str, int]:
-    """How many weighted nodes run at each precision label."""
-    return dict(sorted(Counter(precision_label(w, a) for w, a in node_precisions(model).values()).items()))
+    """How many quantizable layers run at each precision label.
+
+    A layer is a weight: nodes sharing one weight (a layer called several times) count once, and
+    nodes the export recorded as no quantizable layer's (``UNQUANTIZED_KEY``) are left out.
+    """
+    meta = {p.key: p.value for p in model.metadata_props}
+    skipped = set(json.loads(meta.get(UNQUANTIZED_KEY, "[]")))
+    sources = _weight_sources(model)
+    layers = {
+        sources[node]: precision_label(w, a)
+        for node, (w, a) in node_precisions(model).items()
+        if node not in skipped
+    }
+    return dict(sorted(Counter(layers.values()).items()))
+
+
+def _weight_sources(model: onnx.ModelProto) -> dict[str, str]:
+    """Node -> the tensor its weight input reads (a float initializer or a DequantizeLinear output)."""
+    return {n.name: n.input[1] for n in model.graph.node if n.op_type in WEIGHTED_OPS and len(n.input) > 1}
 
 
 def average_weight_bits(model: onnx.ModelProto) -> float:

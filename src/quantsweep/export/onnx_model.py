@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import warnings
 from collections import defaultdict
@@ -29,6 +30,9 @@ _EXPORT_OPSET = 18  # what the TorchScript exporter writes; converted to OPSET a
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 INPUT_NAME = "images"
 OUTPUT_NAME = "output0"
+# metadata key: weighted nodes that are no quantizable Torch layer (e.g. nn.MultiheadAttention's
+# projections), kept in float by every scheme and left out of precision counts
+UNQUANTIZED_KEY = "quantsweep_unquantized_nodes"
 
 
 class MappingError(RuntimeError):
@@ -41,10 +45,15 @@ class LayerMapping:
 
     nodes: dict[str, str]
     not_exported: tuple[str, ...]
+    unquantized_nodes: tuple[str, ...] = ()  # weighted ONNX nodes no quantizable layer owns
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
-        return {"nodes": self.nodes, "not_exported": list(self.not_exported)}
+        return {
+            "nodes": self.nodes,
+            "not_exported": list(self.not_exported),
+            "unquantized_nodes": list(self.unquantized_nodes),
+        }
 
 
 def export_fp32(network: StagedNetwork, *, imgsz: int, path: Path) -> onnx.ModelProto:
@@ -72,10 +81,37 @@ def export_fp32(network: StagedNetwork, *, imgsz: int, path: Path) -> onnx.Model
         head.export = previous
     model = version_converter.convert_version(onnx.load_from_string(buffer.getvalue()), OPSET)
     model.ir_version = max(model.ir_version, 10)
+    _bypass_weight_identities(model)
+    onnx.helper.set_model_props(model, dict(network.metadata))  # output convention, class names
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, path)
     return model
+
+
+def _bypass_weight_identities(model: onnx.ModelProto) -> None:
+    """Let nodes read initializers directly instead of through Identity nodes.
+
+    The exporter routes the second and later calls of a module (RT-DETR's query_pos_head, once per
+    decoder layer) through ``Identity(weight)``; reading the weight directly lets every call be
+    quantized with the layer. Graph outputs are left alone.
+    """
+    inits = {i.name for i in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    alias = {
+        n.output[0]: n.input[0]
+        for n in model.graph.node
+        if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs
+    }
+    if not alias:
+        return
+    kept = [n for n in model.graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    for node in kept:
+        for i, name in enumerate(node.input):
+            if name in alias:
+                node.input[i] = alias[name]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
 
 
 def _digest(array: np.ndarray) -> str:
@@ -119,4 +155,31 @@ def map_layers(model: onnx.ModelProto, module: nn.Module, layers: Sequence[Layer
         for name, m in module.named_modules()
         if isinstance(m, QUANTIZABLE_TYPES) and name not in executed
     )
-    return LayerMapping(nodes=nodes, not_exported=not_exported)
+    return LayerMapping(
+        nodes=nodes, not_exported=not_exported, unquantized_nodes=_unowned_nodes(model, set(nodes.values()))
+    )
+
+
+def _unowned_nodes(model: onnx.ModelProto, mapped: set[str]) -> tuple[str, ...]:
+    """Weighted nodes outside ``mapped`` that do not share a mapped node's weight initializer (a
+    layer called several times, such as RT-DETR's query_pos_head, owns every node reading its weight).
+    """
+    inits = {i.name for i in model.graph.initializer}
+    weighted = [
+        n for n in model.graph.node if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and n.input[1] in inits
+    ]
+    owned = {n.input[1] for n in weighted if n.name in mapped}
+    return tuple(n.name for n in weighted if n.name not in mapped and n.input[1] not in owned)
+
+
+def record_unquantized(model: onnx.ModelProto, mapping: LayerMapping, *, path: Path) -> None:
+    """Write the mapping's unquantized nodes into the FP32 model's metadata (and file), if any."""
+    if mapping.unquantized_nodes:
+        onnx.helper.set_model_props(
+            model,
+            {
+                **{p.key: p.value for p in model.metadata_props},
+                UNQUANTIZED_KEY: json.dumps(list(mapping.unquantized_nodes)),
+            },
+        )
+        onnx.save(model, path)

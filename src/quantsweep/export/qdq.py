@@ -51,11 +51,35 @@ def _scale_for_onnx(scale: torch.Tensor, fmt: QuantFormat) -> tuple[np.ndarray, 
     return scale.reshape(-1).numpy().astype(np.float32), {"axis": 0}
 
 
+def _stored_in_out(node: onnx.NodeProto) -> bool:
+    """True when the node's weight is stored ``[in, out]`` (MatMul; Gemm without ``transB``).
+
+    Torch keeps Linear weights ``[out, in]`` and quantizes per output channel; such a weight is
+    quantized in Torch's layout and its scales go on ONNX axis 1 (blocks on axis 0).
+    """
+    if node.op_type == "MatMul":
+        return True
+    if node.op_type == "Gemm":
+        return not any(a.name == "transB" and a.i for a in node.attribute)
+    return False
+
+
+def _transposed_scale(scale_array: np.ndarray, attrs: dict[str, int]) -> tuple[np.ndarray, dict[str, int]]:
+    if not attrs:  # one scale per tensor
+        return scale_array, attrs
+    return np.ascontiguousarray(scale_array.T), {**attrs, "axis": 1 - attrs["axis"]}
+
+
 def weight_dq(node: onnx.NodeProto, weight: np.ndarray, fmt: QuantFormat):
     """Initializers (codes, scale, zero point) and the DequantizeLinear that replace ``weight``."""
-    codes, scale = quantize_weight_codes(torch.from_numpy(weight.copy()), fmt)
+    transposed = weight.ndim == 2 and _stored_in_out(node)
+    torch_layout = weight.T if transposed else weight
+    codes, scale = quantize_weight_codes(torch.from_numpy(torch_layout.copy()), fmt)
     code_array = _codes_array(codes, fmt.weight)
     scale_array, attrs = _scale_for_onnx(scale, fmt)
+    if transposed:
+        code_array = np.ascontiguousarray(code_array.T)
+        scale_array, attrs = _transposed_scale(scale_array, attrs)
     base = f"{node.name}/weight"
     zero = np.zeros(scale_array.shape, dtype=code_array.dtype)
     inits = [
@@ -93,6 +117,23 @@ def _act_qdq(node: onnx.NodeProto, source: str, plan: NodePlan):
     return inits, [q, dq]
 
 
+def _shared_weight_plans(graph: onnx.GraphProto, plans: Mapping[str, NodePlan]) -> dict[str, tuple]:
+    """Unplanned weighted nodes reading a planned node's weight -> (its plan, its DQ output name).
+
+    A Torch layer called several times (RT-DETR's query_pos_head) is one weight read by several
+    nodes; Torch quantizes every call, so every node reads the one dequantized weight.
+    """
+    owner = {n.input[1]: n.name for n in graph.node if n.name in plans and len(n.input) > 1}
+    return {
+        n.name: (plans[owner[n.input[1]]], f"{owner[n.input[1]]}/weight_dequantized")
+        for n in graph.node
+        if n.name not in plans
+        and n.op_type in ("Conv", "Gemm", "MatMul")
+        and len(n.input) > 1
+        and n.input[1] in owner
+    }
+
+
 def materialize(model: onnx.ModelProto, plans: Mapping[str, NodePlan]) -> onnx.ModelProto:
     """A copy of the FP32 ``model`` with ``plans`` (ONNX node name -> precision) applied."""
     out = onnx.ModelProto()
@@ -104,23 +145,27 @@ def materialize(model: onnx.ModelProto, plans: Mapping[str, NodePlan]) -> onnx.M
     initializers = {init.name: init for init in graph.initializer}
     uses = Counter(name for node in graph.node for name in node.input)
     new_inits, new_nodes, dropped = [], [], set()
+    shared = _shared_weight_plans(graph, plans)
     for node in graph.node:
         plan = plans.get(node.name)
-        if plan is not None:
+        if plan is None and node.name in shared:  # another call of a planned layer: same weight DQ
+            plan, dq_output = shared[node.name]
+            node.input[1] = dq_output
+        elif plan is not None:
             weight_name = node.input[1]
             inits, dq = weight_dq(node, numpy_helper.to_array(initializers[weight_name]), plan.fmt)
             new_inits += inits
             new_nodes.append(dq)
             node.input[1] = dq.output[0]
-            if uses[weight_name] == 1:
+            if uses[weight_name] == 1 + sum(1 for _, out in shared.values() if out == dq.output[0]):
                 dropped.add(weight_name)
-            if plan.fmt.act is not ActDtype.FP16:
-                if plan.act_amax is None:
-                    raise ValueError(f"{node.name}: activation quantization needs a calibrated range")
-                inits, qdq = _act_qdq(node, node.input[0], plan)
-                new_inits += inits
-                new_nodes += qdq
-                node.input[0] = qdq[1].output[0]
+        if plan is not None and plan.fmt.act is not ActDtype.FP16:
+            if plan.act_amax is None:
+                raise ValueError(f"{node.name}: activation quantization needs a calibrated range")
+            inits, qdq = _act_qdq(node, node.input[0], plan)
+            new_inits += inits
+            new_nodes += qdq
+            node.input[0] = qdq[1].output[0]
         new_nodes.append(node)
     kept_inits = [init for init in graph.initializer if init.name not in dropped]
     del graph.node[:]

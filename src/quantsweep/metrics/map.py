@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from quantsweep.config import ApConvention
+
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 _RECALL_POINTS = np.linspace(0, 1, 101)
 
@@ -52,8 +54,28 @@ def _average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
     return float(np.trapezoid(np.interp(_RECALL_POINTS, mrec, mpre), _RECALL_POINTS))
 
 
-def mean_average_precision(predictions: list[np.ndarray], targets: list[np.ndarray]) -> MapResult:
-    """mAP of per-image predictions ``[K, 6]`` against targets ``[M, 5]`` (class, x1, y1, x2, y2)."""
+def _average_precision_coco(recall: np.ndarray, precision: np.ndarray) -> float:
+    # COCOeval: the precision envelope sampled (not interpolated) at 101 recall points, a point
+    # beyond the highest recall reached counting 0; the mean, not a trapezoid.
+    envelope = np.flip(np.maximum.accumulate(np.flip(precision)))
+    index = np.searchsorted(recall, _RECALL_POINTS, side="left")
+    sampled = np.where(index < len(recall), envelope[np.minimum(index, len(recall) - 1)], 0.0)
+    return float(sampled.mean())
+
+
+def mean_average_precision(
+    predictions: list[np.ndarray],
+    targets: list[np.ndarray],
+    *,
+    convention: ApConvention = ApConvention.ULTRALYTICS,
+) -> MapResult:
+    """mAP of per-image predictions ``[K, 6]`` against targets ``[M, 5]`` (class, x1, y1, x2, y2).
+
+    ``convention`` picks how precision is integrated over recall (README, "COCO data"): Ultralytics'
+    trapezoid over the linearly interpolated envelope (default, as ``yolo val``) or COCOeval's mean
+    of the envelope sampled at 101 recall points. Matching is the same for both.
+    """
+    integrate = _average_precision if convention is ApConvention.ULTRALYTICS else _average_precision_coco
     tp = [match(p, t) for p, t in zip(predictions, targets, strict=True)]
     tp_all = np.concatenate(tp) if tp else np.zeros((0, len(IOU_THRESHOLDS)), bool)
     conf = np.concatenate([p[:, 4] for p in predictions]) if predictions else np.zeros(0)
@@ -75,5 +97,5 @@ def mean_average_precision(predictions: list[np.ndarray], targets: list[np.ndarr
         recall = tpc / (n_targets + 1e-16)
         precision = tpc / (tpc + fpc)
         for ti in range(len(IOU_THRESHOLDS)):
-            ap[ci, ti] = _average_precision(recall[:, ti], precision[:, ti])
+            ap[ci, ti] = integrate(recall[:, ti], precision[:, ti])
     return MapResult(map50_95=float(ap.mean()), map50=float(ap[:, 0].mean()))

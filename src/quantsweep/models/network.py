@@ -8,7 +8,7 @@ forward is a list of blocks, each reading the previous output or saved earlier o
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -63,6 +63,7 @@ class StagedNetwork:
     sources: Sequence[int | list[int]]
     keep: frozenset[int]
     finish: Callable[[Any], Any] = lambda out: out
+    metadata: dict[str, str] = field(default_factory=dict)  # written into exported ONNX models
 
     def _inputs(self, index: int, previous: Any, saved: Sequence[Any]) -> Any:
         source = self.sources[index]

@@ -6,6 +6,7 @@ named (or the bundled checkpoint) are ever loaded.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -18,7 +19,12 @@ from torch import nn
 from quantsweep.config import HeadMode
 from quantsweep.errors import InputError
 from quantsweep.models.network import StagedNetwork
-from quantsweep.models.outputs import HeadOutput
+from quantsweep.models.outputs import (
+    CLASS_NAMES_KEY,
+    OUTPUT_CONVENTION_KEY,
+    HeadOutput,
+    OutputConvention,
+)
 
 LOG = logging.getLogger(__name__)
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "assets" / "yolov10m-shapes.pt"
@@ -35,8 +41,14 @@ def _configure_ultralytics() -> None:
 
 _configure_ultralytics()
 
-from ultralytics.nn.modules.head import Detect  # noqa: E402
-from ultralytics.nn.tasks import DetectionModel  # noqa: E402
+from ultralytics.nn.modules.head import Detect, RTDETRDecoder  # noqa: E402
+from ultralytics.nn.tasks import (  # noqa: E402
+    BaseModel,
+    DetectionModel,
+    RTDETRDetectionModel,
+    guess_model_task,
+)
+from ultralytics.utils.torch_utils import fuse_conv_and_bn  # noqa: E402
 
 
 @dataclass
@@ -66,9 +78,11 @@ def load_model(
         model = _build_from_yaml(path, num_classes=num_classes)
     else:
         model = _load_checkpoint(path)
+    _check_task(model, path=path)
     model = model.float().eval()
     _select_head(model, head, path=path)
     model.fuse(verbose=False)
+    _fold_sequential_bn(model)
     model.to(device)
     head = model.model[-1]
     name = path.stem
@@ -77,14 +91,42 @@ def load_model(
         source=str(path),
         network=_staged(model),
         class_names=dict(model.names),
-        end_to_end=bool(getattr(head, "end2end", False)),
+        end_to_end=bool(getattr(head, "end2end", False)) or isinstance(head, RTDETRDecoder),
     )
+
+
+def _check_task(model: nn.Module, *, path: Path) -> None:
+    """Detection only: a segment, pose, obb or classify model ends with one line."""
+    head = model.model[-1]
+    if isinstance(head, RTDETRDecoder):
+        return
+    task = guess_model_task(model)
+    # Segment, Pose and OBB heads subclass Detect: the task, not the class, tells them apart
+    if task != "detect" or not isinstance(head, Detect):
+        what = task or f"{type(head).__name__}-headed"
+        raise InputError(f"{path} is an Ultralytics {what} model; quantsweep supports detect models only")
+
+
+def _fold_sequential_bn(model: nn.Module) -> None:
+    """Fold a BatchNorm2d that follows a Conv2d inside an ``nn.Sequential`` (RT-DETR's input
+    projections), which Ultralytics' ``fuse`` leaves alone but the ONNX export folds: the quantized
+    weight must be the one the ONNX node holds.
+    """
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            if isinstance(seq[i], nn.Conv2d) and isinstance(seq[i + 1], nn.BatchNorm2d):
+                seq[i] = fuse_conv_and_bn(seq[i], seq[i + 1])
+                seq[i + 1] = nn.Identity()
 
 
 def _select_head(model: DetectionModel, head: HeadMode, *, path: Path) -> None:
     if head is HeadMode.AUTO:
         return
     want = head is HeadMode.END2END
+    if isinstance(model.model[-1], RTDETRDecoder):
+        if head is HeadMode.NMS:
+            raise InputError(f"{path} is an RT-DETR model: it has no NMS head; use --head auto")
+        return
     if want and getattr(model.model[-1], "one2one_cv2", None) is None:
         raise InputError(f"{path} has no NMS-free (one-to-one) head; use --head nms or auto")
     model.end2end = want
@@ -95,6 +137,8 @@ def _build_from_yaml(path: Path, *, num_classes: int | None) -> DetectionModel:
     if not path.exists() and path.parent != Path("."):
         raise InputError(f"model YAML not found: {path}")
     try:
+        if "rtdetr" in path.stem.lower():
+            return RTDETRDetectionModel(cfg=str(path), nc=num_classes, verbose=False)
         return DetectionModel(cfg=str(path), nc=num_classes, verbose=False)
     except (FileNotFoundError, KeyError, TypeError, ValueError) as exc:
         raise InputError(f"{path} is not an Ultralytics detection model YAML ({exc})") from exc
@@ -112,7 +156,7 @@ def _load_checkpoint(path: Path) -> DetectionModel:
         model = ckpt.get("ema") or ckpt.get("model")
     elif isinstance(ckpt, nn.Module):
         model = ckpt
-    if not isinstance(model, DetectionModel) or not isinstance(model.model[-1], Detect):
+    if not isinstance(model, BaseModel):
         raise InputError(f"{path} is not an Ultralytics detection checkpoint (no DetectionModel inside)")
     return model
 
@@ -121,14 +165,50 @@ def _staged(model: DetectionModel) -> StagedNetwork:
     blocks = list(model.model)
     head = blocks[-1]
     head.export = False
+    finish = lambda out: _head_output(head, out)  # noqa: E731
+    convention = OutputConvention.END2END if getattr(head, "end2end", False) else OutputConvention.RAW
+    if isinstance(head, RTDETRDecoder):
+        finish, convention = _rtdetr_finish(model, head), OutputConvention.RTDETR
     return StagedNetwork(
         module=model,
         blocks=blocks,
         block_names=[f"model.{i}" for i in range(len(blocks))],
         sources=[b.f for b in blocks],
         keep=frozenset(model.save),
-        finish=lambda out: _head_output(head, out),
+        finish=finish,
+        metadata={
+            OUTPUT_CONVENTION_KEY: convention.value,
+            CLASS_NAMES_KEY: json.dumps({int(k): str(v) for k, v in dict(model.names).items()}),
+        },
     )
+
+
+def _rtdetr_finish(model: nn.Module, head: RTDETRDecoder):
+    # RT-DETR boxes are normalised to the input size. The head records the shapes of its input
+    # feature maps on every call (``head.shapes``); the first map's stride, probed once here,
+    # turns them back into the input size. No hook stays on the model (it must stay picklable).
+    seen: dict[str, int] = {}
+
+    def record(_module: nn.Module, inputs: tuple) -> None:
+        seen["w"] = int(inputs[0][0].shape[-1])
+
+    handle = head.register_forward_pre_hook(record)
+    probe = 64
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, probe, probe, device=next(model.parameters()).device))
+    finally:
+        handle.remove()
+    stride = probe // seen["w"]
+
+    def finish(out: Any) -> HeadOutput:
+        detections, (dec_bboxes, dec_scores, *_rest) = out
+        imgsz = int(head.shapes[0][1]) * stride
+        return HeadOutput.from_rtdetr(
+            dec_bboxes[-1], dec_scores[-1].sigmoid(), detections=detections, imgsz=imgsz
+        )
+
+    return finish
 
 
 def _head_output(head: Detect, out: Any) -> HeadOutput:

@@ -88,5 +88,7 @@ class RunCache:
 
 def calibration_batch(config: SweepConfig) -> Batch:
     """The sweep's calibration images, the same seeded subset it used."""
-    image_set = resolve_images(config.images).subset(count=config.max_images, seed=config.seed)
+    image_set = resolve_images(config.images, image_root=config.image_root).subset(
+        count=config.max_images, seed=config.seed
+    )
     return load_batch(image_set, imgsz=config.imgsz)

@@ -5,7 +5,6 @@ The accuracy reference is the FP32 model in ONNX Runtime on CPU, the same for ev
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,12 +15,19 @@ from quantsweep.backends import Backend, get_backend
 from quantsweep.config import DetectConfig, SweepConfig
 from quantsweep.data.images import Batch, ImageSet, load_batch, resolve_images
 from quantsweep.errors import InputError
-from quantsweep.evaluate.scoring import Accuracy, accuracy, detections_of, load_checked
+from quantsweep.evaluate.scoring import (
+    Accuracy,
+    accuracy,
+    coco_class_names,
+    detections_of,
+    load_checked,
+    output_convention,
+)
 from quantsweep.evaluate.target import AccuracyTarget
 from quantsweep.export.candidates import FP32_FILE, CandidatesIndex, read_candidates
 from quantsweep.metrics.detections import pseudo_labels
 from quantsweep.pipeline.common import read_sweep_config
-from quantsweep.runs import file_sha256
+from quantsweep.pipeline.eval_inputs import eval_inputs
 
 LOG = logging.getLogger(__name__)
 REFERENCE_TARGET = "ort-cpu"  # FP32 in ONNX Runtime on CPU is the accuracy reference of every target
@@ -38,6 +44,7 @@ class EvalRequest:
     latency_rounds: int = 7
     latency_runs: int = 5  # timed runs per model per round
     accuracy_target: AccuracyTarget = field(default_factory=AccuracyTarget)
+    image_root: str | None = None  # where a COCO json's images are (default: the json's folder)
 
 
 @dataclass
@@ -49,7 +56,7 @@ class EvalContext:
     detect: DetectConfig
     pseudo: list[np.ndarray]
     reference: Accuracy  # the FP32 model's, in ONNX Runtime on CPU
-    image_digest: str
+    inputs: dict  # what the evaluation was measured on (pipeline.eval_inputs), checked on --resume
 
     @property
     def metric(self) -> str:
@@ -64,12 +71,25 @@ class EvalContext:
     def score(self, backend: Backend, path: Path) -> Accuracy:
         """Accuracy of ``path`` run in ``backend``'s runtime."""
         runner = load_checked(backend, path, imgsz=self.config.imgsz)
-        return accuracy(detections_of(runner, self.batch, self.detect), batch=self.batch, pseudo=self.pseudo)
+        found = detections_of(runner, self.batch, self.detect, convention=output_convention(path))
+        return accuracy(found, batch=self.batch, pseudo=self.pseudo)
 
 
-def load_eval_batch(data: str, *, max_images: int, imgsz: int, num_classes: int) -> tuple[ImageSet, Batch]:
-    """The first ``max_images`` of ``data`` letterboxed at ``imgsz``; labels checked against the classes."""
-    image_set = resolve_images(data).subset(count=max_images, seed=None)
+def load_eval_batch(
+    data: str,
+    *,
+    max_images: int,
+    imgsz: int,
+    num_classes: int,
+    image_root: str | None = None,
+    class_names: dict[int, str] | None = None,
+) -> tuple[ImageSet, Batch]:
+    """The first ``max_images`` of ``data`` letterboxed at ``imgsz``; labels checked against the classes.
+
+    A COCO json's categories are mapped by ``class_names`` (see data/coco.py).
+    """
+    image_set = resolve_images(data, image_root=image_root, class_names=class_names)
+    image_set = image_set.subset(count=max_images, seed=None)
     with_labels = sum(p is not None for p in image_set.label_paths)
     if 0 < with_labels < len(image_set.paths):
         raise InputError(
@@ -96,20 +116,32 @@ def prepare_context(candidates_dir: Path, request: EvalRequest) -> tuple[EvalCon
     """The candidates index, the evaluation images and the FP32 reference detections."""
     index = read_candidates(candidates_dir)
     config = read_sweep_config(Path(index.sweep_dir))
-    fp32 = load_checked(get_backend(REFERENCE_TARGET), Path(candidates_dir) / FP32_FILE, imgsz=config.imgsz)
+    fp32_path = Path(candidates_dir) / FP32_FILE
+    fp32 = load_checked(get_backend(REFERENCE_TARGET), fp32_path, imgsz=config.imgsz)
     probe = fp32(np.zeros((1, 3, config.imgsz, config.imgsz), np.float32))
-    image_set, batch = load_eval_batch(
-        request.data, max_images=request.max_images, imgsz=config.imgsz, num_classes=_num_classes(probe)
+    _, batch = load_eval_batch(
+        request.data,
+        max_images=request.max_images,
+        imgsz=config.imgsz,
+        num_classes=_num_classes(probe),
+        image_root=request.image_root,
+        class_names=coco_class_names(request.data, fp32_path),
     )
-    detections = detections_of(fp32, batch, config.detect)
+    detections = detections_of(fp32, batch, config.detect, convention=output_convention(fp32_path))
     pseudo = pseudo_labels(detections, config.detect)
-    digest = hashlib.sha256("".join(file_sha256(p) for p in image_set.paths).encode()).hexdigest()
+    inputs = eval_inputs(
+        candidates_dir=Path(candidates_dir),
+        data=request.data,
+        image_root=request.image_root,
+        eval_images=request.max_images,
+        batch=batch,
+    )
     context = EvalContext(
         config=config,
         batch=batch,
         detect=config.detect,
         pseudo=pseudo,
         reference=accuracy(detections, batch=batch, pseudo=pseudo),
-        image_digest=digest,
+        inputs=inputs,
     )
     return context, index

@@ -15,6 +15,7 @@ from quantsweep.backends.timing import Timing
 from quantsweep.errors import InputError
 from quantsweep.evaluate.scoring import Accuracy
 from quantsweep.export.candidates import Artifact, CandidatesIndex
+from quantsweep.pipeline.eval_inputs import check_resume
 from quantsweep.records import read_json, write_json
 from quantsweep.runs import environment, new_run_dir
 
@@ -23,16 +24,9 @@ RESULT_KIND = "candidate_result"
 TIMING_KIND = "timing_pass"
 RECOMMENDATION_KIND = "recommendation"
 UNAVAILABLE_KIND = "target_unavailable"
-# the recorded settings a resumed run must share with the interrupted one
-RESUME_KEYS = (
-    "candidates_dir",
-    "data",
-    "images_sha256",
-    "max_images",
-    "targets",
-    "latency",
-    "accuracy_target",
-)
+# the recorded settings a resumed run must share with the interrupted one, besides its inputs
+# (candidates, data and its content: pipeline.eval_inputs)
+RESUME_KEYS = ("targets", "latency", "accuracy_target")
 
 
 def scored(acc: Accuracy, *, metric: str, reference: float) -> dict[str, float | None]:
@@ -130,10 +124,7 @@ class EvalRun:
             have = ", ".join(index.targets) or "none"
             raise InputError(f"the candidates have no artifacts for target {missing[0]} (they have: {have})")
         config = {
-            "candidates_dir": str(Path(request.candidates_dir).resolve()),
-            "data": str(request.data),
-            "images_sha256": context.image_digest,
-            "max_images": request.max_images,
+            "inputs": context.inputs,
             "targets": list(targets),
             "latency": {"rounds": request.latency_rounds, "runs_per_round": request.latency_runs},
             "accuracy_target": request.accuracy_target.to_dict(),
@@ -143,6 +134,7 @@ class EvalRun:
         }
         if resume is not None:
             directory = Path(resume)
+            check_resume(directory, context.inputs)
             _check_resume(directory, config)
         else:
             model = Path(context.config.model).stem

@@ -11,7 +11,7 @@ import torch
 
 from quantsweep.config import ActDtype, HighPrecision, LowPrecision, QuantFormat, SweepConfig, WeightDtype
 from quantsweep.errors import InputError
-from quantsweep.export.onnx_model import MappingError, export_fp32, map_layers
+from quantsweep.export.onnx_model import MappingError, export_fp32, map_layers, record_unquantized
 from quantsweep.models.network import enumerate_layers
 from quantsweep.pipeline.common import RunCache, read_sweep_config
 from quantsweep.records import read_json, write_json
@@ -140,6 +140,7 @@ def _export(cache: RunCache, loaded, layers, *, imgsz: int, run_dir: Path):
         mapping = map_layers(fp32, loaded.network.module, layers)
     except MappingError as exc:
         raise InputError(str(exc)) from exc
+    record_unquantized(fp32, mapping, path=run_dir / FP32_ONNX)
     cache.fp32_onnx, cache.mapping = run_dir / FP32_ONNX, mapping
     return mapping
 

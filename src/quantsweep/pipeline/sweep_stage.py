@@ -29,9 +29,11 @@ LOG = logging.getLogger(__name__)
 
 def _prepare(config: SweepConfig, run_dir: Path | None, out: Path | None) -> SweepJob:
     check_device(config.device)
-    image_set = resolve_images(config.images).subset(count=config.max_images, seed=config.seed)
-    batch = load_batch(image_set, imgsz=config.imgsz)
     loaded = load_model(config.model, device=config.device, head=config.head)
+    image_set = resolve_images(
+        config.images, image_root=config.image_root, class_names=loaded.class_names
+    ).subset(count=config.max_images, seed=config.seed)
+    batch = load_batch(image_set, imgsz=config.imgsz)
     layers = select_layers(
         enumerate_layers(loaded.network, batch.images[:1].to(config.device)), config.layer_patterns
     )

@@ -22,7 +22,7 @@ METRICS = {
 
 def _sweep_reports(eval_dir: Path) -> dict[str, dict[str, Any]]:
     config = read_json(eval_dir / "eval_config.json", CONFIG_KIND)
-    sweep_dir = Path(read_candidates(Path(config["candidates_dir"])).sweep_dir)
+    sweep_dir = Path(read_candidates(Path(config["inputs"]["candidates_dir"])).sweep_dir)
     return {
         str(path.parent.relative_to(sweep_dir)): read_json(path, REPORT_KIND)
         for path in sorted(sweep_dir.glob(f"*/*/{REPORT_NAME}.json"))

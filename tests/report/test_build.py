@@ -1,0 +1,118 @@
+"""The report reads an evaluate run's records and shows each target's recommendation first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from quantsweep.backends import get_backend
+from quantsweep.backends.timing import Timing
+from quantsweep.cli.main import main
+from quantsweep.config import DropMode
+from quantsweep.evaluate.recommend import recommend
+from quantsweep.evaluate.scoring import Accuracy
+from quantsweep.evaluate.target import AccuracyTarget
+from quantsweep.export.candidates import Artifact, CandidatesIndex, TargetCandidates
+from quantsweep.pipeline.eval_records import ResultStore
+from quantsweep.records import write_json
+from quantsweep.report.build import build_report
+
+# name: (policy, kept, mAP50-95 against labels, size MB, time ratio to FP32); FP32 0.900
+MODELS = {
+    "fp32": ("fp32", None, 0.900, 60.0, 1.0),
+    "k0": ("top_k", 0, 0.852, 8.0, 0.50),
+    "k5": ("top_k", 5, 0.893, 8.5, 0.55),
+    "k10": ("top_k", 10, 0.899, 9.5, 0.60),
+    "random_k5": ("random", 5, 0.520, 9.0, 0.56),
+    "first_head_k5": ("first_head", 5, 0.800, 8.6, 0.57),
+}
+
+
+def _eval_dir(tmp_path: Path, target: AccuracyTarget, targets=("ort-cpu", "size")) -> Path:
+    """An evaluate run as the evaluate stage writes it (no sweep reports, no search)."""
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir(exist_ok=True)
+    candidates = tmp_path / "candidates"
+    fp32 = Artifact("fp32", "fp32.onnx", "fp32", None, 60_000_000, 32.0, None, None)
+    index = CandidatesIndex(str(sweep_dir), 320, {t: TargetCandidates(t, "-", "-", [fp32]) for t in targets})
+    index.write(candidates)
+    run = tmp_path / "eval"
+    config = {"inputs": {"candidates_dir": str(candidates)}, "targets": list(targets)}
+    write_json(run / "eval_config.json", "eval_config", config)
+    for name in targets:
+        store = ResultStore(
+            run / "results" / name,
+            target=name,
+            candidates_dir=candidates,
+            metric="map50_95_gt",
+            reference=0.9,
+        )
+        for model, (policy, kept, value, size_mb, ratio) in MODELS.items():
+            record = {
+                "name": model,
+                "file": str(candidates / name / f"{model}.onnx"),
+                "policy": policy,
+                "kept": kept,
+                "kept_layers": None if kept is None else [f"layer{i}" for i in range(kept)],
+                "size_bytes": int(size_mb * 1e6),
+                "avg_weight_bits": 32.0 if model == "fp32" else 4.0 + 0.1 * (kept or 0),
+            }
+            store.write_result(record, Accuracy(value, value + 0.05, 0.9, 0.95))
+            timing = Timing(20 * ratio, 19 * ratio, 22 * ratio, ratio, 0.01, 35, 7, "CPUExecutionProvider")
+            store.write_timing(model, timing)
+        recommend(get_backend(name), store, reference=0.9, metric="map50_95_gt", target=target)
+    return run
+
+
+def test_cards_show_each_targets_recommendation_and_tables_follow(tmp_path) -> None:
+    eval_dir = _eval_dir(tmp_path, AccuracyTarget(0.05, DropMode.RELATIVE))
+    summary = build_report(eval_dir).read_text()
+    cards = summary[: summary.index("\n## ort-cpu")]
+    # 5% relative: 0.855 needed; k0 (0.852) misses it. Speed: k5 is the fastest passing (0.55x).
+    # Size: k5 (8.5 MB) is the smallest passing one.
+    assert "- Recommended: **`k5`**: **1.82x faster than FP32** on onnxruntime" in cards
+    assert "- Recommended: **`k5`**: **7.1x smaller than FP32** (8.5 MB)" in cards
+    assert "within the 5.0% relative target" in cards
+    table = [line for line in summary.splitlines() if line.startswith("| ")]
+    assert table[1].startswith("| `fp32` | fp32 | - | 0.9000 |")
+    assert "| **`k5`** (recommended) | top_k | 5 | 0.8930 |" in summary
+    assert "- 5 kept: sensitivity-guided `k5` 0.8930 beats `random_k5` 0.5200" in summary
+    html = (eval_dir / "report.html").read_text()
+    assert html.count('class="card"') == 2 and html.count('class="recommended"') == 2
+    assert (eval_dir / "plots" / "map_vs_bits_size.png").stat().st_size > 5000
+    assert (eval_dir / "plots" / "map_vs_latency_ort-cpu.png").stat().st_size > 5000
+
+
+def test_absolute_drop_mode_reads_max_drop_in_map_points(tmp_path, capsys) -> None:
+    # 0.05 absolute: 0.850 needed, so k0 (0.852, fastest and smallest) passes; 5% relative would not
+    eval_dir = _eval_dir(tmp_path, AccuracyTarget(0.05, DropMode.ABSOLUTE))
+    assert main(["report", "--eval", str(eval_dir)]) == 0
+    summary = (eval_dir / "summary.md").read_text()
+    assert summary.count("- Recommended: **`k0`**") == 2 and "0.050 absolute" in summary
+    assert "Recommended: **`k0`**" in capsys.readouterr().out
+
+
+def test_no_model_within_target_names_the_closest(tmp_path) -> None:
+    eval_dir = _eval_dir(tmp_path, AccuracyTarget(0.001), targets=("size",))
+    summary = build_report(eval_dir).read_text()
+    assert "**No model meets the accuracy target.** Closest: `k10`." in summary
+
+
+def test_unavailable_target_is_said_not_dropped(tmp_path) -> None:
+    eval_dir = _eval_dir(tmp_path, AccuracyTarget(0.01), targets=("size", "openvino"))
+    write_json(
+        eval_dir / "results" / "openvino" / "unavailable.json",
+        "target_unavailable",
+        {"target": "openvino", "reason": "the openvino package is not installed"},
+    )
+    summary = build_report(eval_dir).read_text()
+    assert "### openvino\n\nNot available on this machine: the openvino package is not installed" in summary
+
+
+@pytest.mark.parametrize("folder", ["empty", "results_only"])
+def test_report_of_a_folder_that_is_no_evaluate_run_exits_2(folder, tmp_path, capsys) -> None:
+    if folder == "results_only":
+        (tmp_path / "results").mkdir()
+    assert main(["report", "--eval", str(tmp_path)]) == 2
+    assert "is not an evaluate run directory" in capsys.readouterr().err
