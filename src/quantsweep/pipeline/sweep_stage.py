@@ -7,9 +7,10 @@ from pathlib import Path
 
 import torch
 
-from quantsweep.config import SweepConfig, SweepMethod
+from quantsweep.config import ExecutorConfig, SweepConfig, SweepMethod
 from quantsweep.data.images import fingerprint, load_batch, resolve_images
 from quantsweep.errors import InputError
+from quantsweep.executors import create_executor
 from quantsweep.models.network import enumerate_layers
 from quantsweep.models.ultralytics_adapter import load_model
 from quantsweep.pipeline.common import (
@@ -19,12 +20,13 @@ from quantsweep.pipeline.common import (
     no_progress,
     read_sweep_config,
 )
-from quantsweep.records import read_json, write_json
+from quantsweep.records import JsonLines, read_json, write_json
 from quantsweep.runs import environment, file_sha256, new_run_dir
 from quantsweep.sweep.engine import ExactSweep
 from quantsweep.sweep.runner import SweepJob, execute, hybrid_size, needs_act_ranges, select_layers
 
 LOG = logging.getLogger(__name__)
+EXECUTORS_FILE = "executors.jsonl"
 
 
 def _prepare(config: SweepConfig, run_dir: Path | None, out: Path | None) -> SweepJob:
@@ -84,20 +86,32 @@ def _check_runnable(config: SweepConfig) -> None:
         raise InputError(f"no requested combination can be quantized ({reasons})")
 
 
-def sweep(config: SweepConfig, *, out: Path, progress: ProgressFactory = no_progress) -> Path:
-    """Run a new sweep under ``out``; return its run directory."""
+def sweep(
+    config: SweepConfig,
+    *,
+    out: Path,
+    progress: ProgressFactory = no_progress,
+    executor: ExecutorConfig | None = None,
+) -> Path:
+    """Run a new sweep under ``out`` on ``executor`` (local by default); return its run directory."""
     _check_runnable(config)
     job = _prepare(config, None, out)
-    _run(job, progress)
+    _run(job, progress, executor or ExecutorConfig())
     return job.run_dir
 
 
-def resume_sweep(run_dir: Path, *, progress: ProgressFactory = no_progress) -> Path:
-    """Finish an interrupted sweep in place, measuring only layers without a stored result."""
+def resume_sweep(
+    run_dir: Path, *, progress: ProgressFactory = no_progress, executor: ExecutorConfig | None = None
+) -> Path:
+    """Finish an interrupted sweep in place, measuring only layers without a stored result.
+
+    Any executor may finish any run: results do not depend on where they were measured, as long
+    as CPU workers use the recorded thread count (``--worker-threads``) for bit-identical layers.
+    """
     config = read_sweep_config(Path(run_dir))
     _match_threads(Path(run_dir), config)
     job = _prepare(config, Path(run_dir), None)
-    _run(job, progress)
+    _run(job, progress, executor or ExecutorConfig())
     return job.run_dir
 
 
@@ -113,12 +127,14 @@ def _match_threads(run_dir: Path, config: SweepConfig) -> None:
         torch.set_num_threads(threads)
 
 
-def _run(job: SweepJob, progress: ProgressFactory) -> None:
+def _run(job: SweepJob, progress: ProgressFactory, executor_config: ExecutorConfig) -> None:
     runnable = [f for f in job.config.formats if not f.unsupported_reason()]
     per_combination = len(job.layers)
     if job.config.method is SweepMethod.HYBRID:
         per_combination += min(hybrid_size(job.config), len(job.layers))
     total = len(runnable) * per_combination
     LOG.info("sweeping %d layers x %d combinations into %s", len(job.layers), len(runnable), job.run_dir)
-    with progress(total, "sweep") as step:
-        execute(job, on_layer=step)
+    with create_executor(executor_config) as executor, progress(total, "sweep") as step:
+        # one line per session (first run and each resume): where its layers were measured
+        JsonLines(job.run_dir / EXECUTORS_FILE).append(executor.describe())
+        execute(job, on_layer=step, executor=executor)
