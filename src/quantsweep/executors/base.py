@@ -57,8 +57,8 @@ class Executor(Protocol):
 
     name: str
 
-    def shard_size(self, layers: int) -> int:
-        """Layers per shard for a combination with ``layers`` pending layers."""
+    def shard_size(self, layers: int, *, device: str = "cpu") -> int:
+        """Layers per shard for a combination with ``layers`` pending layers on ``device``."""
         ...
 
     def map_shards(self, work: SweepWork, shards: Sequence[Shard]) -> Iterator[LayerOutcome]:

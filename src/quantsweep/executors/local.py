@@ -19,8 +19,9 @@ class LocalExecutor(ClosingExecutor):
 
     name = "local"
 
-    def shard_size(self, layers: int) -> int:
+    def shard_size(self, layers: int, *, device: str = "cpu") -> int:
         """The whole combination: splitting gains nothing in one process."""
+        del device  # the same for every device
         return max(1, layers)
 
     def map_shards(self, work: SweepWork, shards: Sequence[Shard]) -> Iterator[LayerOutcome]:

@@ -135,6 +135,8 @@ def _run(job: SweepJob, progress: ProgressFactory, executor_config: ExecutorConf
     total = len(runnable) * per_combination
     LOG.info("sweeping %d layers x %d combinations into %s", len(job.layers), len(runnable), job.run_dir)
     with create_executor(executor_config) as executor, progress(total, "sweep") as step:
-        # one line per session (first run and each resume): where its layers were measured
-        JsonLines(job.run_dir / EXECUTORS_FILE).append(executor.describe())
+        # where each session's layers were measured: a line when it starts, one when it ends
+        log = JsonLines(job.run_dir / EXECUTORS_FILE)
+        log.append({"event": "start", **executor.describe()})
         execute(job, on_layer=step, executor=executor)
+        log.append({"event": "end", **executor.describe()})

@@ -201,7 +201,9 @@ def execute(job: SweepJob, *, on_layer: ProgressFn, executor: Executor) -> list[
         if not remaining[name]:
             rows[name] = _finish(job, plan)
     _write_status(job, rows, failures)
-    size = executor.shard_size(max((len(p.pending) for p in plans.values()), default=1))
+    size = executor.shard_size(
+        max((len(p.pending) for p in plans.values()), default=1), device=job.config.device
+    )
     shards = plan_shards([(p.fmt, p.pending) for p in plans.values()], size=size)
     work = SweepWork(config=job.config, engine=job.engine, layers=job.layers, act_ranges=job.act_ranges)
     for outcome in executor.map_shards(work, shards):
