@@ -22,6 +22,7 @@ import torch
 
 ray = pytest.importorskip("ray")
 
+from quantsweep.cli.main import main  # noqa: E402
 from quantsweep.config import (  # noqa: E402
     ActDtype,
     ExecutorConfig,
@@ -211,3 +212,29 @@ def test_map_tasks_runs_one_task_per_item_on_workers() -> None:
     assert os.getpid() not in {r.value[1] for r in results}  # ran in worker processes, not here
     assert all(r.host == socket.gethostname() and r.device.startswith("cpu") for r in results)
     assert all(r.elapsed_s >= 0.2 for r in results)
+
+
+@pytest.mark.usefixtures("cluster")
+def test_candidates_scored_one_ray_task_each(tiny_checkpoint, tiny_data, tmp_path) -> None:
+    from quantsweep.pipeline.evaluate_stage import EvalRequest, evaluate_candidates  # noqa: PLC0415
+
+    common = ["--out", str(tmp_path)]
+    args = ["sweep", "--model", str(tiny_checkpoint), "--images", str(tiny_data), "--imgsz", str(TINY_IMGSZ)]
+    assert main([*args, "--max-images", "2", "--layers", "model.2*", *common]) == 0
+    (report,) = tmp_path.glob("*_layer_sensitivity/*/int4-fp16/per_channel/layer-sensitivity-report.json")
+    assert main(["schemes", "--report", str(report), "--ks", "0,3", *common]) == 0
+    (schemes,) = tmp_path.glob("*_schemes/*")
+    assert main(["materialize", "--schemes", str(schemes), *common]) == 0
+    (candidates,) = tmp_path.glob("*_candidates/*")
+    request = EvalRequest(candidates_dir=candidates, data=str(tiny_data), max_images=4, latency_runs=2)
+    local = evaluate_candidates(request, out=tmp_path / "local")
+    with create_executor(ExecutorConfig(kind=ExecutorKind.RAY)) as executor:
+        remote = evaluate_candidates(request, out=tmp_path / "ray", executor=executor)
+    names = sorted(p.name for p in (local / "results").iterdir())
+    assert names == sorted(p.name for p in (remote / "results").iterdir()) and len(names) >= 4
+    for name in names:
+        here = json.loads((local / "results" / name).read_text())
+        there = json.loads((remote / "results" / name).read_text())
+        assert there["accuracy"] == here["accuracy"]  # same artifact, same images, same runtime
+        assert there["latency"] and there["worker"]["host"] == socket.gethostname()
+        assert there["worker"]["device"].startswith("cpu") and "worker" not in here

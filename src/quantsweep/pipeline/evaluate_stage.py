@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -19,6 +20,9 @@ from quantsweep.metrics.detections import pseudo_labels
 from quantsweep.pipeline.common import ProgressFactory, no_progress, read_sweep_config
 from quantsweep.records import read_json, write_json
 from quantsweep.runs import environment, new_run_dir
+
+if TYPE_CHECKING:
+    from quantsweep.executors import Executor
 
 LOG = logging.getLogger(__name__)
 RESULT_KIND = "candidate_result"
@@ -128,14 +132,39 @@ def score_artifact(path: Path, context: EvalContext, *, latency_runs: int) -> di
     return result
 
 
+def _score_file(path: str, *, context: EvalContext, latency_runs: int) -> dict[str, Any]:
+    return score_artifact(Path(path), context, latency_runs=latency_runs)
+
+
+def _score_on(executor: Executor, artifacts: list[dict], request: EvalRequest, context, results_dir: Path):
+    """One task per unscored artifact on ``executor``; each result written as it arrives, with the
+    host and device whose runtime measured its latency. Workers read the artifact at the driver's
+    path (on several machines, the candidates directory must be on a shared filesystem)."""
+    missing = [a for a in artifacts if not (results_dir / f"{a['name']}.json").exists()]
+    paths = [str(Path(request.candidates_dir) / a["file"]) for a in missing]
+    fn = partial(_score_file, context=context, latency_runs=request.latency_runs)
+    for done in executor.map_tasks(fn, paths):
+        artifact = missing[done.index]
+        worker = {"host": done.host, "device": done.device, "elapsed_s": done.elapsed_s}
+        write_json(
+            results_dir / f"{artifact['name']}.json",
+            RESULT_KIND,
+            {**artifact, **done.value, "worker": worker},
+        )
+
+
 def evaluate_candidates(
     request: EvalRequest,
     *,
     out: Path | None,
     resume: Path | None = None,
     progress: ProgressFactory = no_progress,
+    executor: Executor | None = None,
 ) -> Path:
-    """Score every artifact into ``results/<name>.json`` of a new (or resumed) run directory."""
+    """Score every artifact into ``results/<name>.json`` of a new (or resumed) run directory.
+
+    With an ``executor``, artifacts are scored as its tasks (e.g. one Ray task each) first.
+    """
     if resume is not None and not (Path(resume) / "eval_config.json").is_file():
         raise InputError(f"{resume} is not an evaluate run directory (no eval_config.json)")
     context, _fp32, index = prepare_context(Path(request.candidates_dir), request)
@@ -157,6 +186,8 @@ def evaluate_candidates(
     else:
         run_dir = resume
     results_dir = run_dir / "results"
+    if executor is not None:
+        _score_on(executor, index["artifacts"], request, context, results_dir)
     with progress(len(index["artifacts"]), "evaluate") as step:
         for artifact in index["artifacts"]:
             target = results_dir / f"{artifact['name']}.json"
