@@ -187,7 +187,8 @@ def test_killed_driver_resumes_to_the_same_report(
         )
     (cut,) = tmp_path.glob("*_layer_sensitivity/*")
     done_before = JsonLines(results).read()
-    resumed = _cli(["sweep", "--resume", str(cut), *ray_args])
+    # a different --worker-threads is overridden: the run's layers were measured with one thread
+    resumed = _cli(["sweep", "--resume", str(cut), *ray_args, "--worker-threads", "2"])
     assert resumed.wait() == 0, resumed.stderr.read().decode()[-2000:]
     lines = JsonLines(results).read()
     assert lines[: len(done_before)] == done_before  # finished work kept as it was

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 import torch
 
-from quantsweep.config import ExecutorConfig, SweepConfig, SweepMethod
+from quantsweep.config import ExecutorConfig, ExecutorKind, SweepConfig, SweepMethod
 from quantsweep.data.images import fingerprint, load_batch, resolve_images
 from quantsweep.errors import InputError
 from quantsweep.executors import create_executor
@@ -105,26 +106,36 @@ def resume_sweep(
 ) -> Path:
     """Finish an interrupted sweep in place, measuring only layers without a stored result.
 
-    Any executor may finish any run: results do not depend on where they were measured, as long
-    as CPU workers use the recorded thread count (``--worker-threads``) for bit-identical layers.
+    Any executor may finish any run; on CPU the remaining layers are measured with the thread
+    count the earlier ones were (a Ray worker's or the process's), so they are bit-identical.
     """
     config = read_sweep_config(Path(run_dir))
-    _match_threads(Path(run_dir), config)
+    executor = _match_threads(Path(run_dir), config, executor or ExecutorConfig())
     job = _prepare(config, Path(run_dir), None)
-    _run(job, progress, executor or ExecutorConfig())
+    _run(job, progress, executor)
     return job.run_dir
 
 
-def _match_threads(run_dir: Path, config: SweepConfig) -> None:
+def _match_threads(run_dir: Path, config: SweepConfig, executor: ExecutorConfig) -> ExecutorConfig:
     # CPU float sums depend on how work is split across threads; the recorded count makes resumed
     # layers bit-identical to the ones measured before the interruption.
     env_path = run_dir / "environment.json"
     if config.device != "cpu" or not env_path.is_file():
-        return
-    threads = read_json(env_path, "environment").get("torch_threads")
+        return executor
+    driver = read_json(env_path, "environment").get("torch_threads")
+    sessions = JsonLines(run_dir / EXECUTORS_FILE).read()
+    measured = driver
+    if sessions and sessions[-1].get("executor") == ExecutorKind.RAY.value:
+        measured = sessions[-1].get("threads_per_worker") or driver
+    local = executor.kind is ExecutorKind.LOCAL
+    threads = measured if local else driver  # the driver's threads also give the FP32 reference
     if threads and threads != torch.get_num_threads():
         LOG.info("using %d torch threads, as the interrupted run did", threads)
         torch.set_num_threads(threads)
+    if not local and measured and measured != executor.threads_per_worker:
+        LOG.info("Ray workers use %d threads, as the interrupted run's did", measured)
+        return dataclasses.replace(executor, threads_per_worker=measured)
+    return executor
 
 
 def _run(job: SweepJob, progress: ProgressFactory, executor_config: ExecutorConfig) -> None:
