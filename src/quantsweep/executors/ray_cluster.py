@@ -211,15 +211,25 @@ class RayExecutor(ClosingExecutor):
 
 
 class _Pool:
-    """Actors kept busy with one shard each; dead ones replaced within a budget."""
+    """Actors kept busy with one shard each once they are ready; dead ones replaced within a budget.
+
+    A shard goes only to an actor that has finished starting, so an actor the cluster cannot place
+    (more workers asked for than fit) never holds a shard hostage.
+    """
 
     def __init__(self, start: Callable[[], Any], count: int) -> None:
         self.start = start
-        self.idle = [start() for _ in range(count)]
+        self.idle: list[Any] = []
+        self.starting: dict[Any, Any] = {}  # readiness ref -> actor
+        self.in_flight: dict[Any, tuple[Any, Shard]] = {}
         self.replacements_left = 2 * count
         self.attempts: dict[int, int] = {}
-        self.in_flight: dict[Any, tuple[Any, Shard]] = {}
-        self.known: set[Any] = set()
+        for _ in range(count):
+            self._launch()
+
+    def _launch(self) -> None:
+        actor = self.start()
+        self.starting[actor.whoami.remote()] = actor
 
     def run(self, queue: deque[Shard], *, on_worker: Callable[[dict], None]) -> Iterator[LayerOutcome]:
         """Yield every outcome of every shard in ``queue``, as shards finish."""
@@ -228,22 +238,33 @@ class _Pool:
             while queue and self.idle:
                 actor, shard = self.idle.pop(), queue.popleft()
                 self.in_flight[actor.measure.remote(shard)] = (actor, shard)
-            if not self.in_flight:
+            if not self.in_flight and not self.starting:
                 raise RuntimeError("every Ray worker died; see the Ray logs of the failed actors")
-            (ref,), _ = ray.wait(list(self.in_flight), num_returns=1)
+            (ref,), _ = ray.wait([*self.in_flight, *self.starting], num_returns=1)
+            if ref in self.starting:
+                self._ready(ref, on_worker)
+                continue
             actor, shard = self.in_flight.pop(ref)
             try:
                 outcomes = ray.get(ref)
             except ray.exceptions.RayActorError as exc:
-                self._lost(actor, shard, exc, queue)
+                self._lost(shard, exc, queue)
                 continue
-            if actor not in self.known:
-                self.known.add(actor)
-                on_worker(ray.get(actor.whoami.remote()))
             self.idle.append(actor)
             yield from outcomes
 
-    def _lost(self, actor: Any, shard: Shard, exc: Exception, queue: deque[Shard]) -> None:
+    def _ready(self, ref: Any, on_worker: Callable[[dict], None]) -> None:
+        ray = _ray()
+        actor = self.starting.pop(ref)
+        try:
+            on_worker(ray.get(ref))
+        except ray.exceptions.RayActorError as exc:
+            LOG.warning("a Ray worker died while starting (%s)", exc)
+            self._replace()
+            return
+        self.idle.append(actor)
+
+    def _lost(self, shard: Shard, exc: Exception, queue: deque[Shard]) -> None:
         attempts = self.attempts[shard.index] = self.attempts.get(shard.index, 0) + 1
         LOG.warning("a Ray worker died measuring shard %d (%s); retrying it", shard.index, exc)
         if attempts >= MAX_SHARD_ATTEMPTS:
@@ -252,17 +273,19 @@ class _Pool:
                 f"{attempts} times: {exc}"
             ) from exc
         queue.appendleft(shard)
-        self.known.discard(actor)
+        self._replace()
+
+    def _replace(self) -> None:
         if self.replacements_left > 0:
             self.replacements_left -= 1
-            self.idle.append(self.start())
+            self._launch()
 
     def close(self) -> None:
         """Stop every actor still held (the driver's exit would, too)."""
         ray = _ray()
-        for actor in [*self.idle, *(a for a, _ in self.in_flight.values())]:
+        for actor in [*self.idle, *self.starting.values(), *(a for a, _ in self.in_flight.values())]:
             ray.kill(actor)
-        self.idle, self.in_flight = [], {}
+        self.idle, self.starting, self.in_flight = [], {}, {}
 
 
 def create(config: ExecutorConfig) -> RayExecutor:
