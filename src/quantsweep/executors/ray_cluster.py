@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -170,9 +171,12 @@ class RayExecutor(ClosingExecutor):
         count = min(self.worker_count(device), len(shards))
         pool = _Pool(lambda: actor_class.remote(spec, self.config.threads_per_worker), count)
         try:
-            yield from pool.run(deque(shards), on_worker=self.workers_seen.append)
+            yield from pool.run(deque(shards), on_worker=self._seen)
         finally:
             pool.close()
+
+    def _seen(self, identity: dict[str, Any]) -> None:
+        self.workers_seen.append({**identity, "ready_at": time.time()})
 
     def map_tasks(
         self, fn: Callable[[Any], Any], items: Sequence[Any], *, device: str = "cpu"
