@@ -248,3 +248,37 @@ class SweepConfig:
         )
         values["detect"] = DetectConfig(**data.get("detect", {}))
         return cls(**values)
+
+
+class ExecutorKind(enum.StrEnum):
+    """Where sweep shards and evaluation tasks run: in this process, or on a Ray cluster."""
+
+    LOCAL = "local"
+    RAY = "ray"
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """How work is spread; it never changes a result, so it is not part of :class:`SweepConfig`.
+
+    ``address`` is Ray's: ``auto`` (a running cluster on this machine), ``host:port``, or None (start
+    a local cluster). ``workers`` defaults to one per GPU (``--device cuda``) or one per
+    ``threads_per_worker`` CPUs of the cluster; ``shard_layers`` defaults to a size that gives each
+    worker about four shards per combination.
+    """
+
+    kind: ExecutorKind = ExecutorKind.LOCAL
+    address: str | None = None
+    workers: int | None = None
+    threads_per_worker: int = 1
+    shard_layers: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers <= 0:
+            raise InputError(f"--ray-workers must be positive, got {self.workers}")
+        if self.threads_per_worker <= 0:
+            raise InputError(f"--worker-threads must be positive, got {self.threads_per_worker}")
+        if self.shard_layers is not None and self.shard_layers <= 0:
+            raise InputError(f"--shard-layers must be positive, got {self.shard_layers}")
+        if self.kind is ExecutorKind.LOCAL and self.address:
+            raise InputError("--ray-address needs --executor ray")

@@ -14,6 +14,8 @@ from quantsweep.config import (
     CalibConfig,
     CalibMethod,
     DetectConfig,
+    ExecutorConfig,
+    ExecutorKind,
     Granularity,
     HeadMode,
     HighPrecision,
@@ -97,6 +99,28 @@ def _add_target_arg(parser: argparse.ArgumentParser, *, default: str | None) -> 
     )
 
 
+def _add_executor_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--executor", default="local", help="where layers are measured: local, ray")
+    parser.add_argument(
+        "--ray-address", help="Ray cluster: auto (running on this machine) or host:port; none starts one"
+    )
+    parser.add_argument("--ray-workers", type=int, help="Ray workers (default: one per GPU or CPU group)")
+    parser.add_argument("--worker-threads", type=int, default=1, help="CPUs (torch threads) per Ray worker")
+    parser.add_argument("--shard-layers", type=int, help="layers per Ray shard (default: ~4 per worker)")
+
+
+def executor_config_from_args(args: argparse.Namespace) -> ExecutorConfig:
+    """Parse the executor flags."""
+    (kind,) = parse_enum_list(args.executor, ExecutorKind, what="executor")
+    return ExecutorConfig(
+        kind=kind,
+        address=args.ray_address,
+        workers=args.ray_workers,
+        threads_per_worker=args.worker_threads,
+        shard_layers=args.shard_layers,
+    )
+
+
 def _add_eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data", help="labelled evaluation images: data .yaml, folder, .txt list or COCO .json"
@@ -118,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("sweep", help="measure every layer's sensitivity")
     _add_sweep_args(sweep)
     _add_target_arg(sweep, default=None)
+    _add_executor_args(sweep)
     _add_model_args(commands.add_parser("layers", help="list quantizable layers"))
     schemes = commands.add_parser("schemes", help="candidate mixed-precision schemes from a sweep report")
     schemes.add_argument("--report", type=Path, required=True, help="layer-sensitivity-report.json")
@@ -143,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--search", action="store_true", help="also search each target's kept layers to --max-drop"
     )
+    _add_executor_args(evaluate)
     evaluate.add_argument("--resume", type=Path, help="finish an interrupted evaluate run directory")
     evaluate.add_argument("--out", type=Path, default=Path("runs"))
     report = commands.add_parser("report", help="summary, plots and HTML for an evaluate run")
@@ -216,13 +242,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from quantsweep import pipeline  # noqa: PLC0415 (torch import is slow; keep --help fast)
     from quantsweep.cli.progress import tqdm_progress  # noqa: PLC0415
 
+    executor = executor_config_from_args(args)
     if args.resume:
-        run_dir = pipeline.resume_sweep(args.resume, progress=tqdm_progress)
+        run_dir = pipeline.resume_sweep(args.resume, progress=tqdm_progress, executor=executor)
     else:
         if not args.images:
             raise InputError("--images is required (image folder, .txt list or data .yaml)")
         config = sweep_config_from_args(args, images=args.images)
-        run_dir = pipeline.sweep(config, out=args.out, progress=tqdm_progress)
+        run_dir = pipeline.sweep(config, out=args.out, progress=tqdm_progress, executor=executor)
     print(f"sweep written to {run_dir}")
     print(f"index: {run_dir / 'sweep_index.csv'}")
     return 0

@@ -77,6 +77,9 @@ def run_default(args: argparse.Namespace) -> int:
 def evaluate_command(args: argparse.Namespace) -> int:
     """Score a candidates directory on each target's runtime; with ``--search`` also search; report."""
     from quantsweep.backends import parse_targets  # noqa: PLC0415
+    from quantsweep.cli.main import executor_config_from_args  # noqa: PLC0415
+    from quantsweep.config import ExecutorKind  # noqa: PLC0415
+    from quantsweep.executors import create_executor  # noqa: PLC0415
     from quantsweep.pipeline.eval_context import EvalRequest  # noqa: PLC0415
     from quantsweep.pipeline.evaluate_stage import evaluate_candidates  # noqa: PLC0415
     from quantsweep.pipeline.search_stage import SearchRequest  # noqa: PLC0415
@@ -96,9 +99,16 @@ def evaluate_command(args: argparse.Namespace) -> int:
         image_root=args.image_root,
     )
     search = SearchRequest(max_evals=args.max_evals) if args.search else None
-    eval_dir = evaluate_candidates(
-        request, out=args.out, resume=args.resume, search=search, progress=tqdm_progress
-    )
+    executor_config = executor_config_from_args(args)
+    with create_executor(executor_config) as executor:
+        eval_dir = evaluate_candidates(
+            request,
+            out=args.out,
+            resume=args.resume,
+            search=search,
+            progress=tqdm_progress,
+            executor=None if executor_config.kind is ExecutorKind.LOCAL else executor,
+        )
     summary = build_report(eval_dir)
     print(summary.read_text())
     print(f"report: {summary} and {eval_dir / 'report.html'}")

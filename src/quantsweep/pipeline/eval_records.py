@@ -54,10 +54,11 @@ class ResultStore:
         """Was model ``name`` scored already?"""
         return self.path(name).is_file()
 
-    def write_result(self, record: dict[str, Any], acc: Accuracy) -> None:
+    def write_result(self, record: dict[str, Any], acc: Accuracy, *, worker: dict | None = None) -> None:
         """Write a model's accuracy record (latency comes later, from the timing pass)."""
         payload = {
             **record,
+            **({"worker": worker} if worker else {}),
             "target": self.target,
             "accuracy": acc.to_dict(),
             "metric": self.metric,
@@ -66,19 +67,19 @@ class ResultStore:
         }
         write_json(self.path(record["name"]), RESULT_KIND, payload)
 
-    def write_accuracy(self, artifact: Artifact, acc: Accuracy) -> None:
+    def write_accuracy(self, artifact: Artifact, acc: Accuracy, *, worker: dict | None = None) -> None:
         """The record of a materialized artifact."""
         record = {
             **artifact.to_dict(),
             "kept": artifact.kept,
             "file": str(self.candidates_dir / artifact.file),
         }
-        self.write_result(record, acc)
+        self.write_result(record, acc, worker=worker)
 
-    def write_timing(self, name: str, timing: Timing) -> None:
-        """Add the interleaved pass's timing to a model's record."""
+    def write_timing(self, name: str, timing: Timing, *, worker: dict | None = None) -> None:
+        """Add the interleaved pass's timing (and the worker that measured it) to a model's record."""
         record = read_json(self.path(name), RESULT_KIND)
-        record["latency"] = timing.to_dict()
+        record["latency"] = {**timing.to_dict(), **({"worker": worker} if worker else {})}
         write_json(self.path(name), RESULT_KIND, record)
 
     def mark_timed(self, names: list[str]) -> None:

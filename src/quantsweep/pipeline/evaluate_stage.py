@@ -3,56 +3,93 @@
 Per target: accuracy of each artifact from the target runtime's outputs (written as each finishes),
 optionally the scheme search, then one interleaved timing pass over the FP32 model and every
 artifact, and a recommendation (fastest, or smallest, model within the accuracy target).
+
+With an executor (``quantsweep.executors``, e.g. Ray), each artifact's accuracy is one task and
+each target's timing pass is one task: the models a ratio compares run on one worker, whose host
+and device are recorded with the figures.
 """
 
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quantsweep.backends import Backend, get_backend
-from quantsweep.backends.timing import interleaved_latency
+from quantsweep.backends.timing import Timing, interleaved_latency
 from quantsweep.evaluate.recommend import recommend
-from quantsweep.evaluate.scoring import load_checked
+from quantsweep.evaluate.scoring import Accuracy, load_checked
 from quantsweep.export.candidates import Artifact
 from quantsweep.pipeline.common import ProgressFactory, no_progress
 from quantsweep.pipeline.eval_context import EvalContext, EvalRequest, prepare_context
 from quantsweep.pipeline.eval_records import EvalRun, ResultStore
 from quantsweep.pipeline.search_stage import SearchRequest, TargetSearch
 
+if TYPE_CHECKING:
+    from quantsweep.executors import Executor
+
 LOG = logging.getLogger(__name__)
 
 
+def _score_path(path: str, *, target: str, context: EvalContext) -> dict[str, Any]:
+    """One artifact's accuracy on ``target``'s runtime (a module-level function: executors pickle it)."""
+    return context.score(get_backend(target), Path(path)).to_dict()
+
+
 def _accuracy_pass(
-    backend: Backend, artifacts: list[Artifact], context: EvalContext, store: ResultStore, step
+    backend: Backend, artifacts: list[Artifact], context: EvalContext, store: ResultStore, *, step, executor
 ) -> None:
+    missing = [a for a in artifacts if not store.has(a.name)]
     for artifact in artifacts:
-        if not store.has(artifact.name):
-            acc = context.score(backend, store.candidates_dir / artifact.file)
-            store.write_accuracy(artifact, acc)
-        step(f"{backend.name} {artifact.name}")
+        if artifact not in missing:
+            step(f"{backend.name} {artifact.name} (done before)")
+    if executor is None:
+        for artifact in missing:
+            store.write_accuracy(artifact, context.score(backend, store.candidates_dir / artifact.file))
+            step(f"{backend.name} {artifact.name}")
+        return
+    paths = [str(store.candidates_dir / a.file) for a in missing]
+    score = partial(_score_path, target=backend.name, context=context)
+    for done in executor.map_tasks(score, paths):
+        worker = {"host": done.host, "device": done.device, "elapsed_s": done.elapsed_s}
+        store.write_accuracy(missing[done.index], Accuracy(**done.value), worker=worker)
+        step(f"{backend.name} {missing[done.index].name}")
 
 
-def timing_pass(
-    backend: Backend, store: ResultStore, context: EvalContext, request: EvalRequest, step
-) -> None:
-    """Time FP32 and every scored artifact of the target in one interleaved pass; record each."""
-    results = store.all()
-    runners = {
-        name: load_checked(backend, store.artifact_path(result), imgsz=context.config.imgsz)
-        for name, result in results.items()
-    }
+def _time_models(
+    paths: dict[str, str], *, target: str, context: EvalContext, request: EvalRequest, step=None
+) -> dict[str, dict[str, Any]]:
+    """Time every model of one target in one interleaved pass (on whichever worker runs this)."""
+    backend = get_backend(target)
+    runners = {name: load_checked(backend, Path(p), imgsz=context.config.imgsz) for name, p in paths.items()}
     timings = interleaved_latency(
         runners,
         context.batch.images[0][None].numpy(),
         reference="fp32",
         rounds=request.latency_rounds,
         runs_per_round=request.latency_runs,
-        progress=lambda message: step(f"{backend.name} timing {message}"),
+        progress=None if step is None else (lambda message: step(f"{target} timing {message}")),
     )
+    return {name: timing.to_dict() for name, timing in timings.items()}
+
+
+def timing_pass(
+    backend: Backend, store: ResultStore, context: EvalContext, request: EvalRequest, *, step, executor=None
+) -> None:
+    """Time FP32 and every scored model of the target in one interleaved pass; record each."""
+    paths = {name: str(store.artifact_path(r)) for name, r in store.all().items()}
+    worker = None
+    if executor is None:
+        timings = _time_models(paths, target=backend.name, context=context, request=request, step=step)
+    else:
+        timed = partial(_time_models, target=backend.name, context=context, request=request)
+        (done,) = list(executor.map_tasks(timed, [paths]))
+        timings, worker = done.value, {"host": done.host, "device": done.device}
+        for _ in range(request.latency_rounds):
+            step(f"{backend.name} timed on {done.host}")
     for name, timing in timings.items():
-        store.write_timing(name, timing)
+        store.write_timing(name, Timing(**timing), worker=worker)
     store.mark_timed(list(timings))
 
 
@@ -63,16 +100,17 @@ def evaluate_target(
     *,
     search: TargetSearch | None = None,
     progress: ProgressFactory = no_progress,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Score, optionally search, time and recommend for one target; return its recommendation."""
     store = run.store(backend.name)
     artifacts = run.index.targets[backend.name].artifacts
     with progress(len(artifacts) + run.request.latency_rounds, f"evaluate {backend.name}") as step:
-        _accuracy_pass(backend, artifacts, context, store, step)
+        _accuracy_pass(backend, artifacts, context, store, step=step, executor=executor)
         if search is not None:
             search(backend, store)
         if not store.timed():
-            timing_pass(backend, store, context, run.request, step)
+            timing_pass(backend, store, context, run.request, step=step, executor=executor)
     return recommend(
         backend,
         store,
@@ -89,6 +127,7 @@ def evaluate_candidates(
     resume: Path | None = None,
     search: SearchRequest | None = None,
     progress: ProgressFactory = no_progress,
+    executor: Executor | None = None,
 ) -> Path:
     """Score (and with ``search``, search) every target into a new or resumed run; return its directory."""
     context, index = prepare_context(Path(request.candidates_dir), request)
@@ -104,5 +143,5 @@ def evaluate_candidates(
             LOG.warning("target %s is not available here: %s", name, available.reason)
             run.record_unavailable(name, available.reason)
             continue
-        evaluate_target(backend, run, context, search=searcher, progress=progress)
+        evaluate_target(backend, run, context, search=searcher, progress=progress, executor=executor)
     return run.directory

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 import torch
 
-from quantsweep.config import SweepConfig, SweepMethod
+from quantsweep.config import ExecutorConfig, ExecutorKind, SweepConfig, SweepMethod
 from quantsweep.data.images import fingerprint, load_batch, resolve_images
 from quantsweep.errors import InputError
+from quantsweep.executors import create_executor
 from quantsweep.models.network import enumerate_layers
 from quantsweep.models.ultralytics_adapter import load_model
 from quantsweep.pipeline.common import (
@@ -19,12 +21,13 @@ from quantsweep.pipeline.common import (
     no_progress,
     read_sweep_config,
 )
-from quantsweep.records import read_json, write_json
+from quantsweep.records import JsonLines, read_json, write_json
 from quantsweep.runs import environment, file_sha256, new_run_dir
 from quantsweep.sweep.engine import ExactSweep
 from quantsweep.sweep.runner import SweepJob, execute, hybrid_size, needs_act_ranges, select_layers
 
 LOG = logging.getLogger(__name__)
+EXECUTORS_FILE = "executors.jsonl"
 
 
 def _prepare(config: SweepConfig, run_dir: Path | None, out: Path | None) -> SweepJob:
@@ -86,41 +89,67 @@ def _check_runnable(config: SweepConfig) -> None:
         raise InputError(f"no requested combination can be quantized ({reasons})")
 
 
-def sweep(config: SweepConfig, *, out: Path, progress: ProgressFactory = no_progress) -> Path:
-    """Run a new sweep under ``out``; return its run directory."""
+def sweep(
+    config: SweepConfig,
+    *,
+    out: Path,
+    progress: ProgressFactory = no_progress,
+    executor: ExecutorConfig | None = None,
+) -> Path:
+    """Run a new sweep under ``out`` on ``executor`` (local by default); return its run directory."""
     _check_runnable(config)
     job = _prepare(config, None, out)
-    _run(job, progress)
+    _run(job, progress, executor or ExecutorConfig())
     return job.run_dir
 
 
-def resume_sweep(run_dir: Path, *, progress: ProgressFactory = no_progress) -> Path:
-    """Finish an interrupted sweep in place, measuring only layers without a stored result."""
+def resume_sweep(
+    run_dir: Path, *, progress: ProgressFactory = no_progress, executor: ExecutorConfig | None = None
+) -> Path:
+    """Finish an interrupted sweep in place, measuring only layers without a stored result.
+
+    Any executor may finish any run; on CPU the remaining layers are measured with the thread
+    count the earlier ones were (a Ray worker's or the process's), so they are bit-identical.
+    """
     config = read_sweep_config(Path(run_dir))
-    _match_threads(Path(run_dir), config)
+    executor = _match_threads(Path(run_dir), config, executor or ExecutorConfig())
     job = _prepare(config, Path(run_dir), None)
-    _run(job, progress)
+    _run(job, progress, executor)
     return job.run_dir
 
 
-def _match_threads(run_dir: Path, config: SweepConfig) -> None:
+def _match_threads(run_dir: Path, config: SweepConfig, executor: ExecutorConfig) -> ExecutorConfig:
     # CPU float sums depend on how work is split across threads; the recorded count makes resumed
     # layers bit-identical to the ones measured before the interruption.
     env_path = run_dir / "environment.json"
     if config.device != "cpu" or not env_path.is_file():
-        return
-    threads = read_json(env_path, "environment").get("torch_threads")
+        return executor
+    driver = read_json(env_path, "environment").get("torch_threads")
+    sessions = JsonLines(run_dir / EXECUTORS_FILE).read()
+    measured = driver
+    if sessions and sessions[-1].get("executor") == ExecutorKind.RAY.value:
+        measured = sessions[-1].get("threads_per_worker") or driver
+    local = executor.kind is ExecutorKind.LOCAL
+    threads = measured if local else driver  # the driver's threads also give the FP32 reference
     if threads and threads != torch.get_num_threads():
         LOG.info("using %d torch threads, as the interrupted run did", threads)
         torch.set_num_threads(threads)
+    if not local and measured and measured != executor.threads_per_worker:
+        LOG.info("Ray workers use %d threads, as the interrupted run's did", measured)
+        return dataclasses.replace(executor, threads_per_worker=measured)
+    return executor
 
 
-def _run(job: SweepJob, progress: ProgressFactory) -> None:
+def _run(job: SweepJob, progress: ProgressFactory, executor_config: ExecutorConfig) -> None:
     runnable = [f for f in job.config.formats if not f.unsupported_reason()]
     per_combination = len(job.layers)
     if job.config.method is SweepMethod.HYBRID:
         per_combination += min(hybrid_size(job.config), len(job.layers))
     total = len(runnable) * per_combination
     LOG.info("sweeping %d layers x %d combinations into %s", len(job.layers), len(runnable), job.run_dir)
-    with progress(total, "sweep") as step:
-        execute(job, on_layer=step)
+    with create_executor(executor_config) as executor, progress(total, "sweep") as step:
+        # where each session's layers were measured: a line when it starts, one when it ends
+        log = JsonLines(job.run_dir / EXECUTORS_FILE)
+        log.append({"event": "start", **executor.describe()})
+        execute(job, on_layer=step, executor=executor)
+        log.append({"event": "end", **executor.describe()})

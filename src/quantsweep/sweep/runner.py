@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quantsweep.config import ActDtype, QuantFormat, SweepConfig, SweepMethod
 from quantsweep.errors import InputError
@@ -21,6 +21,10 @@ from quantsweep.sweep.engine import ExactSweep, LayerResult
 from quantsweep.sweep.fast import FAST_CHUNK
 from quantsweep.sweep.fast import estimate as fast_estimate
 from quantsweep.sweep.report import IndexRow, build_report, rank, write_index, write_report
+from quantsweep.sweep.shards import LayerOutcome, SweepWork, plan_shards
+
+if TYPE_CHECKING:
+    from quantsweep.executors.base import Executor
 
 LOG = logging.getLogger(__name__)
 RESULTS_FILE = "layer_results.jsonl"
@@ -57,26 +61,6 @@ def _failure(combination: str, reason: str, *, layer: str | None = None, status:
     return {"combination": combination, "layer": layer, "status": status, "reason": reason}
 
 
-def _measure_exact(
-    job: SweepJob, fmt: QuantFormat, layers, *, store: JsonLines, results: dict, on_layer, failures: list
-) -> None:
-    """Measure every layer of ``layers`` missing from ``results``, appending each to ``store``."""
-    for layer in layers:
-        if layer.name in results:
-            on_layer(f"{fmt.name} {layer.name} (done before)")
-            continue
-        try:
-            result = job.engine.measure(layer, fmt, act_ranges=job.act_ranges)
-        except (RuntimeError, ValueError) as exc:
-            LOG.warning("layer %s failed under %s: %s", layer.name, fmt.name, exc)
-            failures.append(_failure(fmt.name, str(exc), layer=layer.name, status="failed"))
-            on_layer(f"{fmt.name} {layer.name} failed")
-            continue
-        store.append(result.to_dict())
-        results[layer.name] = result
-        on_layer(f"{fmt.name} {layer.name}")
-
-
 def _fast_estimates(job: SweepJob, fmt: QuantFormat, directory: Path, *, on_layer) -> dict[str, LayerResult]:
     """Fast estimates of every layer, computed once and kept in ``fast_estimates.jsonl``."""
     store = JsonLines(directory / FAST_FILE)
@@ -109,46 +93,67 @@ def hybrid_size(config: SweepConfig) -> int:
     return config.hybrid_exact if config.hybrid_exact is not None else 2 * config.top_k + 10
 
 
-def _ranked_results(
-    job: SweepJob, fmt: QuantFormat, directory: Path, *, on_layer, failures
-) -> list[LayerResult]:
+@dataclass
+class _Plan:
+    """One combination in progress: its stored results and the layers still to measure exactly."""
+
+    fmt: QuantFormat
+    directory: Path
+    store: JsonLines
+    results: dict[str, LayerResult]
+    exact: list[LayerInfo]  # the layers this method measures exactly
+    estimates: dict[str, LayerResult]  # fast estimates (fast and hybrid only)
+    pending: list[str]
+
+
+def _plan(job: SweepJob, fmt: QuantFormat, *, on_layer: ProgressFn) -> _Plan:
+    directory = job.run_dir / fmt.name
     store = JsonLines(directory / RESULTS_FILE)
     results = {r["name"]: LayerResult.from_dict(r) for r in store.read()}
-    rank_by, method = job.config.rank_by, job.config.method
-    if method is SweepMethod.EXACT:
-        _measure_exact(
-            job, fmt, job.layers, store=store, results=results, on_layer=on_layer, failures=failures
-        )
+    estimates: dict[str, LayerResult] = {}
+    exact = list(job.layers)
+    if job.config.method is not SweepMethod.EXACT:
+        estimates = _fast_estimates(job, fmt, directory, on_layer=on_layer)
+        exact = []
+        if job.config.method is SweepMethod.HYBRID:
+            # the fast top-N measured exactly and ranked first, so the order is exact where it matters
+            info = {layer.name: layer for layer in job.layers}
+            ranked = rank(list(estimates.values()), job.config.rank_by)
+            exact = [info[r.name] for r in ranked[: hybrid_size(job.config)]]
+    for layer in exact:
+        if layer.name in results:
+            on_layer(f"{fmt.name} {layer.name} (done before)")
+    pending = [layer.name for layer in exact if layer.name not in results]
+    return _Plan(fmt, directory, store, results, exact, estimates, pending)
+
+
+def _ranked(job: SweepJob, plan: _Plan) -> list[LayerResult]:
+    rank_by, results = job.config.rank_by, plan.results
+    if job.config.method is SweepMethod.EXACT:
         return rank([results[layer.name] for layer in job.layers if layer.name in results], rank_by)
-    estimates = _fast_estimates(job, fmt, directory, on_layer=on_layer)
-    if method is SweepMethod.FAST:
-        return rank([estimates[layer.name] for layer in job.layers], rank_by)
-    # hybrid: the fast top-N measured exactly and ranked first, so the order is exact where it matters
-    info = {layer.name: layer for layer in job.layers}
-    top = [info[r.name] for r in rank(list(estimates.values()), rank_by)[: hybrid_size(job.config)]]
-    _measure_exact(job, fmt, top, store=store, results=results, on_layer=on_layer, failures=failures)
-    exact = rank([results[layer.name] for layer in top if layer.name in results], rank_by)
+    if job.config.method is SweepMethod.FAST:
+        return rank([plan.estimates[layer.name] for layer in job.layers], rank_by)
+    exact = rank([results[layer.name] for layer in plan.exact if layer.name in results], rank_by)
     measured = {r.name for r in exact}
-    return exact + rank([r for r in estimates.values() if r.name not in measured], rank_by)
+    return exact + rank([r for r in plan.estimates.values() if r.name not in measured], rank_by)
 
 
-def run_combination(job: SweepJob, fmt: QuantFormat, *, on_layer: ProgressFn, failures: list) -> IndexRow:
-    """Measure (or estimate) every missing layer of one combination, then write its report."""
-    directory = job.run_dir / fmt.name
-    ranked = _ranked_results(job, fmt, directory, on_layer=on_layer, failures=failures)
+def _finish(job: SweepJob, plan: _Plan) -> IndexRow:
+    """Rank what one combination measured (or estimated) and write its report."""
+    ranked = _ranked(job, plan)
     report = build_report(
-        fmt,
+        plan.fmt,
         layers=job.layers,
         ranked=ranked,
         rank_by=job.config.rank_by,
         top_k=job.config.top_k,
         context=job.context,
     )
-    path = write_report(directory, report)
+    path = write_report(plan.directory, report)
     # Summed per-layer times, so a resumed combination reports the same cost as an uninterrupted one.
     elapsed = sum(r.elapsed_s for r in ranked)
     return IndexRow(
-        combination=fmt.name,
+        combination=plan.fmt.name,
         status="ok" if len(ranked) == len(job.layers) else "partial",
         elapsed_s=elapsed,
         layers_measured=len(ranked),
@@ -157,20 +162,58 @@ def run_combination(job: SweepJob, fmt: QuantFormat, *, on_layer: ProgressFn, fa
     )
 
 
-def execute(job: SweepJob, *, on_layer: ProgressFn) -> list[IndexRow]:
-    """Run all combinations of the job; skipped ones are recorded with their reason."""
-    rows: list[IndexRow] = []
+def _record(plan: _Plan, outcome: LayerOutcome, *, on_layer: ProgressFn, failures: list) -> None:
+    """Store one arrived layer durably (or its failure) before anything else happens."""
+    name = f"{plan.fmt.name} {outcome.layer}"
+    if outcome.result is None:
+        failures.append(_failure(plan.fmt.name, outcome.error or "", layer=outcome.layer, status="failed"))
+        on_layer(f"{name} failed")
+        return
+    plan.store.append(outcome.result.to_dict())
+    plan.results[outcome.layer] = outcome.result
+    on_layer(name)
+
+
+def _write_status(job: SweepJob, rows: dict[str, IndexRow | None], failures: list) -> None:
+    write_index(job.run_dir, [row for row in rows.values() if row is not None])
+    write_json(job.run_dir / "failures.json", "sweep_failures", {"failures": failures})
+
+
+def execute(job: SweepJob, *, on_layer: ProgressFn, executor: Executor) -> list[IndexRow]:
+    """Run all combinations of the job on ``executor``; skipped ones are recorded with their reason.
+
+    Every layer is appended to its combination's ``layer_results.jsonl`` as it arrives, and a
+    combination's report is written as soon as its last layer is in.
+    """
+    rows: dict[str, IndexRow | None] = {}
     failures: list[dict[str, Any]] = []
+    plans: dict[str, _Plan] = {}
     for fmt in job.config.formats:
         reason = fmt.unsupported_reason()
         if reason:
             failures.append(_failure(fmt.name, reason, status="skipped"))
-            rows.append(IndexRow(fmt.name, "skipped", 0.0, 0, (), None, reason))
+            rows[fmt.name] = IndexRow(fmt.name, "skipped", 0.0, 0, (), None, reason)
         else:
-            rows.append(run_combination(job, fmt, on_layer=on_layer, failures=failures))
-        write_index(job.run_dir, rows)
-        write_json(job.run_dir / "failures.json", "sweep_failures", {"failures": failures})
-    return rows
+            rows[fmt.name] = None
+            plans[fmt.name] = _plan(job, fmt, on_layer=on_layer)
+    remaining = {name: len(plan.pending) for name, plan in plans.items()}
+    for name, plan in plans.items():
+        if not remaining[name]:
+            rows[name] = _finish(job, plan)
+    _write_status(job, rows, failures)
+    size = executor.shard_size(
+        max((len(p.pending) for p in plans.values()), default=1), device=job.config.device
+    )
+    shards = plan_shards([(p.fmt, p.pending) for p in plans.values()], size=size)
+    work = SweepWork(config=job.config, engine=job.engine, layers=job.layers, act_ranges=job.act_ranges)
+    for outcome in executor.map_shards(work, shards):
+        plan = plans[outcome.combination]
+        _record(plan, outcome, on_layer=on_layer, failures=failures)
+        remaining[outcome.combination] -= 1
+        if not remaining[outcome.combination]:
+            rows[outcome.combination] = _finish(job, plan)
+            _write_status(job, rows, failures)
+    return [row for row in rows.values() if row is not None]
 
 
 def needs_act_ranges(formats: Sequence[QuantFormat]) -> bool:
