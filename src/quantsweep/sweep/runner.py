@@ -16,6 +16,8 @@ from typing import Any
 from quantsweep.config import ActDtype, QuantFormat, SweepConfig, SweepMethod
 from quantsweep.errors import InputError
 from quantsweep.models.network import LayerInfo
+from quantsweep.quant.numerics import ActRange
+from quantsweep.quant.weights import QuantizedWeight
 from quantsweep.records import JsonLines, write_json
 from quantsweep.sweep.engine import ExactSweep, LayerResult
 from quantsweep.sweep.fast import FAST_CHUNK
@@ -49,8 +51,14 @@ class SweepJob:
     engine: ExactSweep
     layers: list[LayerInfo]
     run_dir: Path
-    act_ranges: dict[str, float] | None
+    act_ranges: dict[str, ActRange] | None
     context: dict[str, Any]
+    # {format name: {layer: record}}: each layer quantized alone by the configured method
+    weights: dict[str, dict[str, QuantizedWeight]] | None = None
+
+    def weights_for(self, fmt: QuantFormat) -> dict[str, QuantizedWeight] | None:
+        """The records of one combination (None: round to nearest)."""
+        return None if self.weights is None else self.weights.get(fmt.name)
 
 
 def _failure(combination: str, reason: str, *, layer: str | None = None, status: str) -> dict[str, Any]:
@@ -66,7 +74,7 @@ def _measure_exact(
             on_layer(f"{fmt.name} {layer.name} (done before)")
             continue
         try:
-            result = job.engine.measure(layer, fmt, act_ranges=job.act_ranges)
+            result = job.engine.measure(layer, fmt, act_ranges=job.act_ranges, weights=job.weights_for(fmt))
         except (RuntimeError, ValueError) as exc:
             LOG.warning("layer %s failed under %s: %s", layer.name, fmt.name, exc)
             failures.append(_failure(fmt.name, str(exc), layer=layer.name, status="failed"))
@@ -88,6 +96,7 @@ def _fast_estimates(job: SweepJob, fmt: QuantFormat, directory: Path, *, on_laye
             job.layers,
             fmt=fmt,
             act_ranges=job.act_ranges,
+            weights=job.weights_for(fmt),
             batch_size=min(job.config.batch_size, FAST_CHUNK),
             device=job.config.device,
             seed=job.config.seed,
