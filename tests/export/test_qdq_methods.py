@@ -97,14 +97,12 @@ def test_asymmetric_int4_is_stored_unsigned_with_zero_points(exported, tmp_path)
 
 @pytest.mark.parametrize("act", [ActDtype.INT8, ActDtype.UINT8])
 def test_w8a8_artifact_with_signed_or_unsigned_activations(exported, tmp_path, act) -> None:
-    _loaded, _images, layers, _model, mapping, ranges = exported
+    layers = exported[2]
     fmt = QuantFormat(WeightDtype.INT8, act, Granularity.PER_CHANNEL)
     path, _records, output, reference, _ = _artifact(exported, tmp_path, fmt, WeightQuantConfig())
     assert np.isfinite(output).all() and relative_l2(output, reference) < 3e-2
     model = onnx.load(path)
-    zero_types = {
-        i.data_type for i in model.graph.initializer if i.name.endswith("/input_zero_point")
-    }
+    zero_types = {i.data_type for i in model.graph.initializer if i.name.endswith("/input_zero_point")}
     assert zero_types == {onnx.TensorProto.UINT8 if act is ActDtype.UINT8 else onnx.TensorProto.INT8}
     assert precision_counts(model) == {f"int8-{act.value}": len(layers)}
     if act is ActDtype.UINT8:

@@ -60,7 +60,11 @@ def test_uint8_doubles_the_resolution_of_mostly_positive_inputs() -> None:
     assert asymmetric[0] < 0.55 * symmetric[0]
     assert 0 < asymmetric[1] < 20  # SiLU's small negative tail gets a few codes
     assert _error(x, rng, ActDtype.UINT8) < 0.35 * _error(x, rng, ActDtype.INT8)
-    assert fake_quant_act(torch.zeros(3), scale=asymmetric[0], act=ActDtype.UINT8, zero_point=asymmetric[1]).eq(0).all()
+    assert (
+        fake_quant_act(torch.zeros(3), scale=asymmetric[0], act=ActDtype.UINT8, zero_point=asymmetric[1])
+        .eq(0)
+        .all()
+    )
 
 
 def test_ranges_record_round_trip_and_older_records() -> None:

@@ -98,7 +98,9 @@ def test_bias_correction_removes_the_mean_output_shift(captured, method) -> None
     layer, x = loaded.network.module.get_submodule(name), inputs[name]
     stats = layer_stats(layer, x)
     plain = quantize_layer(layer, INT4, config=WeightQuantConfig(method, bias_correction=False), stats=stats)
-    corrected = quantize_layer(layer, INT4, config=WeightQuantConfig(method, bias_correction=True), stats=stats)
+    corrected = quantize_layer(
+        layer, INT4, config=WeightQuantConfig(method, bias_correction=True), stats=stats
+    )
     assert torch.equal(plain.codes, corrected.codes)
     with torch.no_grad():
         reference = layer(x).mean(dim=(0, 2, 3))
@@ -118,7 +120,9 @@ def test_asymmetric_int4_represents_the_dfl_integers_exactly() -> None:
     assert torch.equal(dfl.weight.flatten(), torch.arange(16.0))
     errors = {}
     for symmetry in WeightSymmetry:
-        record = quantize_layer(dfl, INT4, config=WeightQuantConfig(WeightMethod.RTN, symmetry, bias_correction=False))
+        record = quantize_layer(
+            dfl, INT4, config=WeightQuantConfig(WeightMethod.RTN, symmetry, bias_correction=False)
+        )
         errors[symmetry] = float((record.dequantize() - dfl.weight).abs().max())
     assert errors[WeightSymmetry.SYMMETRIC] > 0.5  # 8 non-negative levels for 16 integers
     assert errors[WeightSymmetry.ASYMMETRIC] == 0.0

@@ -35,7 +35,7 @@ _ACT_ZERO = {
 
 @dataclass(frozen=True)
 class NodePlan:
-    """The precision of one ONNX node; a range (``act_range``, else ``act_amax``) when activations are quantized."""
+    """The precision of one ONNX node; a range (``act_range``, else ``act_amax``) for quantized inputs."""
 
     fmt: QuantFormat
     act_amax: float | ActRange | None = None
@@ -60,7 +60,9 @@ def _scale_for_onnx(scale: torch.Tensor, fmt: QuantFormat) -> tuple[np.ndarray, 
     return scale.reshape(-1).numpy().astype(np.float32), {"axis": 0}
 
 
-def _weight_dq(node: onnx.NodeProto, weight: np.ndarray, fmt: QuantFormat, record: QuantizedWeight | None = None):
+def _weight_dq(
+    node: onnx.NodeProto, weight: np.ndarray, fmt: QuantFormat, record: QuantizedWeight | None = None
+):
     """DequantizeLinear of the node's weight: from ``record`` when given, else round to nearest."""
     if record is None:
         codes, scale = quantize_weight_codes(torch.from_numpy(weight.copy()), fmt)
@@ -115,7 +117,9 @@ def _bias_init(node: onnx.NodeProto, record: QuantizedWeight | None) -> onnx.Ten
     """The corrected bias as a new initializer wired into the node (None when the record keeps it)."""
     if record is None or record.bias is None:
         return None
-    init = numpy_helper.from_array(record.bias.detach().cpu().numpy().astype(np.float32), f"{node.name}/bias_corrected")
+    init = numpy_helper.from_array(
+        record.bias.detach().cpu().numpy().astype(np.float32), f"{node.name}/bias_corrected"
+    )
     if len(node.input) > 2:
         node.input[2] = init.name
     else:

@@ -37,8 +37,9 @@ def torch_export_output(
     head.export = True
     outputs = []
     try:
-        with torch.no_grad(), quantized_layers(
-            network.module, assignment, act_ranges=act_ranges, weights=weights
+        with (
+            torch.no_grad(),
+            quantized_layers(network.module, assignment, act_ranges=act_ranges, weights=weights),
         ):
             for image in images:
                 outputs.append(network.module(image[None]).cpu().numpy())

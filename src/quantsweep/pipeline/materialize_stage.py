@@ -24,6 +24,8 @@ from quantsweep.pipeline.common import (
     read_sweep_config,
 )
 from quantsweep.pipeline.schemes_stage import FP32_ONNX
+from quantsweep.quant.calibrators import ranges_record
+from quantsweep.quant.scheme import WEIGHTS_DIR, SchemeRecords
 from quantsweep.records import read_json, write_json
 from quantsweep.runs import environment, new_run_dir
 from quantsweep.schemes.records import Scheme
@@ -52,16 +54,29 @@ class _Materializer:
     """Holds the model, images and FP32 graph shared by every artifact of one run."""
 
     def __init__(
-        self, loaded: LoadedModel, batch, fp32_path: Path, act_ranges, nodes: dict[str, str]
+        self, loaded: LoadedModel, batch, fp32_path: Path, act_ranges, nodes: dict[str, str], *, quantizer
     ) -> None:
         self.loaded, self.images, self.act_ranges, self.nodes = loaded, batch.images, act_ranges, nodes
         self.fp32_path = fp32_path
+        # GPTQ and bias correction: records from a sequential pass per format (quant.scheme)
+        self.records = SchemeRecords(
+            fp32_path.parent / WEIGHTS_DIR,
+            loaded.network,
+            batch.images,
+            quantizer,
+            act_ranges,
+            layer_names=list(nodes),
+        )
         self.fp32 = onnx.load(str(fp32_path))
         self.fp32_bytes = fp32_path.stat().st_size
 
     def verify(self, path: Path, *, assignment, expected) -> dict[str, Any]:
         reference = torch_export_output(
-            self.loaded.network, self.images, assignment=assignment, act_ranges=self.act_ranges
+            self.loaded.network,
+            self.images,
+            assignment=assignment,
+            act_ranges=self.act_ranges,
+            weights=self.records.for_assignment(assignment),
         )
         return verify_artifact(
             path,
@@ -73,10 +88,11 @@ class _Materializer:
 
     def _write(self, assignment: dict[str, QuantFormat], nodes: dict[str, str], path: Path) -> Path:
         plans = {
-            nodes[name]: NodePlan(fmt, None if fmt.act is ActDtype.FP16 else self.act_ranges[name])
+            nodes[name]: NodePlan(fmt, act_range=None if fmt.act is ActDtype.FP16 else self.act_ranges[name])
             for name, fmt in assignment.items()
         }
-        onnx.save(materialize(self.fp32, plans), str(path))
+        records = self.records.for_assignment(assignment)
+        onnx.save(materialize(self.fp32, plans, {nodes[n]: r for n, r in records.items()}), str(path))
         return path
 
     def uniform(self, assignment: dict[str, QuantFormat], path: Path) -> Path:
@@ -154,12 +170,11 @@ def materialize_candidates(schemes_dir: Path, *, out: Path, progress: ProgressFa
     act_ranges = calibrate(loaded.network, batch, config, [layer.name for layer in layers])
     run_dir = new_run_dir(out, model_name=loaded.name, stage="candidates")
     write_json(run_dir / "environment.json", "environment", environment())
-    ranges = {"method": config.calib.method.value, "amax": act_ranges}
-    write_json(run_dir / "act_ranges.json", "act_ranges", ranges)
+    write_json(run_dir / "act_ranges.json", "act_ranges", ranges_record(act_ranges, config.calib))
     fp32_path = run_dir / "fp32.onnx"
     shutil.copyfile(schemes_dir / FP32_ONNX, fp32_path)
     nodes = {a.torch_name: a.onnx_node for a in schemes[0].layers}
-    worker = _Materializer(loaded, batch, fp32_path, act_ranges, nodes)
+    worker = _Materializer(loaded, batch, fp32_path, act_ranges, nodes, quantizer=config.quantizer)
     artifacts = _Index(run_dir, schemes_dir=schemes_dir, sweep_dir=index["sweep_dir"])
     with progress(len(schemes) + 2, "materialize") as step:
         artifacts.record("fp32", None, worker.verify(fp32_path, assignment={}, expected=None))
@@ -170,4 +185,6 @@ def materialize_candidates(schemes_dir: Path, *, out: Path, progress: ProgressFa
             verification = worker.scheme(scheme, run_dir / f"{scheme.name}.onnx")
             artifacts.record(scheme.name, len(scheme.kept_layers), verification)
             step(scheme.name)
+    costs = {"quantizer": config.quantizer.to_dict(), "seconds_per_format": worker.records.seconds}
+    write_json(run_dir / WEIGHTS_DIR / "costs.json", "quantizer_costs", costs)
     return run_dir

@@ -24,6 +24,8 @@ from quantsweep.pipeline.evaluate_stage import (
     prepare_context,
     score_artifact,
 )
+from quantsweep.quant.calibrators import read_ranges
+from quantsweep.quant.scheme import WEIGHTS_DIR, load_records, records_path
 from quantsweep.records import JsonLines, read_json, write_json
 from quantsweep.schemes.records import Precision, Scheme
 from quantsweep.schemes.writer import INDEX_KIND, SCHEME_KIND
@@ -52,7 +54,13 @@ class _ArtifactMeasure:
         self.low = Precision.from_dict(index["low_precision"])
         self.high = Precision.from_dict(index["high_precision"])
         self.fp32 = onnx.load(str(candidates_dir / "fp32.onnx"))
-        self.act_ranges = read_json(candidates_dir / "act_ranges.json", "act_ranges")["amax"]
+        self.act_ranges = read_ranges(read_json(candidates_dir / "act_ranges.json", "act_ranges"))
+        # the materialize stage's records (GPTQ codes, zero points, corrected biases); none: round to nearest
+        self.records = {
+            fmt.name: load_records(records_path(candidates_dir / WEIGHTS_DIR, fmt))
+            for fmt in (self.low.as_format(), self.high.as_format())
+            if fmt is not None and records_path(candidates_dir / WEIGHTS_DIR, fmt).is_file()
+        }
         self.context, self.log = context, log
         self.known = {tuple(sorted(r["kept"])): r["score"] for r in log.read()}
 
@@ -61,13 +69,16 @@ class _ArtifactMeasure:
         return [a.torch_name for a in self.layers]
 
     def model(self, kept: tuple[str, ...]) -> onnx.ModelProto:
-        plans = {}
+        plans, weights = {}, {}
         for layer in self.layers:
             fmt = (self.high if layer.torch_name in kept else self.low).as_format()
             if fmt is not None:
-                amax = None if fmt.act.value == "fp16" else self.act_ranges[layer.torch_name]
-                plans[layer.onnx_node] = NodePlan(fmt, amax)
-        return materialize(self.fp32, plans)
+                rng = None if fmt.act.value == "fp16" else self.act_ranges[layer.torch_name]
+                plans[layer.onnx_node] = NodePlan(fmt, act_range=rng)
+                record = self.records.get(fmt.name, {}).get(layer.torch_name)
+                if record is not None:
+                    weights[layer.onnx_node] = record
+        return materialize(self.fp32, plans, weights)
 
     def score(self, acc) -> float:
         if self.context.fp32_map50_95_gt:

@@ -103,7 +103,13 @@ def _quantize_layers(config: SweepConfig, network, batch, layers, act_ranges):
         act_ranges=act_ranges,
     )
     seconds = time.perf_counter() - started
-    LOG.info("quantized %d layers x %d formats (%s) in %.1f s", len(layers), len(formats), config.quantizer.method.value, seconds)
+    LOG.info(
+        "quantized %d layers x %d formats (%s) in %.1f s",
+        len(layers),
+        len(formats),
+        config.quantizer.method.value,
+        seconds,
+    )
     return weights, {"quantize_seconds": seconds}
 
 

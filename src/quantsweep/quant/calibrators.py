@@ -103,9 +103,7 @@ def _kl_best_edge(hist: np.ndarray, levels: int) -> int:
         p = hist[:i].astype(np.float64).copy()
         p[-1] += hist[i:].sum()
         chunks = np.array_split(hist[:i].astype(np.float64), levels)
-        q = np.concatenate(
-            [np.where(c > 0, c.sum() / max(int((c > 0).sum()), 1), 0.0) for c in chunks]
-        )
+        q = np.concatenate([np.where(c > 0, c.sum() / max(int((c > 0).sum()), 1), 0.0) for c in chunks])
         mask = p > 0
         if not mask.any():
             continue

@@ -45,7 +45,9 @@ def _columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     )  # [N, C*kh*kw, L], channel-major: each group's columns are contiguous
     groups = layer.groups
     n, k, positions = cols.shape
-    return cols.reshape(n, groups, k // groups, positions).permute(1, 0, 3, 2).reshape(groups, -1, k // groups)
+    return (
+        cols.reshape(n, groups, k // groups, positions).permute(1, 0, 3, 2).reshape(groups, -1, k // groups)
+    )
 
 
 def layer_stats(layer: nn.Module, x: torch.Tensor, x_quant: torch.Tensor | None = None) -> LayerStats:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -68,8 +69,15 @@ def quantize_scheme(
     started = time.perf_counter()
     module = network.module
     if not needs_statistics(config):
-        records = {n: quantize_layer(module.get_submodule(n), f, config=config) for n, f in assignment.items()}
-        LOG.info("quantized %d layers (%s) in %.1f s", len(records), config.method.value, time.perf_counter() - started)
+        records = {
+            n: quantize_layer(module.get_submodule(n), f, config=config) for n, f in assignment.items()
+        }
+        LOG.info(
+            "quantized %d layers (%s) in %.1f s",
+            len(records),
+            config.method.value,
+            time.perf_counter() - started,
+        )
         return records
     records: dict[str, QuantizedWeight] = {}
     saved: list[tuple[nn.Parameter, torch.Tensor]] = []
@@ -97,7 +105,12 @@ def quantize_scheme(
     missing = set(assignment) - set(records)
     if missing:
         raise ValueError(f"layers never ran on the calibration images: {sorted(missing)[:5]}")
-    LOG.info("quantized %d layers sequentially (%s) in %.1f s", len(records), config.method.value, time.perf_counter() - started)
+    LOG.info(
+        "quantized %d layers sequentially (%s) in %.1f s",
+        len(records),
+        config.method.value,
+        time.perf_counter() - started,
+    )
     return records
 
 
@@ -132,3 +145,87 @@ def quantize_each_alone(
 
     _drive(network, images, {name: make_hook(name) for name in layer_names})
     return records
+
+
+def save_records(path: Path, records: Mapping[str, QuantizedWeight]) -> None:
+    """Write records (codes, scales, zero points, biases) for a later stage, as plain tensors."""
+    state = {
+        name: {
+            "codes": r.codes,
+            "scale": r.scale,
+            "zero_point": r.zero_point,
+            "bias": r.bias,
+            "fmt": r.fmt.to_dict(),
+            "method": r.method,
+        }
+        for name, r in records.items()
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_records(path: Path) -> dict[str, QuantizedWeight]:
+    """Inverse of :func:`save_records` (tensors only: ``weights_only`` loading runs no code)."""
+    state = torch.load(path, weights_only=True)
+    return {
+        name: QuantizedWeight(
+            s["codes"], s["scale"], s["zero_point"], QuantFormat.from_dict(s["fmt"]), s["bias"], s["method"]
+        )
+        for name, s in state.items()
+    }
+
+
+WEIGHTS_DIR = "quantized_weights"
+
+
+def records_path(directory: Path, fmt: QuantFormat) -> Path:
+    """Where the records of one format live inside ``directory``."""
+    return Path(directory) / f"{fmt.name.replace('/', '_')}.pt"
+
+
+class SchemeRecords:
+    """The records schemes take their quantized layers from: one sequential pass per format.
+
+    Each format's pass quantizes every layer (in execution order, as :func:`quantize_scheme`), so
+    a scheme that keeps some layers in float reuses records whose statistics saw those layers
+    quantized: one pass per format instead of one per scheme and search trial (docs/decisions.md).
+    Records are written to ``directory`` so later stages (the search) use the same ones.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        network: StagedNetwork,
+        images: torch.Tensor,
+        config: WeightQuantConfig,
+        act_ranges: Ranges,
+        *,
+        layer_names: Sequence[str],
+    ) -> None:
+        self.directory, self.network, self.images = Path(directory), network, images
+        self.config, self.act_ranges, self.layer_names = config, act_ranges, list(layer_names)
+        self.cache: dict[str, dict[str, QuantizedWeight]] = {}
+        self.seconds: dict[str, float] = {}
+
+    def for_format(self, fmt: QuantFormat) -> dict[str, QuantizedWeight]:
+        """Every layer's record under ``fmt`` (computed once, then read back)."""
+        if fmt.name not in self.cache:
+            path = records_path(self.directory, fmt)
+            if path.is_file():
+                self.cache[fmt.name] = load_records(path)
+            else:
+                started = time.perf_counter()
+                assignment = dict.fromkeys(self.layer_names, fmt)
+                records = quantize_scheme(
+                    self.network, assignment, self.images, config=self.config, act_ranges=self.act_ranges
+                )
+                self.seconds[fmt.name] = time.perf_counter() - started
+                save_records(path, records)
+                self.cache[fmt.name] = records
+        return self.cache[fmt.name]
+
+    def for_assignment(self, assignment: Mapping[str, QuantFormat]) -> dict[str, QuantizedWeight]:
+        """The records of the quantized layers of one scheme."""
+        return {name: self.for_format(fmt)[name] for name, fmt in assignment.items()}

@@ -62,7 +62,9 @@ class Grid:
     dtype: WeightDtype
 
 
-def encode(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, dtype: WeightDtype) -> torch.Tensor:
+def encode(
+    w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, dtype: WeightDtype
+) -> torch.Tensor:
     """Codes of ``w`` on the grid (round half to even and saturate, as ONNX QuantizeLinear does)."""
     if dtype is WeightDtype.FP8:
         return torch.clamp(w / scale, -FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
@@ -98,9 +100,7 @@ def group_reduce(x: torch.Tensor, fmt: QuantFormat, op: str) -> torch.Tensor:
     out_ch, in_ch = x.shape[:2]
     blocks = -(-in_ch // block)
     pad_value = {"amax": float("-inf"), "amin": float("inf"), "sum": 0.0}[op]
-    padded = torch.nn.functional.pad(
-        x, [0, 0] * (x.dim() - 2) + [0, blocks * block - in_ch], value=pad_value
-    )
+    padded = torch.nn.functional.pad(x, [0, 0] * (x.dim() - 2) + [0, blocks * block - in_ch], value=pad_value)
     grouped = padded.reshape(out_ch, blocks, block, *x.shape[2:])
     return getattr(grouped, op)(dim=2).repeat_interleave(block, dim=1)[:, :in_ch]
 
@@ -201,6 +201,10 @@ def merge_grids(grids: Sequence[Grid], choice: torch.Tensor) -> Grid:
         mask = (pick == index).expand(shape)
         scale = torch.where(mask, grid.scale.expand(shape), scale)
         if zero is not None:
-            own = grid.zero if grid.zero is not None else torch.full((), UNSIGNED_MAX[dtype] // 2 + 1.0, device=scale.device)
+            own = (
+                grid.zero
+                if grid.zero is not None
+                else torch.full((), UNSIGNED_MAX[dtype] // 2 + 1.0, device=scale.device)
+            )
             zero = torch.where(mask, own.expand(shape), zero)
     return Grid(scale, zero, dtype)

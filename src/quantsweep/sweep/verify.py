@@ -38,8 +38,9 @@ def evaluate_kept(
         raise ValueError("evaluation needs labels")
     assignment = {} if fmt is None else {layer.name: fmt for layer in layers if layer.name not in kept}
     outputs = []
-    with torch.no_grad(), quantized_layers(
-        network.module, assignment, act_ranges=act_ranges, weights=weights
+    with (
+        torch.no_grad(),
+        quantized_layers(network.module, assignment, act_ranges=act_ranges, weights=weights),
     ):
         for start in range(0, len(batch.images), batch_size):
             chunk = batch.images[start : start + batch_size].to(device)
