@@ -56,7 +56,11 @@ class WeightMethod(enum.StrEnum):
 
 
 class WeightSymmetry(enum.StrEnum):
-    """Weight grids: signed symmetric, asymmetric (zero point per channel), or chosen per channel."""
+    """Weight grids: signed symmetric, asymmetric (zero point per channel), or chosen per channel.
+
+    ``auto`` chooses per output channel by output error for INT4 and keeps INT8 symmetric (what
+    INT8 kernels take); FP8 is always symmetric. TensorRT needs ``symmetric`` INT4 weights too.
+    """
 
     SYMMETRIC = "symmetric"
     ASYMMETRIC = "asymmetric"

@@ -14,6 +14,7 @@ from quantsweep.data.images import Batch, load_batch, resolve_images
 from quantsweep.errors import InputError
 from quantsweep.models.network import StagedNetwork
 from quantsweep.quant.apply import calibrate_inputs
+from quantsweep.quant.numerics import ActRange
 from quantsweep.records import read_json
 from quantsweep.sweep.runner import ProgressFn
 
@@ -44,7 +45,7 @@ def read_sweep_config(sweep_dir: Path) -> SweepConfig:
 
 def calibrate(
     network: StagedNetwork, batch: Batch, config: SweepConfig, names: list[str]
-) -> dict[str, float]:
+) -> dict[str, ActRange]:
     """Input ranges of the named layers over the calibration images, in the sweep's chunks."""
 
     def drive() -> Iterator[None]:

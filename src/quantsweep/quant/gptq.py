@@ -59,7 +59,8 @@ def layer_stats(layer: nn.Module, x: torch.Tensor, x_quant: torch.Tensor | None 
     count = 0
     for start in range(0, x.shape[0], _IMAGES_PER_STEP):
         cols = _columns(layer, x_quant[start : start + _IMAGES_PER_STEP].float())
-        fcols = _columns(layer, x[start : start + _IMAGES_PER_STEP].float())
+        same = x_quant is x  # weight-only: one unfold serves both means
+        fcols = cols if same else _columns(layer, x[start : start + _IMAGES_PER_STEP].float())
         h = cols.transpose(1, 2) @ cols
         hessian = h if hessian is None else hessian + h
         mean = cols.sum(1) if mean is None else mean + cols.sum(1)

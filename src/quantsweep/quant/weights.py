@@ -175,6 +175,10 @@ def candidate_grids(
     }[symmetry]
     if fmt.weight is WeightDtype.FP8:
         symmetric_options = (True,)  # FP8 has no zero point
+    elif fmt.weight is WeightDtype.INT8 and symmetry is WeightSymmetry.AUTO:
+        # INT8 kernels (TensorRT, ONNX Runtime's QLinearConv) take symmetric weights, and at 8 bits
+        # a searched symmetric scale already represents integer weights such as the DFL's exactly
+        symmetric_options = (True,)
     grids = []
     for symmetric in symmetric_options:
         grids.append(searched_grid(weight, fmt, symmetric=symmetric, search=False))
