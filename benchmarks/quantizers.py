@@ -7,6 +7,7 @@ and its peak memory sampled (resident set above the level before it, every 10 ms
 
     python benchmarks/quantizers.py int4        # INT4 weight-only: rtn / mse / gptq (+ bias correction)
     python benchmarks/quantizers.py w8a8        # INT8 / UINT8 activations x max / percentile / mse / entropy
+    python benchmarks/quantizers.py w4a8 --calib max   # INT4 weights with INT8 / UINT8 activations
     python benchmarks/quantizers.py int4 w8a8 --json out.json
 """
 
@@ -50,7 +51,6 @@ AUTO, SYM = WeightSymmetry.AUTO, WeightSymmetry.SYMMETRIC
 # (label, config, sequential): sequential = statistics from the partly quantized model (artifacts)
 INT4_METHODS = (
     ("rtn symmetric (before)", WeightQuantConfig(WeightMethod.RTN, SYM, bias_correction=False), True),
-    ("rtn auto", WeightQuantConfig(WeightMethod.RTN, AUTO, bias_correction=False), True),
     ("rtn auto + bias corr.", WeightQuantConfig(WeightMethod.RTN, AUTO, bias_correction=True), True),
     ("mse auto", WeightQuantConfig(WeightMethod.MSE, AUTO, bias_correction=False), True),
     ("gptq auto, float inputs", WeightQuantConfig(WeightMethod.GPTQ, AUTO, bias_correction=False), False),
@@ -193,11 +193,46 @@ def w8a8_rows(bed: Testbed, scorer: Scorer, *, method: WeightMethod) -> list[dic
     return rows
 
 
+def w4a8_rows(bed: Testbed, scorer: Scorer, *, calib: CalibMethod) -> list[dict]:
+    """INT4 weights (default method, sequential) with INT8 or UINT8 activations: the int4-int8 schemes."""
+    ranges = calibrate_inputs(bed.network.module, bed.names, _drive(bed), calib=CalibConfig(method=calib))
+    rows = []
+    for act in (ActDtype.INT8, ActDtype.UINT8):
+        fmt = QuantFormat(WeightDtype.INT4, act, Granularity.PER_CHANNEL)
+        assignment = dict.fromkeys(bed.names, fmt)
+        records, seconds, mib = measured(
+            lambda a=assignment: quantize_scheme(
+                bed.network, a, bed.calib.images, config=WeightQuantConfig(), act_ranges=ranges
+            )
+        )
+        row = {
+            "format": fmt.name,
+            "calib": calib.value,
+            "seconds": seconds,
+            "peak_mib": mib,
+            "nothing_kept": scorer.score(assignment, records=records, ranges=ranges),
+            "dfl_float": scorer.score(
+                {n: f for n, f in assignment.items() if n != DFL}, records=records, ranges=ranges
+            ),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def _drive(bed: Testbed):
+    with torch.no_grad():
+        for i in range(0, len(bed.calib.images), 8):
+            bed.network.run(bed.calib.images[i : i + 8])
+            yield None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("parts", nargs="+", choices=("int4", "w8a8", "fp32"))
+    parser.add_argument("parts", nargs="+", choices=("int4", "w8a8", "w4a8", "fp32"))
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--w8a8-weights", default="mse", help="weight method of the W8A8 rows: rtn or mse")
+    parser.add_argument("--calib", default="max", help="calibrator of the w4a8 rows")
     args = parser.parse_args()
     bed = load_testbed()
     results: dict[str, object] = {"threads": torch.get_num_threads()}
@@ -210,6 +245,8 @@ def main() -> None:
         if "w8a8" in args.parts:
             # symmetric INT8 weights: what every INT8 runtime (TensorRT, ONNX Runtime QLinearConv) takes
             results["w8a8"] = w8a8_rows(bed, scorer, method=WeightMethod(args.w8a8_weights))
+        if "w4a8" in args.parts:
+            results["w4a8"] = w4a8_rows(bed, scorer, calib=CalibMethod(args.calib))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

@@ -96,14 +96,26 @@ def _mse_asymmetric(samples: torch.Tensor, lo: float, hi: float) -> tuple[float,
     return best.lo, best.hi
 
 
+def _requantized(hist: np.ndarray, levels: int) -> np.ndarray:
+    """``hist`` merged into ``levels`` chunks (``np.array_split`` sizes), each chunk's mass spread
+    evenly over its non-empty bins."""
+    base, extra = divmod(len(hist), levels)
+    sizes = np.full(levels, base)
+    sizes[:extra] += 1
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    nonzero = hist > 0
+    sums = np.add.reduceat(hist, starts)
+    counts = np.add.reduceat(nonzero.astype(np.int64), starts)
+    return np.repeat(sums / np.maximum(counts, 1), sizes) * nonzero
+
+
 def _kl_best_edge(hist: np.ndarray, levels: int) -> int:
     """TensorRT's entropy calibration: the bin count whose ``levels``-level version diverges least."""
     best_i, best_kl = len(hist), float("inf")
     for i in range(levels, len(hist) + 1, 16):
         p = hist[:i].astype(np.float64).copy()
         p[-1] += hist[i:].sum()
-        chunks = np.array_split(hist[:i].astype(np.float64), levels)
-        q = np.concatenate([np.where(c > 0, c.sum() / max(int((c > 0).sum()), 1), 0.0) for c in chunks])
+        q = _requantized(hist[:i].astype(np.float64), levels)
         mask = p > 0
         if not mask.any():
             continue
