@@ -61,7 +61,9 @@ def test_calibration_max_and_percentile() -> None:
                 yield None
 
     names = ["model.0.conv", "model.1.conv"]
-    amax = calibrate_inputs(loaded.network.module, names, batches(), calib=CalibConfig())
+    amax = calibrate_inputs(
+        loaded.network.module, names, batches(), calib=CalibConfig(method=CalibMethod.MAX)
+    )
     assert amax["model.0.conv"].amax == float(x.abs().max())
     assert amax["model.0.conv"].lo == float(x.min()) and amax["model.0.conv"].hi == float(x.max())
     pct = calibrate_inputs(
