@@ -120,11 +120,13 @@ class Scorer:
         ).map50_95
 
 
-def int4_rows(bed: Testbed, scorer: Scorer) -> list[dict]:
-    """INT4 weight-only, per channel: every method with nothing kept and with the DFL conv kept."""
+def int4_rows(bed: Testbed, scorer: Scorer, *, only: str | None = None) -> list[dict]:
+    """INT4 weight-only, per channel: every method (or those whose label contains ``only``)."""
     assignment = dict.fromkeys(bed.names, INT4)
     rows = []
     for label, config, sequential in INT4_METHODS:
+        if only and only not in label:
+            continue
         if sequential:
             run = lambda c=config: quantize_scheme(bed.network, assignment, bed.calib.images, config=c)  # noqa: E731
         else:
@@ -233,6 +235,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--w8a8-weights", default="mse", help="weight method of the W8A8 rows: rtn or mse")
     parser.add_argument("--calib", default="max", help="calibrator of the w4a8 rows")
+    parser.add_argument("--only", help="INT4 rows whose method label contains this text")
     args = parser.parse_args()
     bed = load_testbed()
     results: dict[str, object] = {"threads": torch.get_num_threads()}
@@ -241,7 +244,7 @@ def main() -> None:
         results["fp32"] = scorer.score({})
         print(f"FP32 mAP50-95 {results['fp32']:.4f}", flush=True)
         if "int4" in args.parts:
-            results["int4"] = int4_rows(bed, scorer)
+            results["int4"] = int4_rows(bed, scorer, only=args.only)
         if "w8a8" in args.parts:
             # symmetric INT8 weights: what every INT8 runtime (TensorRT, ONNX Runtime QLinearConv) takes
             results["w8a8"] = w8a8_rows(bed, scorer, method=WeightMethod(args.w8a8_weights))
