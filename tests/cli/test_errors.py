@@ -77,3 +77,16 @@ def test_layers_command_lists_layers(capsys, tiny_checkpoint) -> None:
     assert main(["layers", "--model", str(tiny_checkpoint), "--imgsz", "64"]) == 0
     out = capsys.readouterr().out
     assert "model.0.conv" in out and "64 quantizable layers" in out
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "what"),
+    [
+        ("--weight-method", "adaround", "weight method"),
+        ("--weight-symmetry", "skewed", "weight symmetry"),
+        ("--calib", "kl", "calibration method"),
+    ],
+)
+def test_unknown_quantizer_option_names_the_valid_ones(capsys, tiny_data, flag, value, what) -> None:
+    line = _error(capsys, [*BASE, "--images", str(tiny_data), flag, value])
+    assert f"unknown {what} '{value}'" in line
