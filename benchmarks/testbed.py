@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from scipy.stats import spearmanr
 
-from quantsweep.config import CalibConfig, DetectConfig, QuantFormat
+from quantsweep.config import CalibConfig, CalibMethod, DetectConfig, QuantFormat
 from quantsweep.data.images import Batch, load_batch, resolve_images
 from quantsweep.data.shapes import generate_split
 from quantsweep.models.network import LayerInfo, StagedNetwork, enumerate_layers
@@ -63,7 +63,9 @@ def load_testbed(*, model: str | Path = BUNDLED_MODEL, batch_size: int = 8) -> T
                 network.run(calib.images[i : i + batch_size])
                 yield None
 
-    ranges = calibrate_inputs(network.module, [x.name for x in layers], drive(), calib=CalibConfig())
+    ranges = calibrate_inputs(
+        network.module, [x.name for x in layers], drive(), calib=CalibConfig(method=CalibMethod.MAX)
+    )
     return Testbed(network=network, layers=layers, calib=calib, val=val, act_ranges=ranges)
 
 

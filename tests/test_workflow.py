@@ -16,6 +16,7 @@ from quantsweep.config import DetectConfig, QuantFormat
 from quantsweep.data.images import load_batch, resolve_images
 from quantsweep.models.network import enumerate_layers
 from quantsweep.models.ultralytics_adapter import load_model
+from quantsweep.quant.scheme import WEIGHTS_DIR, load_records, records_path
 from quantsweep.sweep.verify import evaluate_kept
 
 
@@ -46,8 +47,11 @@ def test_sweep_ranks_all_118_convs_and_top10_recovers_int4(default_run) -> None:
     )
     assert len(report["layers"]) == 118 and not report["not_measured"]
     assert report["images"] == 16 and report["imgsz"] == 320
-    assert {"model.23.dfl.conv", "model.0.conv", "model.23.cv2.0.2"} <= set(report["top_layers"][:5])
-    # keeping the top 10 unquantized, rest INT4 per-channel RTN, first 100 val images: >= 0.933
+    # with the default quantizer (GPTQ, auto grids) the DFL conv's integer weights are exact in
+    # INT4, so it is no longer sensitive; the first conv and a box-regression output still are
+    assert {"model.0.conv", "model.23.cv2.0.2"} <= set(report["top_layers"][:10])
+    assert "model.23.dfl.conv" not in report["top_layers"][:10]
+    # keeping the top 10 unquantized, rest INT4 per-channel (default method), first 100 val images
     k10 = _result(default_run, "k10")["accuracy"]["map50_95_gt"]
     assert k10 >= 0.933
     # the same check in PyTorch fake quantization, independent of the ONNX path
@@ -64,6 +68,8 @@ def test_sweep_ranks_all_118_convs_and_top10_recovers_int4(default_run) -> None:
         kept=set(report["top_layers"][:10]),
         batch_size=25,
         detect=DetectConfig(),
+        # the records the artifacts carry (one sequential pass per format)
+        weights=load_records(records_path(default_run["candidates"] / WEIGHTS_DIR, fmt)),
     )
     assert torch_k10.map50_95 >= 0.933
     assert abs(torch_k10.map50_95 - k10) < 2e-3

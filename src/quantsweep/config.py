@@ -26,6 +26,9 @@ class ActDtype(enum.StrEnum):
     FP16 = "fp16"
     INT8 = "int8"
     FP8 = "fp8"
+    # asymmetric per-tensor UINT8 with a zero point (ONNX Runtime on x86 prefers it; TensorRT and
+    # OpenVINO want the signed symmetric ``int8``)
+    UINT8 = "uint8"
 
 
 class Granularity(enum.StrEnum):
@@ -40,6 +43,28 @@ class CalibMethod(enum.StrEnum):
 
     MAX = "max"
     PERCENTILE = "percentile"
+    MSE = "mse"
+    ENTROPY = "entropy"
+
+
+class WeightMethod(enum.StrEnum):
+    """How weights are rounded: to nearest (max scale), with MSE-chosen clipping, or with GPTQ."""
+
+    RTN = "rtn"
+    MSE = "mse"
+    GPTQ = "gptq"
+
+
+class WeightSymmetry(enum.StrEnum):
+    """Weight grids: signed symmetric, asymmetric (zero point per channel), or chosen per channel.
+
+    ``auto`` chooses per output channel by output error for INT4 and keeps INT8 symmetric (what
+    INT8 kernels take); FP8 is always symmetric. TensorRT needs ``symmetric`` INT4 weights too.
+    """
+
+    SYMMETRIC = "symmetric"
+    ASYMMETRIC = "asymmetric"
+    AUTO = "auto"
 
 
 class RankMetric(enum.StrEnum):
@@ -137,7 +162,7 @@ class QuantFormat:
 
     def unsupported_reason(self) -> str | None:
         """Why this combination cannot be expressed as a deployable QDQ Conv, or None if it can."""
-        if self.weight is WeightDtype.FP8 and self.act is ActDtype.INT8:
+        if self.weight is WeightDtype.FP8 and self.act in (ActDtype.INT8, ActDtype.UINT8):
             return (
                 "FP8 weights with INT8 activations: no Conv kernel mixes the two "
                 "(TensorRT and ONNX Runtime pair FP8 with FP8, INT8 with INT8)"
@@ -172,8 +197,41 @@ class QuantFormat:
 class CalibConfig:
     """Activation-range calibration settings."""
 
-    method: CalibMethod = CalibMethod.MAX
+    # mse: best W8A8 accuracy with signed INT8 activations on the testbed (benchmarks/quantizers.py)
+    method: CalibMethod = CalibMethod.MSE
     percentile: float = 99.99
+
+
+@dataclass(frozen=True)
+class WeightQuantConfig:
+    """How weights are quantized (any method composes with INT8, INT4 and FP8 weights).
+
+    ``gptq_damp`` is the dampening added to the Hessian diagonal, as a fraction of its mean;
+    ``act_order`` quantizes the columns with the largest Hessian diagonal first.
+    """
+
+    method: WeightMethod = WeightMethod.GPTQ
+    symmetry: WeightSymmetry = WeightSymmetry.AUTO
+    bias_correction: bool = True
+    gptq_damp: float = 0.01
+    act_order: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {**asdict(self), "method": self.method.value, "symmetry": self.symmetry.value}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> WeightQuantConfig:
+        """Inverse of :meth:`to_dict`; a record without one (older runs) was round-to-nearest, symmetric."""
+        if data is None:
+            return cls(WeightMethod.RTN, WeightSymmetry.SYMMETRIC, bias_correction=False)
+        return cls(
+            method=WeightMethod(data["method"]),
+            symmetry=WeightSymmetry(data["symmetry"]),
+            bias_correction=data["bias_correction"],
+            gptq_damp=data.get("gptq_damp", 0.01),
+            act_order=data.get("act_order", True),
+        )
 
 
 @dataclass(frozen=True)
@@ -207,6 +265,7 @@ class SweepConfig:
     calib: CalibConfig = field(default_factory=CalibConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
     image_root: str | None = None  # where a COCO json's images are (default: the json's folder)
+    quantizer: WeightQuantConfig = field(default_factory=WeightQuantConfig)
 
     def __post_init__(self) -> None:
         if self.imgsz <= 0 or self.imgsz % 32:
@@ -231,6 +290,7 @@ class SweepConfig:
         data["method"] = self.method.value
         data["head"] = self.head.value
         data["calib"]["method"] = self.calib.method.value
+        data["quantizer"] = self.quantizer.to_dict()
         return data
 
     @classmethod
@@ -247,6 +307,7 @@ class SweepConfig:
             method=CalibMethod(calib.get("method", "max")), percentile=calib.get("percentile", 99.99)
         )
         values["detect"] = DetectConfig(**data.get("detect", {}))
+        values["quantizer"] = WeightQuantConfig.from_dict(data.get("quantizer"))
         return cls(**values)
 
 

@@ -86,6 +86,19 @@ def test_a_target_that_cannot_run_the_request_stops_before_any_work(
     line = _error(
         capsys, [*run, "--imgsz", "96", "--target", "ort-cpu", "--low", "fp8", "--out", str(tmp_path)]
     )
-    assert "target ort-cpu runs int8-int8 only" in line and "--low fp8" in line
+    assert "target ort-cpu runs int8-int8, int8-uint8 only" in line and "--low fp8" in line
     assert "unknown target 'gpu'" in _error(capsys, [*run, "--target", "gpu", "--out", str(tmp_path)])
     assert not list(tmp_path.iterdir())  # refused before a run directory was made
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "what"),
+    [
+        ("--weight-method", "adaround", "weight method"),
+        ("--weight-symmetry", "skewed", "weight symmetry"),
+        ("--calib", "kl", "calibration method"),
+    ],
+)
+def test_unknown_quantizer_option_names_the_valid_ones(capsys, tiny_data, flag, value, what) -> None:
+    line = _error(capsys, [*BASE, "--images", str(tiny_data), flag, value])
+    assert f"unknown {what} '{value}'" in line

@@ -141,7 +141,7 @@ def test_materialize_refuses_a_target_that_cannot_run_the_schemes(chain, tmp_pat
     argv = ["materialize", "--schemes", str(int4), "--target", "ort-cpu", "--out", str(tmp_path)]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "target ort-cpu runs int8-int8 only" in err[0]
+    assert len(err) == 1 and "target ort-cpu runs int8-int8, int8-uint8 only" in err[0]
     assert not list(tmp_path.glob("*_candidates"))
 
 

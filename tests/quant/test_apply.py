@@ -61,12 +61,15 @@ def test_calibration_max_and_percentile() -> None:
                 yield None
 
     names = ["model.0.conv", "model.1.conv"]
-    amax = calibrate_inputs(loaded.network.module, names, batches(), calib=CalibConfig())
-    assert amax["model.0.conv"] == float(x.abs().max())
+    amax = calibrate_inputs(
+        loaded.network.module, names, batches(), calib=CalibConfig(method=CalibMethod.MAX)
+    )
+    assert amax["model.0.conv"].amax == float(x.abs().max())
+    assert amax["model.0.conv"].lo == float(x.min()) and amax["model.0.conv"].hi == float(x.max())
     pct = calibrate_inputs(
         loaded.network.module,
         names,
         batches(),
         calib=CalibConfig(method=CalibMethod.PERCENTILE, percentile=50.0),
     )
-    assert 0 < pct["model.1.conv"] < amax["model.1.conv"]
+    assert 0 < pct["model.1.conv"].amax < amax["model.1.conv"].amax

@@ -20,6 +20,7 @@ from quantsweep.backends.calibration import RangeSource
 from quantsweep.backends.placement import Placement
 from quantsweep.config import QuantFormat
 from quantsweep.errors import InputError
+from quantsweep.quant.weights import QuantizedWeight
 from quantsweep.schemes.records import Precision
 
 # writes a third-party baseline artifact: (FP32 ONNX path, output path, calibration images)
@@ -116,9 +117,15 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def write(
-        self, fp32: onnx.ModelProto, plan: Mapping[str, Precision], *, ranges: RangeSource
+        self,
+        fp32: onnx.ModelProto,
+        plan: Mapping[str, Precision],
+        *,
+        ranges: RangeSource,
+        weights: Mapping[str, QuantizedWeight] | None = None,
     ) -> onnx.ModelProto:
-        """``fp32`` with ``plan`` (ONNX node -> precision) applied in this runtime's Q/DQ placement."""
+        """``fp32`` with ``plan`` (ONNX node -> precision) applied in this runtime's Q/DQ placement;
+        ``weights`` (ONNX node -> quantizer record) are the codes the Torch simulation used."""
 
     @abc.abstractmethod
     def load(self, path: Path) -> Runner:

@@ -8,7 +8,6 @@ tensor becomes an extra graph output and the FP32 model runs once per image.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -16,44 +15,39 @@ import torch
 from onnx import TensorProto, helper
 
 from quantsweep.backends.sessions import ort_session
-
-
-@dataclass(frozen=True)
-class TensorRange:
-    """Smallest and largest value a tensor took over the calibration images."""
-
-    low: float
-    high: float
-
-    def to_list(self) -> list[float]:
-        """JSON-ready form."""
-        return [self.low, self.high]
-
+from quantsweep.quant.numerics import ActRange
 
 # tensors -> their calibrated ranges; computed on demand and cached (see :class:`RangeCache`)
-RangeSource = Callable[[set[str]], Mapping[str, TensorRange]]
+RangeSource = Callable[[set[str]], Mapping[str, ActRange]]
 
 
 class RangeCache:
-    """A :data:`RangeSource` over one FP32 model and image set that measures each tensor once."""
+    """A :data:`RangeSource` over one FP32 model and image set that measures each tensor once.
 
-    def __init__(self, model: onnx.ModelProto, images: torch.Tensor) -> None:
+    ``preset`` ranges (the Torch calibrator's, for the tensors that feed quantized layers) are used
+    as they are, so the artifacts quantize inputs as the sweep's simulation did; tensors no Torch
+    layer reads (conv outputs, for ONNX Runtime's integer kernels) get their min/max here.
+    """
+
+    def __init__(
+        self, model: onnx.ModelProto, images: torch.Tensor, *, preset: Mapping[str, ActRange] | None = None
+    ) -> None:
         self.model, self.images = model, images
-        self.found: dict[str, TensorRange] = {}
+        self.found: dict[str, ActRange] = dict(preset or {})
 
-    def __call__(self, tensors: set[str]) -> dict[str, TensorRange]:
+    def __call__(self, tensors: set[str]) -> dict[str, ActRange]:
         missing = set(tensors) - set(self.found)
         self.found.update(tensor_ranges(self.model, self.images, missing))
         return {name: self.found[name] for name in tensors}
 
     def to_dict(self) -> dict[str, list[float]]:
         """Every range measured so far, JSON-ready."""
-        return {name: r.to_list() for name, r in sorted(self.found.items())}
+        return {name: r.to_dict() for name, r in sorted(self.found.items())}
 
 
 def tensor_ranges(
     model: onnx.ModelProto, images: torch.Tensor, tensors: Iterable[str]
-) -> dict[str, TensorRange]:
+) -> dict[str, ActRange]:
     """``{tensor: range}`` over ``images`` (one run per image, batch 1, as the model is exported)."""
     wanted = sorted(set(tensors))
     if not wanted:
@@ -73,4 +67,4 @@ def tensor_ranges(
         for name, value in zip(wanted, values, strict=True):
             low[name] = min(low[name], float(value.min()))
             high[name] = max(high[name], float(value.max()))
-    return {name: TensorRange(low[name], high[name]) for name in wanted}
+    return {name: ActRange(low[name], high[name], max(-low[name], high[name])) for name in wanted}

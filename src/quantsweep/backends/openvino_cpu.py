@@ -21,6 +21,7 @@ from quantsweep.backends.calibration import RangeSource
 from quantsweep.backends.ort_cpu import W8A8
 from quantsweep.backends.placement import Placement, apply_placement
 from quantsweep.config import QuantFormat
+from quantsweep.quant.weights import QuantizedWeight
 from quantsweep.schemes.records import Precision
 
 # Layers kept "in float" are kept to protect accuracy, so float means FP32 here: on CPUs with
@@ -87,9 +88,14 @@ class OpenVinoBackend(Backend):
         return Availability(True)
 
     def write(
-        self, fp32: onnx.ModelProto, plan: Mapping[str, Precision], *, ranges: RangeSource
+        self,
+        fp32: onnx.ModelProto,
+        plan: Mapping[str, Precision],
+        *,
+        ranges: RangeSource,
+        weights: Mapping[str, QuantizedWeight] | None = None,
     ) -> onnx.ModelProto:
-        return apply_placement(fp32, plan, ranges=ranges, placement=self.placement)
+        return apply_placement(fp32, plan, ranges=ranges, placement=self.placement, weights=weights)
 
     def load(self, path: Path) -> Runner:
         return OpenVinoRunner(path)

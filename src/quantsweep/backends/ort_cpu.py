@@ -31,6 +31,7 @@ from quantsweep.backends.placement import Placement, apply_placement
 from quantsweep.backends.sessions import SessionOptions, ort_session
 from quantsweep.config import ActDtype, Granularity, QuantFormat, WeightDtype
 from quantsweep.export.ort_quantize_static import quantize_with_ort
+from quantsweep.quant.weights import QuantizedWeight
 from quantsweep.schemes.records import Precision
 
 W8A8 = QuantFormat(WeightDtype.INT8, ActDtype.INT8, Granularity.PER_CHANNEL)
@@ -65,7 +66,7 @@ class OrtCpuBackend(Backend):
         return (W8A8,)
 
     def fast_precisions(self, kind: ConvKind) -> frozenset[str]:
-        return frozenset() if kind is ConvKind.LINEAR else frozenset({"int8-int8"})
+        return frozenset() if kind is ConvKind.LINEAR else frozenset({"int8-int8", "int8-uint8"})
 
     def availability(self) -> Availability:
         return Availability(True)
@@ -75,9 +76,14 @@ class OrtCpuBackend(Backend):
         return SessionOptions()
 
     def write(
-        self, fp32: onnx.ModelProto, plan: Mapping[str, Precision], *, ranges: RangeSource
+        self,
+        fp32: onnx.ModelProto,
+        plan: Mapping[str, Precision],
+        *,
+        ranges: RangeSource,
+        weights: Mapping[str, QuantizedWeight] | None = None,
     ) -> onnx.ModelProto:
-        return apply_placement(fp32, plan, ranges=ranges, placement=self.placement)
+        return apply_placement(fp32, plan, ranges=ranges, placement=self.placement, weights=weights)
 
     def baselines(self) -> dict[str, BaselineWriter]:
         """ONNX Runtime's own ``quantize_static`` (convs only, UINT8 activations), nothing kept float."""

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 import onnx
 
-from quantsweep.backends.calibration import RangeSource, TensorRange
+from quantsweep.backends.calibration import RangeSource
 from quantsweep.backends.qdq_graph import QdqEditor, TensorQuant
 from quantsweep.config import ActDtype
+from quantsweep.quant.numerics import ActRange
+from quantsweep.quant.weights import QuantizedWeight
 from quantsweep.schemes.records import Precision
 
 
@@ -31,9 +33,9 @@ class Placement:
     output_q: bool = False
     int32_bias: bool = False
 
-    def quant(self, found: TensorRange, act: ActDtype) -> TensorQuant:
+    def quant(self, found: ActRange, act: ActDtype) -> TensorQuant:
         """Per-tensor parameters for a calibrated range."""
-        return TensorQuant.from_range(found.low, found.high, act=act, asymmetric=self.asymmetric)
+        return TensorQuant.from_range(found, act=act, asymmetric=self.asymmetric)
 
     def written_label(self, label: str) -> str:
         """A plan's precision label as the file shows it (``int8-int8`` is ``int8-uint8`` when asymmetric)."""
@@ -43,9 +45,19 @@ class Placement:
 
 
 def apply_placement(
-    fp32: onnx.ModelProto, plan: Mapping[str, Precision], *, ranges: RangeSource, placement: Placement
+    fp32: onnx.ModelProto,
+    plan: Mapping[str, Precision],
+    *,
+    ranges: RangeSource,
+    placement: Placement,
+    weights: Mapping[str, QuantizedWeight] | None = None,
 ) -> onnx.ModelProto:
-    """``fp32`` with every planned node at its precision, Q/DQ placed as ``placement`` says."""
+    """``fp32`` with every planned node at its precision, Q/DQ placed as ``placement`` says.
+
+    ``weights`` (ONNX node -> quantizer record) carries the codes, scales and corrected biases the
+    Torch simulation used; nodes without one are rounded to nearest.
+    """
+    weights = weights or {}
     order = [node.name for node in fp32.graph.node]
     planned = [name for name in order if name in plan and plan[name].weight is not None]
     with_acts = [name for name in planned if plan[name].act is not ActDtype.FP16]
@@ -56,7 +68,7 @@ def apply_placement(
     for node in nodes:
         act = plan[node.name].act
         quant = placement.quant(found[node.input[0]], act)
-        scale = editor.quantize_weight(node, plan[node.name].as_format())
+        scale = editor.quantize_weight(node, plan[node.name].as_format(), weights.get(node.name))
         if placement.int32_bias:
             editor.quantize_bias(node, input_scale=quant.scale, weight_scale=scale)
         editor.quantize_input(node, quant)
@@ -65,5 +77,5 @@ def apply_placement(
             editor.quantize_output(node, placement.quant(found[node.output[0]], plan[node.name].act))
     for name in planned:
         if name not in with_acts:  # weight-only nodes
-            editor.quantize_weight(editor.node(name), plan[name].as_format())
+            editor.quantize_weight(editor.node(name), plan[name].as_format(), weights.get(name))
     return editor.build()

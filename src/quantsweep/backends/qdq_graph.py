@@ -19,6 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quantsweep.config import ActDtype, QuantFormat
 from quantsweep.export.qdq import weight_dq
+from quantsweep.quant.numerics import ActRange
+from quantsweep.quant.weights import QuantizedWeight
 
 FP8_MAX = 448.0
 
@@ -32,15 +34,16 @@ class TensorQuant:
     dtype: int  # TensorProto element type: UINT8, INT8 or FLOAT8E4M3FN
 
     @classmethod
-    def from_range(cls, low: float, high: float, *, act: ActDtype, asymmetric: bool) -> TensorQuant:
-        """Parameters that cover ``[low, high]``: UINT8 asymmetric, INT8 symmetric, or FP8 symmetric."""
-        low, high = min(float(low), 0.0), max(float(high), 0.0)  # zero must be exact
+    def from_range(cls, rng: ActRange, *, act: ActDtype, asymmetric: bool) -> TensorQuant:
+        """Parameters for a calibrated range: UINT8 over ``[lo, hi]`` (asymmetric), else INT8 or FP8
+        symmetric over ``amax`` (which a calibrator may have clipped below the largest value)."""
         if act is ActDtype.FP8:
-            return cls(max(abs(low), high, 1e-12) / FP8_MAX, 0, TensorProto.FLOAT8E4M3FN)
+            return cls(max(rng.amax, 1e-12) / FP8_MAX, 0, TensorProto.FLOAT8E4M3FN)
         if asymmetric:
+            low, high = min(rng.lo, 0.0), max(rng.hi, 0.0)  # zero must be exact
             scale = max(high - low, 1e-12) / 255.0
             return cls(scale, int(np.clip(round(-low / scale), 0, 255)), TensorProto.UINT8)
-        return cls(max(abs(low), high, 1e-12) / 127.0, 0, TensorProto.INT8)
+        return cls(max(rng.amax, 1e-12) / 127.0, 0, TensorProto.INT8)
 
 
 def _zero_point_tensor(name: str, quant: TensorQuant) -> onnx.TensorProto:
@@ -105,8 +108,13 @@ class QdqEditor:
         """The float weight initializer of a Conv/Gemm/MatMul."""
         return numpy_helper.to_array(self.inits[node.input[1]])
 
-    def quantize_weight(self, node: onnx.NodeProto, fmt: QuantFormat) -> np.ndarray:
+    def quantize_weight(
+        self, node: onnx.NodeProto, fmt: QuantFormat, record: QuantizedWeight | None = None
+    ) -> np.ndarray:
         """Replace input 1 by codes -> DequantizeLinear; return the weight scale it stores.
+
+        ``record`` carries a quantizer's codes, scales, zero points and corrected bias (GPTQ, MSE,
+        bias correction); without one the weight is rounded to nearest here.
 
         A Torch layer called several times (RT-DETR's query_pos_head) is one weight read by several
         nodes; Torch quantizes every call, so every reader gets the one dequantized weight.
@@ -115,7 +123,9 @@ class QdqEditor:
         if weight_name in self.weights:
             node.input[1], scale = self.weights[weight_name]
             return scale
-        inits, dq = weight_dq(node, self.weight(node), fmt)
+        inits, dq = weight_dq(node, self.weight(node), fmt, record)
+        if record is not None and record.bias is not None:
+            self._replace_bias(node, record.bias.detach().cpu().numpy().astype(np.float32))
         scale = numpy_helper.to_array(next(i for i in inits if i.name == dq.input[1]))
         self.new_inits += inits
         self.new_nodes.append(dq)
@@ -124,6 +134,17 @@ class QdqEditor:
         self.weights[weight_name] = (dq.output[0], scale)
         self.dropped.add(weight_name)
         return scale
+
+    def _replace_bias(self, node: onnx.NodeProto, bias: np.ndarray) -> None:
+        init = numpy_helper.from_array(bias, f"{node.name}/bias_corrected")
+        if len(node.input) > 2:
+            if len(self.readers[node.input[2]]) == 1:
+                self.dropped.add(node.input[2])
+            node.input[2] = init.name
+        else:
+            node.input.append(init.name)
+        self.new_inits.append(init)
+        self.inits[init.name] = init
 
     def _quantize_tensor(self, tensor: str, quant: TensorQuant) -> str:
         """One shared QuantizeLinear of ``tensor``; return its output name."""
@@ -204,6 +225,8 @@ class QdqEditor:
         node.input[2] = dq.output[0]
         if len(self.readers[bias_name]) == 1:
             self.dropped.add(bias_name)
+        # a corrected bias written by quantize_weight is replaced by its INT32 codes
+        self.new_inits = [i for i in self.new_inits if i.name != bias_name]
 
     def build(self) -> onnx.ModelProto:
         """The edited model, nodes in topological order, unused float initializers removed."""

@@ -20,6 +20,7 @@ from quantsweep.backends.ort_cpu import OrtRunner
 from quantsweep.backends.placement import Placement, apply_placement
 from quantsweep.backends.sessions import SessionOptions
 from quantsweep.config import ActDtype, Granularity, QuantFormat, WeightDtype
+from quantsweep.quant.weights import QuantizedWeight
 from quantsweep.schemes.records import Precision
 
 INT4_WEIGHT_ONLY = QuantFormat(WeightDtype.INT4, ActDtype.FP16, Granularity.PER_CHANNEL)
@@ -49,9 +50,14 @@ class SizeBackend(Backend):
         return SessionOptions(disable_quant_qdq=True)
 
     def write(
-        self, fp32: onnx.ModelProto, plan: Mapping[str, Precision], *, ranges: RangeSource
+        self,
+        fp32: onnx.ModelProto,
+        plan: Mapping[str, Precision],
+        *,
+        ranges: RangeSource,
+        weights: Mapping[str, QuantizedWeight] | None = None,
     ) -> onnx.ModelProto:
-        return apply_placement(fp32, plan, ranges=ranges, placement=self.placement)
+        return apply_placement(fp32, plan, ranges=ranges, placement=self.placement, weights=weights)
 
     def load(self, path: Path) -> Runner:
         return OrtRunner(path, self.session_options())

@@ -25,6 +25,9 @@ from quantsweep.config import (
     SweepConfig,
     SweepMethod,
     WeightDtype,
+    WeightMethod,
+    WeightQuantConfig,
+    WeightSymmetry,
     parse_enum_list,
 )
 from quantsweep.errors import InputError
@@ -60,7 +63,8 @@ def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
         "--weights", help="weight dtypes: int8,int4,fp8 (default: what the targets run, else int4)"
     )
     parser.add_argument(
-        "--acts", help="activation dtypes: fp16 (weight-only),int8,fp8 (default: the targets', else fp16)"
+        "--acts",
+        help="activation dtypes: fp16 (weight-only),int8,uint8 (asymmetric),fp8 (default: the targets')",
     )
     parser.add_argument("--granularity", help="per_layer,per_channel (default per_channel)")
     parser.add_argument("--int4-block-size", type=int, help="INT4 scales per block of input channels")
@@ -78,8 +82,27 @@ def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--hybrid-exact", type=int, help="layers hybrid measures exactly (default 2*top-k+10)"
     )
-    parser.add_argument("--calib", default="max", help="activation calibration: max, percentile")
+    parser.add_argument(
+        "--calib",
+        default=CalibConfig().method.value,
+        help="activation calibration: max, percentile, mse, entropy",
+    )
     parser.add_argument("--percentile", type=float, default=99.99)
+    defaults = WeightQuantConfig()
+    parser.add_argument(
+        "--weight-method", default=defaults.method.value, help="weight rounding: rtn, mse (clipping), gptq"
+    )
+    parser.add_argument(
+        "--weight-symmetry",
+        default=defaults.symmetry.value,
+        help="weight grids: symmetric (TensorRT), asymmetric (zero points), auto (per channel)",
+    )
+    parser.add_argument(
+        "--bias-correction",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.bias_correction,
+        help="fold the mean output shift on the calibration images into the bias",
+    )
     parser.add_argument(
         "--pseudo-conf",
         type=float,
@@ -216,6 +239,8 @@ def sweep_config_from_args(args: argparse.Namespace, *, images: str) -> SweepCon
     (calib,) = parse_enum_list(args.calib, CalibMethod, what="calibration method")
     (head,) = parse_enum_list(args.head, HeadMode, what="head mode")
     (method,) = parse_enum_list(args.method, SweepMethod, what="sweep method")
+    (weight_method,) = parse_enum_list(args.weight_method, WeightMethod, what="weight method")
+    (symmetry,) = parse_enum_list(args.weight_symmetry, WeightSymmetry, what="weight symmetry")
     patterns = tuple(p.strip() for item in args.layers for p in item.split(",") if p.strip())
     return SweepConfig(
         model=args.model or _bundled_model(),
@@ -235,6 +260,9 @@ def sweep_config_from_args(args: argparse.Namespace, *, images: str) -> SweepCon
         calib=CalibConfig(method=calib, percentile=args.percentile),
         detect=DetectConfig(pseudo_label_conf=args.pseudo_conf),
         image_root=args.image_root,
+        quantizer=WeightQuantConfig(
+            method=weight_method, symmetry=symmetry, bias_correction=args.bias_correction
+        ),
     )
 
 

@@ -28,7 +28,9 @@ class LocalExecutor(ClosingExecutor):
         """Measure shard after shard with the driver's engine."""
         info = {layer.name: layer for layer in work.layers}
         for shard in shards:
-            yield from measure_shard(work.engine, shard, layers=info, act_ranges=work.act_ranges)
+            yield from measure_shard(
+                work.engine, shard, layers=info, act_ranges=work.act_ranges, weights=work.weights
+            )
 
     def map_tasks(
         self, fn: Callable[[Any], Any], items: Sequence[Any], *, device: str = "cpu"

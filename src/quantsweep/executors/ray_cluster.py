@@ -51,7 +51,8 @@ class WorkerSpec:
     model_suffix: str
     batch: Batch
     layers: list[LayerInfo]
-    act_ranges: dict[str, float] | None
+    act_ranges: dict[str, Any] | None
+    weights: dict[str, Any] | None  # the driver's per-layer quantizer records, shipped once
 
     @classmethod
     def from_work(cls, work: SweepWork) -> WorkerSpec:
@@ -69,6 +70,7 @@ class WorkerSpec:
             batch=work.engine.batch,
             layers=list(work.layers),
             act_ranges=work.act_ranges,
+            weights=work.weights,
         )
 
 
@@ -101,11 +103,16 @@ class SweepWorker:
         )
         self.layers = {layer.name: layer for layer in spec.layers}
         self.act_ranges = spec.act_ranges
+        self.weights = spec.weights
         self.identity = {**worker_identity(config.device), "threads": torch.get_num_threads()}
 
     def measure(self, shard: Shard) -> list[LayerOutcome]:
         """Every layer of ``shard``."""
-        return list(measure_shard(self.engine, shard, layers=self.layers, act_ranges=self.act_ranges))
+        return list(
+            measure_shard(
+                self.engine, shard, layers=self.layers, act_ranges=self.act_ranges, weights=self.weights
+            )
+        )
 
     def whoami(self) -> dict[str, Any]:
         """Host, device, process and thread count of this actor."""

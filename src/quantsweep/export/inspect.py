@@ -17,6 +17,8 @@ _LABELS = {
     TensorProto.UINT8: "uint8",
     TensorProto.FLOAT8E4M3FN: "fp8",
 }
+# asymmetric (unsigned, zero-point) weights are still int4/int8 weights: the dtype a scheme names
+_WEIGHT_LABELS = {**_LABELS, TensorProto.UINT4: "int4", TensorProto.UINT8: "int8"}
 _BITS = {"int4": 4, "int8": 8, "uint8": 8, "fp8": 8, "float": 32}
 
 
@@ -39,7 +41,7 @@ def _weight_initializer(node: onnx.NodeProto, producers, inits) -> tuple[str, st
     producer = producers.get(source)
     if producer is not None and producer.op_type == "DequantizeLinear" and producer.input[0] in inits:
         stored = inits[producer.input[0]]
-        return stored.name, _LABELS.get(stored.data_type, "other")
+        return stored.name, _WEIGHT_LABELS.get(stored.data_type, "other")
     return None
 
 

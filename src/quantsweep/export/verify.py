@@ -17,6 +17,8 @@ from quantsweep.export.onnx_model import INPUT_NAME
 from quantsweep.models.network import StagedNetwork
 from quantsweep.models.outputs import OUTPUT_CONVENTION_KEY, OutputConvention
 from quantsweep.quant.apply import quantized_layers
+from quantsweep.quant.numerics import ActRange
+from quantsweep.quant.weights import QuantizedWeight
 
 
 def torch_export_output(
@@ -24,15 +26,22 @@ def torch_export_output(
     images: torch.Tensor,
     *,
     assignment: Mapping[str, QuantFormat],
-    act_ranges: Mapping[str, float] | None,
+    act_ranges: Mapping[str, float | ActRange] | None,
+    weights: Mapping[str, QuantizedWeight] | None = None,
 ) -> np.ndarray:
-    """The Torch model's output in the exported form (head in export mode), under fake quantization."""
+    """The Torch model's output in the exported form (head in export mode), under fake quantization.
+
+    ``weights`` (layer -> record) are the precomputed quantized weights the artifact carries.
+    """
     head = network.blocks[-1]
     previous = getattr(head, "export", False)
     head.export = True
     outputs = []
     try:
-        with torch.no_grad(), quantized_layers(network.module, assignment, act_ranges=act_ranges):
+        with (
+            torch.no_grad(),
+            quantized_layers(network.module, assignment, act_ranges=act_ranges, weights=weights),
+        ):
             for image in images:
                 outputs.append(network.module(image[None]).cpu().numpy())
     finally:

@@ -17,6 +17,7 @@ from quantsweep.errors import InputError
 from quantsweep.models.network import StagedNetwork
 from quantsweep.models.ultralytics_adapter import LoadedModel, load_model
 from quantsweep.quant.apply import calibrate_inputs
+from quantsweep.quant.numerics import ActRange
 from quantsweep.records import read_json
 from quantsweep.sweep.runner import ProgressFn
 
@@ -47,7 +48,7 @@ def read_sweep_config(sweep_dir: Path) -> SweepConfig:
 
 def calibrate(
     network: StagedNetwork, batch: Batch, config: SweepConfig, names: list[str]
-) -> dict[str, float]:
+) -> dict[str, ActRange]:
     """Input ranges of the named layers over the calibration images, in the sweep's chunks."""
 
     def drive() -> Iterator[None]:

@@ -29,6 +29,9 @@ from quantsweep.models.network import enumerate_layers
 from quantsweep.models.ultralytics_adapter import LoadedModel
 from quantsweep.pipeline.common import ProgressFactory, RunCache, calibrate, no_progress
 from quantsweep.pipeline.schemes_stage import FP32_ONNX, SchemeSet, read_scheme_set
+from quantsweep.quant.calibrators import ranges_record, read_ranges
+from quantsweep.quant.numerics import ActRange
+from quantsweep.quant.scheme import WEIGHTS_DIR, SchemeRecords
 from quantsweep.records import read_json, write_json
 from quantsweep.runs import environment, new_run_dir
 from quantsweep.schemes.records import Precision, Scheme
@@ -82,28 +85,48 @@ def match_targets(
 
 
 class _Writer:
-    """The model, images and calibration shared by every artifact of one materialize run."""
+    """The model, images, calibration and quantizer records shared by every artifact of one run."""
 
-    def __init__(self, loaded: LoadedModel, images: torch.Tensor, act_ranges, fp32_path: Path) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        images: torch.Tensor,
+        act_ranges,
+        fp32_path: Path,
+        *,
+        records,
+        nodes: Mapping[str, str],
+    ) -> None:
         self.loaded, self.images, self.act_ranges = loaded, images, act_ranges
         self.fp32_path = fp32_path
         self.fp32 = onnx.load(str(fp32_path))
         self.fp32_bytes = fp32_path.stat().st_size
-        self.ranges = RangeCache(self.fp32, images)
+        # the tensors quantized layers read get the Torch calibrator's ranges (MSE, percentile, ...)
+        readers = {node.name: node.input[0] for node in self.fp32.graph.node if node.input}
+        inputs = {readers[nodes[n]]: r for n, r in act_ranges.items() if n in nodes}
+        self.ranges = RangeCache(self.fp32, images, preset=inputs)
+        # GPTQ / MSE codes and corrected biases: one sequential pass per format (quant.scheme)
+        self.records: SchemeRecords = records
 
     def verify(self, path: Path, *, assignment: Mapping[str, QuantFormat], expected) -> dict[str, Any]:
         sample = self.images[:VERIFY_IMAGES]
         reference = torch_export_output(
-            self.loaded.network, sample, assignment=assignment, act_ranges=self.act_ranges
+            self.loaded.network,
+            sample,
+            assignment=assignment,
+            act_ranges=self.act_ranges,
+            weights=self.records.for_assignment(assignment),
         )
         return verify_artifact(
             path, expected_counts=expected, images=sample, torch_output=reference, fp32_bytes=self.fp32_bytes
         )
 
     def scheme(self, backend: Backend, scheme: Scheme, path: Path) -> Artifact:
-        model = backend.write(self.fp32, scheme_plan(scheme), ranges=self.ranges)
-        onnx.save(model, str(path))
         assignment = {a.torch_name: a.precision.as_format() for a in scheme.layers if a.precision.weight}
+        nodes = {a.torch_name: a.onnx_node for a in scheme.layers}
+        weights = {nodes[n]: r for n, r in self.records.for_assignment(assignment).items()}
+        model = backend.write(self.fp32, scheme_plan(scheme), ranges=self.ranges, weights=weights)
+        onnx.save(model, str(path))
         expected = backend.written_counts(scheme.precision_counts())
         checked = self.verify(path, assignment=assignment, expected=expected)
         return _artifact(scheme.name, path, scheme.policy.value, scheme.kept_layers, checked)
@@ -152,14 +175,15 @@ def _read_schemes(request: MaterializeRequest) -> list[SchemeSet]:
     return scheme_sets
 
 
-def _torch_ranges(scheme_set: SchemeSet, loaded, batch, layers) -> dict[str, float]:
+def _torch_ranges(scheme_set: SchemeSet, loaded, batch, layers) -> dict[str, ActRange]:
     """The sweep's calibrated input ranges when it recorded every layer's, else calibrated here."""
     config, path = scheme_set.sweep_config, scheme_set.sweep_dir / "act_ranges.json"
     names = [layer.name for layer in layers]
     if path.is_file():
         recorded = read_json(path, "act_ranges")
-        if recorded["method"] == config.calib.method.value and set(names) <= set(recorded["amax"]):
-            return recorded["amax"]
+        ranges = read_ranges(recorded)
+        if recorded["method"] == config.calib.method.value and set(names) <= set(ranges):
+            return ranges
     return calibrate(loaded.network, batch, config, names)
 
 
@@ -170,10 +194,18 @@ def _prepare_writer(scheme_sets: list[SchemeSet], run_dir: Path, cache: RunCache
     layers = enumerate_layers(loaded.network, batch.images[:1])
     act_ranges = _torch_ranges(scheme_sets[0], loaded, batch, layers)
     write_json(run_dir / "environment.json", "environment", environment())
-    ranges = {"method": config.calib.method.value, "amax": act_ranges}
-    write_json(run_dir / "act_ranges.json", "act_ranges", ranges)
+    write_json(run_dir / "act_ranges.json", "act_ranges", ranges_record(act_ranges, config.calib))
     shutil.copyfile(scheme_sets[0].directory / FP32_ONNX, run_dir / FP32_FILE)
-    return _Writer(loaded, batch.images, act_ranges, run_dir / FP32_FILE)
+    records = SchemeRecords(
+        run_dir / WEIGHTS_DIR,
+        loaded.network,
+        batch.images,
+        config.quantizer,
+        act_ranges,
+        layer_names=[layer.name for layer in layers],
+    )
+    nodes = {a.torch_name: a.onnx_node for a in scheme_sets[0].schemes[0].layers}
+    return _Writer(loaded, batch.images, act_ranges, run_dir / FP32_FILE, records=records, nodes=nodes)
 
 
 def materialize_candidates(
@@ -208,4 +240,6 @@ def materialize_candidates(
             index.write(run_dir)
             step(f"{name} baselines")
     write_json(run_dir / "tensor_ranges.json", "tensor_ranges", {"ranges": writer.ranges.to_dict()})
+    costs = {"quantizer": config.quantizer.to_dict(), "seconds_per_format": writer.records.seconds}
+    write_json(run_dir / WEIGHTS_DIR / "costs.json", "quantizer_costs", costs)
     return run_dir

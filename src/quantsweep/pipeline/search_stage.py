@@ -17,7 +17,7 @@ from pathlib import Path
 import onnx
 
 from quantsweep.backends import Backend, Objective
-from quantsweep.backends.calibration import RangeCache, TensorRange
+from quantsweep.backends.calibration import RangeCache
 from quantsweep.evaluate.scoring import Accuracy
 from quantsweep.evaluate.search import search
 from quantsweep.export.candidates import FP32_FILE
@@ -26,6 +26,8 @@ from quantsweep.pipeline.common import ProgressFactory, calibration_batch, no_pr
 from quantsweep.pipeline.eval_context import EvalContext, EvalRequest
 from quantsweep.pipeline.eval_records import ResultStore
 from quantsweep.pipeline.schemes_stage import SchemeSet, read_scheme_set
+from quantsweep.quant.numerics import ActRange
+from quantsweep.quant.scheme import WEIGHTS_DIR, load_records, records_path
 from quantsweep.records import JsonLines, read_json, write_json
 
 LOG = logging.getLogger(__name__)
@@ -42,9 +44,10 @@ class SearchRequest:
 class _Measure:
     """Writes a kept set in the target's placement, scores it on its runtime, logs every score."""
 
-    def __init__(self, backend: Backend, scheme_set: SchemeSet, ranges: RangeCache, context, log) -> None:
+    def __init__(self, backend: Backend, scheme_set: SchemeSet, ranges: RangeCache, context, log, *, records):
         self.backend, self.scheme_set, self.ranges = backend, scheme_set, ranges
         self.context, self.log = context, log
+        self.records = records  # format name -> {layer: quantizer record}, from the materialize stage
         self.known = {tuple(sorted(r["kept"])): r["score"] for r in log.read()}
 
     @property
@@ -53,11 +56,15 @@ class _Measure:
 
     def model(self, kept: tuple[str, ...]) -> onnx.ModelProto:
         keep = set(kept)
-        plan = {
-            a.onnx_node: self.scheme_set.high if a.torch_name in keep else self.scheme_set.low
-            for a in self.scheme_set.ranking
-        }
-        return self.backend.write(self.ranges.model, plan, ranges=self.ranges)
+        plan, weights = {}, {}
+        for a in self.scheme_set.ranking:
+            precision = self.scheme_set.high if a.torch_name in keep else self.scheme_set.low
+            plan[a.onnx_node] = precision
+            fmt = precision.as_format()
+            record = None if fmt is None else self.records.get(fmt.name, {}).get(a.torch_name)
+            if record is not None:
+                weights[a.onnx_node] = record
+        return self.backend.write(self.ranges.model, plan, ranges=self.ranges, weights=weights)
 
     def __call__(self, kept: tuple[str, ...]) -> float:
         key = tuple(sorted(kept))
@@ -77,8 +84,19 @@ def _ranges(candidates_dir: Path, context: EvalContext) -> RangeCache:
     """The materialize run's tensor ranges, extended from the calibration images if a tensor is new."""
     cache = RangeCache(onnx.load(str(candidates_dir / FP32_FILE)), calibration_batch(context.config).images)
     recorded = read_json(candidates_dir / "tensor_ranges.json", "tensor_ranges")["ranges"]
-    cache.found.update({name: TensorRange(*pair) for name, pair in recorded.items()})
+    cache.found.update({name: ActRange.from_dict(value) for name, value in recorded.items()})
     return cache
+
+
+def _records(candidates_dir: Path, scheme_set: SchemeSet) -> dict[str, dict]:
+    """The materialize stage's quantizer records of the schemes' two precisions (none: round to nearest)."""
+    found = {}
+    for precision in (scheme_set.low, scheme_set.high):
+        fmt = precision.as_format()
+        path = None if fmt is None else records_path(candidates_dir / WEIGHTS_DIR, fmt)
+        if path is not None and path.is_file():
+            found[fmt.name] = load_records(path)
+    return found
 
 
 class TargetSearch:
@@ -93,7 +111,9 @@ class TargetSearch:
         scheme_set = read_scheme_set(Path(self.index.targets[backend.name].schemes_dir))
         search_dir = store.directory.parent.parent / "search" / backend.name
         log = JsonLines(search_dir / "evaluations.jsonl")
-        measure = _Measure(backend, scheme_set, _ranges(self.candidates_dir, self.context), self.context, log)
+        records = _records(self.candidates_dir, scheme_set)
+        ranges = _ranges(self.candidates_dir, self.context)
+        measure = _Measure(backend, scheme_set, ranges, self.context, log, records=records)
         reference = self.context.reference_score
         threshold = self.eval_request.accuracy_target.threshold(reference)
         with self.progress(self.request.max_evals, f"search {backend.name}") as step:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -21,6 +22,8 @@ from quantsweep.pipeline.common import (
     no_progress,
     read_sweep_config,
 )
+from quantsweep.quant.calibrators import ranges_record
+from quantsweep.quant.scheme import quantize_each_alone
 from quantsweep.records import JsonLines, read_json, write_json
 from quantsweep.runs import environment, file_sha256, new_run_dir
 from quantsweep.sweep.engine import ExactSweep
@@ -57,11 +60,8 @@ def _prepare(config: SweepConfig, run_dir: Path | None, out: Path | None) -> Swe
     act_ranges = None
     if needs_act_ranges(config.formats):
         act_ranges = calibrate(loaded.network, batch, config, [layer.name for layer in layers])
-        write_json(
-            run_dir / "act_ranges.json",
-            "act_ranges",
-            {"method": config.calib.method.value, "amax": act_ranges},
-        )
+        write_json(run_dir / "act_ranges.json", "act_ranges", ranges_record(act_ranges, config.calib))
+    weights, quantizer_cost = _quantize_layers(config, loaded.network, batch, layers, act_ranges)
     engine = ExactSweep(
         loaded.network, batch, batch_size=config.batch_size, detect=config.detect, device=config.device
     )
@@ -71,6 +71,7 @@ def _prepare(config: SweepConfig, run_dir: Path | None, out: Path | None) -> Swe
         "images": len(image_set.paths),
         "imgsz": config.imgsz,
         "method": config.method.value,
+        "quantizer": {**config.quantizer.to_dict(), **quantizer_cost},
         "end_to_end": loaded.end_to_end,
         "reference": {
             "map50_95_vs_self": ref.map_vs_self.map50_95,
@@ -79,8 +80,42 @@ def _prepare(config: SweepConfig, run_dir: Path | None, out: Path | None) -> Swe
         },
     }
     return SweepJob(
-        config=config, engine=engine, layers=layers, run_dir=run_dir, act_ranges=act_ranges, context=context
+        config=config,
+        engine=engine,
+        layers=layers,
+        run_dir=run_dir,
+        act_ranges=act_ranges,
+        context=context,
+        weights=weights,
     )
+
+
+def _quantize_layers(config: SweepConfig, network, batch, layers, act_ranges):
+    """Every layer quantized alone by the configured method, on its input in the float model.
+
+    The sweep measures one layer at a time with the rest float, so each layer's GPTQ Hessian and
+    bias correction come from float inputs (docs/decisions.md); the artifacts use the sequential
+    computation instead. Returns the records and their cost.
+    """
+    started = time.perf_counter()
+    formats = [f for f in config.formats if not f.unsupported_reason()]
+    weights = quantize_each_alone(
+        network,
+        [layer.name for layer in layers],
+        batch.images.to(config.device),
+        formats=formats,
+        config=config.quantizer,
+        act_ranges=act_ranges,
+    )
+    seconds = time.perf_counter() - started
+    LOG.info(
+        "quantized %d layers x %d formats (%s) in %.1f s",
+        len(layers),
+        len(formats),
+        config.quantizer.method.value,
+        seconds,
+    )
+    return weights, {"quantize_seconds": seconds}
 
 
 def _check_runnable(config: SweepConfig) -> None:

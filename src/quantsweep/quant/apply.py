@@ -12,11 +12,10 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from quantsweep.config import ActDtype, CalibConfig, CalibMethod, QuantFormat
-from quantsweep.quant.numerics import act_scale, fake_quant_act, fake_quant_weight
-
-# torch.quantile refuses inputs above 2**24 elements; larger tensors are strided down to this.
-_PERCENTILE_SAMPLE = 1 << 24
+from quantsweep.config import ActDtype, CalibConfig, QuantFormat
+from quantsweep.quant.calibrators import calibrate_ranges
+from quantsweep.quant.numerics import ActRange, act_qparams, fake_quant_act, fake_quant_weight
+from quantsweep.quant.weights import QuantizedWeight
 
 
 @contextlib.contextmanager
@@ -24,16 +23,29 @@ def quantized_layers(
     module: nn.Module,
     assignment: Mapping[str, QuantFormat],
     *,
-    act_ranges: Mapping[str, float] | None = None,
+    act_ranges: Mapping[str, float | ActRange] | None = None,
+    weights: Mapping[str, QuantizedWeight] | None = None,
 ) -> Iterator[None]:
-    """Fake-quantize the named layers (weights and, unless fp16, their inputs) inside the block."""
+    """Fake-quantize the named layers (weights and, unless fp16, their inputs) inside the block.
+
+    A layer with a record in ``weights`` gets exactly that record's weight and bias (what the ONNX
+    writer stores); any other layer is rounded to nearest on the symmetric max-based grid.
+    """
     saved: list[tuple[nn.Parameter, torch.Tensor]] = []
     handles = []
     try:
         for name, fmt in assignment.items():
             layer = module.get_submodule(name)
+            record = None if weights is None else weights.get(name)
             saved.append((layer.weight, layer.weight.data))
-            layer.weight.data = fake_quant_weight(layer.weight.data, fmt)
+            if record is None:
+                layer.weight.data = fake_quant_weight(layer.weight.data, fmt)
+            else:
+                _check_record(name, record, fmt)
+                layer.weight.data = record.dequantize().to(layer.weight.dtype).to(layer.weight.device)
+                if record.bias is not None:
+                    saved.append((layer.bias, layer.bias.data))
+                    layer.bias.data = record.bias.to(layer.bias.dtype).to(layer.bias.device)
             if fmt.act is not ActDtype.FP16:
                 if act_ranges is None or name not in act_ranges:
                     raise ValueError(f"no calibrated activation range for {name}")
@@ -42,24 +54,23 @@ def quantized_layers(
     finally:
         for handle in handles:
             handle.remove()
-        for param, original in saved:
+        for param, original in reversed(saved):
             param.data = original
 
 
-def _act_hook(amax: float, act: ActDtype):
-    scale = act_scale(amax, act)
+def _check_record(name: str, record: QuantizedWeight, fmt: QuantFormat) -> None:
+    own = (record.fmt.weight, record.fmt.granularity, record.fmt.int4_block_size)
+    if own != (fmt.weight, fmt.granularity, fmt.int4_block_size):
+        raise ValueError(f"{name}: quantized weights are {record.fmt.name}, the plan asks for {fmt.name}")
+
+
+def _act_hook(value: float | ActRange, act: ActDtype):
+    scale, zero_point = act_qparams(value, act)
 
     def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        return (fake_quant_act(inputs[0], scale=scale, act=act), *inputs[1:])
+        return (fake_quant_act(inputs[0], scale=scale, act=act, zero_point=zero_point), *inputs[1:])
 
     return hook
-
-
-def _abs_percentile(x: torch.Tensor, percentile: float) -> float:
-    flat = x.detach().abs().flatten().float()
-    if flat.numel() > _PERCENTILE_SAMPLE:
-        flat = flat[:: -(-flat.numel() // _PERCENTILE_SAMPLE)]
-    return float(torch.quantile(flat, percentile / 100.0))
 
 
 def calibrate_inputs(
@@ -68,29 +79,6 @@ def calibrate_inputs(
     run_batches: Iterator[None] | None = None,
     *,
     calib: CalibConfig,
-) -> dict[str, float]:
-    """Input ``amax`` of each named layer over the batches that ``run_batches`` drives through the model.
-
-    ``max`` keeps the largest magnitude seen; ``percentile`` averages the per-batch percentile.
-    """
-    per_batch: dict[str, list[float]] = {name: [] for name in layer_names}
-
-    def make_hook(name: str):
-        def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            x = inputs[0]
-            if calib.method is CalibMethod.MAX:
-                per_batch[name].append(float(x.detach().abs().max()))
-            else:
-                per_batch[name].append(_abs_percentile(x, calib.percentile))
-
-        return hook
-
-    handles = [module.get_submodule(n).register_forward_pre_hook(make_hook(n)) for n in layer_names]
-    try:
-        for _ in run_batches or ():
-            pass
-    finally:
-        for handle in handles:
-            handle.remove()
-    reduce = max if calib.method is CalibMethod.MAX else (lambda v: sum(v) / len(v))
-    return {name: reduce(values) for name, values in per_batch.items() if values}
+) -> dict[str, ActRange]:
+    """Input range of each named layer over the batches ``run_batches`` drives (see ``calibrators``)."""
+    return calibrate_ranges(module, layer_names, run_batches, calib=calib)

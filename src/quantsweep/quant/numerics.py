@@ -1,12 +1,15 @@
 """Fake quantization (quantize, then dequantize in float) for INT8, INT4 and FP8 E4M3.
 
-Symmetric scales throughout, as TensorRT and QDQ Conv weights use them: INT8 ``amax/127``,
+Weights here are symmetric, as TensorRT and QDQ Conv weights use them (``quant.weights`` adds
+asymmetric grids and searched scales): INT8 ``amax/127``,
 INT4 ``amax/7`` (values -8..7), FP8 E4M3 ``amax/448``. Weights get one scale per tensor, per output
 channel, or (INT4) per block of input channels, matching ONNX DequantizeLinear's ``axis`` and
 ``block_size`` semantics so the ONNX artifacts dequantize to the same numbers.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -72,19 +75,61 @@ def fake_quant_weight(weight: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
     return codes.to(weight.dtype) * scale
 
 
-def act_scale(amax: float, act: ActDtype) -> float:
+@dataclass(frozen=True)
+class ActRange:
+    """A calibrated activation range: ``(lo, hi)`` for asymmetric UINT8, ``amax`` for symmetric types.
+
+    Calibrators choose each for its own grid (an MSE-chosen ``amax`` is not ``max(|lo|, |hi|)``).
+    """
+
+    lo: float
+    hi: float
+    amax: float
+
+    @classmethod
+    def symmetric(cls, amax: float) -> ActRange:
+        """The range an ``amax``-only record (older runs) stands for."""
+        return cls(-float(amax), float(amax), float(amax))
+
+    def to_dict(self) -> dict[str, float]:
+        """JSON-ready form."""
+        return {"min": self.lo, "max": self.hi, "amax": self.amax}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, float] | float) -> ActRange:
+        """Inverse of :meth:`to_dict`; a bare number is an older record's ``amax``."""
+        if isinstance(data, int | float):
+            return cls.symmetric(data)
+        return cls(float(data["min"]), float(data["max"]), float(data["amax"]))
+
+
+def act_qparams(value: float | ActRange, act: ActDtype) -> tuple[float, int]:
+    """Per-tensor ``(scale, zero_point)`` of an activation type for a calibrated range or ``amax``."""
+    rng = value if isinstance(value, ActRange) else ActRange.symmetric(value)
+    if act is ActDtype.UINT8:
+        lo, hi = min(rng.lo, 0.0), max(rng.hi, 0.0)  # zero must be exactly representable
+        scale = max(hi - lo, _TINY) / 255.0
+        return scale, int(min(max(round(-lo / scale), 0), 255))
+    amax = max(float(rng.amax), _TINY)
+    return (amax / FP8_MAX if act is ActDtype.FP8 else amax / 127.0), 0
+
+
+def act_scale(amax: float | ActRange, act: ActDtype) -> float:
     """Per-tensor activation scale for a calibrated range."""
-    amax = max(float(amax), _TINY)
-    return amax / FP8_MAX if act is ActDtype.FP8 else amax / 127.0
+    return act_qparams(amax, act)[0]
 
 
-def fake_quant_act(x: torch.Tensor, *, scale: float, act: ActDtype) -> torch.Tensor:
+def fake_quant_act(x: torch.Tensor, *, scale: float, act: ActDtype, zero_point: int = 0) -> torch.Tensor:
     """Fake-quantize an activation tensor with a fixed per-tensor scale (``fp16`` leaves it alone)."""
     if act is ActDtype.FP16:
         return x
     scale_t = torch.tensor(scale, dtype=x.dtype, device=x.device)
     if act is ActDtype.FP8:
         return _fake_fp8(x, scale_t)
+    if act is ActDtype.UINT8:
+        # same order as ONNX QuantizeLinear: round(x / scale) + zero point, then saturate
+        codes = torch.clamp(torch.round(x / scale_t) + zero_point, 0, 255)
+        return (codes - zero_point) * scale_t
     return _fake_int(x, scale_t, qmin=-128, qmax=127)
 
 

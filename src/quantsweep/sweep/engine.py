@@ -112,10 +112,17 @@ class ExactSweep:
             map_gt=mean_average_precision(detections, labels) if labels is not None else None,
         )
 
-    def run_quantized(self, assignment: Mapping[str, QuantFormat], *, start_block: int, act_ranges=None):
-        """Head output with ``assignment`` applied, re-running only from ``start_block``."""
+    def run_quantized(
+        self, assignment: Mapping[str, QuantFormat], *, start_block: int, act_ranges=None, weights=None
+    ):
+        """Head output with ``assignment`` applied, re-running only from ``start_block``.
+
+        ``weights`` (layer -> ``QuantizedWeight``) are the method's records; without one a layer is
+        rounded to nearest.
+        """
         outputs = []
-        with torch.no_grad(), quantized_layers(self.network.module, assignment, act_ranges=act_ranges):
+        quantized = quantized_layers(self.network.module, assignment, act_ranges=act_ranges, weights=weights)
+        with torch.no_grad(), quantized:
             for chunk, recorded in zip(self.chunks, self.reference.recorded, strict=True):
                 if start_block == 0:
                     outputs.append(self.network.run(chunk.to(self.device))[0])
@@ -123,10 +130,12 @@ class ExactSweep:
                     outputs.append(self.network.resume(start_block, recorded))
         return HeadOutput.concat(outputs)
 
-    def measure(self, layer: LayerInfo, fmt: QuantFormat, *, act_ranges=None) -> LayerResult:
+    def measure(self, layer: LayerInfo, fmt: QuantFormat, *, act_ranges=None, weights=None) -> LayerResult:
         """Quantize ``layer`` alone under ``fmt`` and compare the whole model with FP32."""
         started = time.perf_counter()
-        output = self.run_quantized({layer.name: fmt}, start_block=layer.block_index, act_ranges=act_ranges)
+        output = self.run_quantized(
+            {layer.name: fmt}, start_block=layer.block_index, act_ranges=act_ranges, weights=weights
+        )
         return self.score(layer.name, output, started=started)
 
     def score(self, name: str, output: HeadOutput, *, started: float) -> LayerResult:

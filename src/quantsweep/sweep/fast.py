@@ -27,7 +27,8 @@ import torch
 from quantsweep.config import ActDtype, QuantFormat
 from quantsweep.data.images import Batch
 from quantsweep.models.network import LayerInfo, StagedNetwork
-from quantsweep.quant.numerics import act_scale, fake_quant_act, fake_quant_weight
+from quantsweep.quant.numerics import ActRange, act_qparams, fake_quant_act, fake_quant_weight
+from quantsweep.quant.weights import QuantizedWeight
 
 FAST_CHUNK = 4  # images per autograd pass; see the module docstring
 
@@ -41,18 +42,23 @@ class FastEstimate:
 
 
 def _layer_error(
-    module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, fmt: QuantFormat, amax
+    module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, fmt: QuantFormat, amax, record=None
 ) -> torch.Tensor:
     """The layer's own output error when it alone is quantized, on its FP32 input."""
     if fmt.act is not ActDtype.FP16:
-        x = fake_quant_act(x, scale=act_scale(amax, fmt.act), act=fmt.act)
-    weight = module.weight
-    saved = weight.data
+        scale, zero_point = act_qparams(amax, fmt.act)
+        x = fake_quant_act(x, scale=scale, act=fmt.act, zero_point=zero_point)
+    weight, bias = module.weight, module.bias
+    saved, saved_bias = weight.data, None if bias is None else bias.data
     try:
-        weight.data = fake_quant_weight(saved, fmt)
+        weight.data = fake_quant_weight(saved, fmt) if record is None else record.dequantize().to(saved)
+        if record is not None and record.bias is not None:
+            bias.data = record.bias.to(saved_bias)
         return module(x) - y
     finally:
         weight.data = saved
+        if bias is not None:
+            bias.data = saved_bias
 
 
 def _probe_chunk(
@@ -61,7 +67,8 @@ def _probe_chunk(
     layers: Sequence[LayerInfo],
     *,
     fmt: QuantFormat,
-    act_ranges: Mapping[str, float] | None,
+    act_ranges: Mapping[str, float | ActRange] | None,
+    weights: Mapping[str, QuantizedWeight] | None,
     generator: torch.Generator,
 ) -> tuple[dict[str, torch.Tensor], float]:
     """Per-image squared probe products for every layer, and this chunk's sum of confidences."""
@@ -91,7 +98,8 @@ def _probe_chunk(
                 squares[name] = torch.zeros(len(images))
                 continue
             amax = None if act_ranges is None else act_ranges.get(name)
-            dy = _layer_error(network.module.get_submodule(name), x, y.detach(), fmt, amax)
+            record = None if weights is None else weights.get(name)
+            dy = _layer_error(network.module.get_submodule(name), x, y.detach(), fmt, amax, record)
             squares[name] = (y.grad * dy).flatten(1).sum(dim=1).pow(2).cpu()
     return squares, float(weight.sum())
 
@@ -102,7 +110,8 @@ def estimate(
     layers: Sequence[LayerInfo],
     *,
     fmt: QuantFormat,
-    act_ranges: Mapping[str, float] | None = None,
+    act_ranges: Mapping[str, float | ActRange] | None = None,
+    weights: Mapping[str, QuantizedWeight] | None = None,
     batch_size: int = FAST_CHUNK,
     device: str = "cpu",
     seed: int = 0,
@@ -122,7 +131,13 @@ def estimate(
             chunk = batch.images[start : start + batch_size].to(device).requires_grad_(True)
             with torch.enable_grad():
                 squares, chunk_weight = _probe_chunk(
-                    network, chunk, layers, fmt=fmt, act_ranges=act_ranges, generator=generator
+                    network,
+                    chunk,
+                    layers,
+                    fmt=fmt,
+                    act_ranges=act_ranges,
+                    weights=weights,
+                    generator=generator,
                 )
             weight_sum += chunk_weight
             for name, values in squares.items():

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from quantsweep.config import ActDtype, QuantFormat, SweepConfig, SweepMethod
 from quantsweep.errors import InputError
 from quantsweep.models.network import LayerInfo
+from quantsweep.quant.numerics import ActRange
+from quantsweep.quant.weights import QuantizedWeight
 from quantsweep.records import JsonLines, write_json
 from quantsweep.sweep.engine import ExactSweep, LayerResult
 from quantsweep.sweep.fast import FAST_CHUNK
@@ -53,8 +55,14 @@ class SweepJob:
     engine: ExactSweep
     layers: list[LayerInfo]
     run_dir: Path
-    act_ranges: dict[str, float] | None
+    act_ranges: dict[str, ActRange] | None
     context: dict[str, Any]
+    # {format name: {layer: record}}: each layer quantized alone by the configured method
+    weights: dict[str, dict[str, QuantizedWeight]] | None = None
+
+    def weights_for(self, fmt: QuantFormat) -> dict[str, QuantizedWeight] | None:
+        """The records of one combination (None: round to nearest)."""
+        return None if self.weights is None else self.weights.get(fmt.name)
 
 
 def _failure(combination: str, reason: str, *, layer: str | None = None, status: str) -> dict[str, Any]:
@@ -72,6 +80,7 @@ def _fast_estimates(job: SweepJob, fmt: QuantFormat, directory: Path, *, on_laye
             job.layers,
             fmt=fmt,
             act_ranges=job.act_ranges,
+            weights=job.weights_for(fmt),
             batch_size=min(job.config.batch_size, FAST_CHUNK),
             device=job.config.device,
             seed=job.config.seed,
@@ -205,7 +214,13 @@ def execute(job: SweepJob, *, on_layer: ProgressFn, executor: Executor) -> list[
         max((len(p.pending) for p in plans.values()), default=1), device=job.config.device
     )
     shards = plan_shards([(p.fmt, p.pending) for p in plans.values()], size=size)
-    work = SweepWork(config=job.config, engine=job.engine, layers=job.layers, act_ranges=job.act_ranges)
+    work = SweepWork(
+        config=job.config,
+        engine=job.engine,
+        layers=job.layers,
+        act_ranges=job.act_ranges,
+        weights=job.weights,
+    )
     for outcome in executor.map_shards(work, shards):
         plan = plans[outcome.combination]
         _record(plan, outcome, on_layer=on_layer, failures=failures)

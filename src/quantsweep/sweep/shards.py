@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from quantsweep.config import QuantFormat, SweepConfig
 from quantsweep.models.network import LayerInfo
+from quantsweep.quant.numerics import ActRange
+from quantsweep.quant.weights import QuantizedWeight
 from quantsweep.sweep.engine import ExactSweep, LayerResult
 
 LOG = logging.getLogger(__name__)
@@ -50,7 +52,10 @@ class SweepWork:
     config: SweepConfig
     engine: ExactSweep
     layers: Sequence[LayerInfo]
-    act_ranges: dict[str, float] | None
+    act_ranges: dict[str, ActRange] | None
+    # {format name: {layer: record}}: each layer quantized alone by the configured method, computed
+    # once by the driver and shipped like the ranges
+    weights: dict[str, dict[str, QuantizedWeight]] | None = None
 
 
 def auto_shard_size(layers: int, *, workers: int, per_worker: int = 4) -> int:
@@ -72,12 +77,14 @@ def measure_shard(
     shard: Shard,
     *,
     layers: Mapping[str, LayerInfo],
-    act_ranges: Mapping[str, float] | None,
+    act_ranges: Mapping[str, ActRange] | None,
+    weights: Mapping[str, Mapping[str, QuantizedWeight]] | None = None,
 ) -> Iterator[LayerOutcome]:
     """Measure the shard's layers one by one; a layer that cannot be quantized is reported, not raised."""
+    records = None if weights is None else weights.get(shard.fmt.name)
     for name in shard.layers:
         try:
-            result = engine.measure(layers[name], shard.fmt, act_ranges=act_ranges)
+            result = engine.measure(layers[name], shard.fmt, act_ranges=act_ranges, weights=records)
         except (RuntimeError, ValueError) as exc:
             LOG.warning("layer %s failed under %s: %s", name, shard.fmt.name, exc)
             yield LayerOutcome(shard.fmt.name, name, None, str(exc))

@@ -1,0 +1,259 @@
+"""Weight methods and activation calibrators side by side on the testbed, scored on ONNX artifacts.
+
+Testbed YOLOv10m at 320 px; statistics from the 16 calibration images (split seed 2), mAP50-95
+against labels on the first 100 val images, each model written by quantsweep's QDQ writer from
+the same records Torch simulates and run in ONNX Runtime (CPU). Each quantization pass is timed
+and its peak memory sampled (resident set above the level before it, every 10 ms).
+
+    python benchmarks/quantizers.py int4        # INT4 weight-only: rtn / mse / gptq (+ bias correction)
+    python benchmarks/quantizers.py w8a8        # INT8 / UINT8 activations x max / percentile / mse / entropy
+    python benchmarks/quantizers.py w4a8 --calib max   # INT4 weights with INT8 / UINT8 activations
+    python benchmarks/quantizers.py int4 w8a8 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+import torch
+
+from quantsweep.backends import get_backend
+from quantsweep.config import (
+    ActDtype,
+    CalibConfig,
+    CalibMethod,
+    DetectConfig,
+    Granularity,
+    QuantFormat,
+    WeightDtype,
+    WeightMethod,
+    WeightQuantConfig,
+    WeightSymmetry,
+)
+from quantsweep.evaluate.scoring import detections_of, load_checked
+from quantsweep.export.onnx_model import export_fp32, map_layers
+from quantsweep.export.qdq import NodePlan, materialize
+from quantsweep.metrics.map import mean_average_precision
+from quantsweep.quant.apply import calibrate_inputs
+from quantsweep.quant.layer_quant import quantize_layer
+from quantsweep.quant.scheme import quantize_each_alone, quantize_scheme
+from testbed import IMGSZ, Testbed, load_testbed
+
+DFL = "model.23.dfl.conv"
+INT4 = QuantFormat(WeightDtype.INT4, ActDtype.FP16, Granularity.PER_CHANNEL)
+AUTO, SYM = WeightSymmetry.AUTO, WeightSymmetry.SYMMETRIC
+# (label, config, sequential): sequential = statistics from the partly quantized model (artifacts)
+INT4_METHODS = (
+    ("rtn symmetric (before)", WeightQuantConfig(WeightMethod.RTN, SYM, bias_correction=False), True),
+    ("rtn auto + bias corr.", WeightQuantConfig(WeightMethod.RTN, AUTO, bias_correction=True), True),
+    ("mse auto", WeightQuantConfig(WeightMethod.MSE, AUTO, bias_correction=False), True),
+    ("gptq auto, float inputs", WeightQuantConfig(WeightMethod.GPTQ, AUTO, bias_correction=False), False),
+    ("gptq auto", WeightQuantConfig(WeightMethod.GPTQ, AUTO, bias_correction=False), True),
+    ("gptq auto + bias corr.", WeightQuantConfig(WeightMethod.GPTQ, AUTO, bias_correction=True), True),
+)
+
+
+class PeakMemory:
+    """Peak resident memory above the starting level, sampled every 10 ms in a thread."""
+
+    def __enter__(self) -> PeakMemory:
+        self.start = self.peak = _rss()
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, _rss())
+            time.sleep(0.01)
+
+    def __exit__(self, *_exc) -> None:
+        self.running = False
+        self.thread.join()
+
+    @property
+    def mib(self) -> float:
+        """Peak growth in MiB."""
+        return (self.peak - self.start) / 2**20
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def measured(fn: Callable[[], dict]) -> tuple[dict, float, float]:
+    """(result, seconds, peak MiB) of one quantization pass."""
+    with PeakMemory() as memory:
+        started = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - started
+    return result, seconds, memory.mib
+
+
+class Scorer:
+    """Writes artifacts with the QDQ writer and scores them in ONNX Runtime on the val images."""
+
+    def __init__(self, bed: Testbed, directory: Path) -> None:
+        self.bed, self.directory = bed, directory
+        self.fp32 = export_fp32(bed.network, imgsz=IMGSZ, path=directory / "fp32.onnx")
+        self.nodes = map_layers(self.fp32, bed.network.module, bed.layers).nodes
+
+    def score(self, assignment: dict[str, QuantFormat], *, records=None, ranges=None) -> float:
+        plans = {
+            self.nodes[n]: NodePlan(f, act_range=None if f.act is ActDtype.FP16 else ranges[n])
+            for n, f in assignment.items()
+        }
+        weights = {self.nodes[n]: r for n, r in (records or {}).items() if n in assignment}
+        path = self.directory / "trial.onnx"
+        onnx.save(materialize(self.fp32, plans, weights), str(path))
+        detector = load_checked(get_backend("ort-cpu"), path, imgsz=IMGSZ)
+        return mean_average_precision(
+            detections_of(detector, self.bed.val, DetectConfig()), self.bed.val.labels
+        ).map50_95
+
+
+def int4_rows(bed: Testbed, scorer: Scorer, *, only: str | None = None) -> list[dict]:
+    """INT4 weight-only, per channel: every method (or those whose label contains ``only``)."""
+    assignment = dict.fromkeys(bed.names, INT4)
+    rows = []
+    for label, config, sequential in INT4_METHODS:
+        if only and only not in label:
+            continue
+        if sequential:
+            run = lambda c=config: quantize_scheme(bed.network, assignment, bed.calib.images, config=c)  # noqa: E731
+        else:
+            run = lambda c=config: quantize_each_alone(  # noqa: E731
+                bed.network, bed.names, bed.calib.images, formats=[INT4], config=c
+            )[INT4.name]
+        records, seconds, mib = measured(run)
+        all_q = scorer.score(assignment, records=records)
+        dfl_kept = scorer.score({n: f for n, f in assignment.items() if n != DFL}, records=records)
+        rows.append(
+            {
+                "method": label,
+                "seconds": seconds,
+                "peak_mib": mib,
+                "nothing_kept": all_q,
+                "dfl_kept": dfl_kept,
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def w8a8_weights(bed: Testbed, method: WeightMethod) -> tuple[dict, float]:
+    """Symmetric INT8 per-channel records judged by weight error (no calibration pass), and their time."""
+    fmt = QuantFormat(WeightDtype.INT8, ActDtype.INT8, Granularity.PER_CHANNEL)
+    config = WeightQuantConfig(method, SYM, bias_correction=False)
+    started = time.perf_counter()
+    module = bed.network.module
+    records = {n: quantize_layer(module.get_submodule(n), fmt, config=config) for n in bed.names}
+    return records, time.perf_counter() - started
+
+
+def w8a8_rows(bed: Testbed, scorer: Scorer, *, method: WeightMethod) -> list[dict]:
+    """W8A8 (INT8 per-channel weights) with signed and unsigned activations, every calibrator."""
+    records, weight_seconds = w8a8_weights(bed, method)
+    rows = []
+    for calib in CalibMethod:
+
+        def drive():
+            with torch.no_grad():
+                for i in range(0, len(bed.calib.images), 8):
+                    bed.network.run(bed.calib.images[i : i + 8])
+                    yield None
+
+        ranges, calib_s, calib_mib = measured(
+            lambda m=calib: calibrate_inputs(
+                bed.network.module, bed.names, drive(), calib=CalibConfig(method=m)
+            )
+        )
+        for act in (ActDtype.INT8, ActDtype.UINT8):
+            assignment = dict.fromkeys(bed.names, QuantFormat(WeightDtype.INT8, act, Granularity.PER_CHANNEL))
+            row = {
+                "act": act.value,
+                "calib": calib.value,
+                "weights": method.value,
+                "weights_seconds": weight_seconds,
+                "calib_seconds": calib_s,
+                "calib_peak_mib": calib_mib,
+                "nothing_kept": scorer.score(assignment, records=records, ranges=ranges),
+                "dfl_float": scorer.score(
+                    {n: f for n, f in assignment.items() if n != DFL}, records=records, ranges=ranges
+                ),
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def w4a8_rows(bed: Testbed, scorer: Scorer, *, calib: CalibMethod) -> list[dict]:
+    """INT4 weights (default method, sequential) with INT8 or UINT8 activations: the int4-int8 schemes."""
+    ranges = calibrate_inputs(bed.network.module, bed.names, _drive(bed), calib=CalibConfig(method=calib))
+    rows = []
+    for act in (ActDtype.INT8, ActDtype.UINT8):
+        fmt = QuantFormat(WeightDtype.INT4, act, Granularity.PER_CHANNEL)
+        assignment = dict.fromkeys(bed.names, fmt)
+        records, seconds, mib = measured(
+            lambda a=assignment: quantize_scheme(
+                bed.network, a, bed.calib.images, config=WeightQuantConfig(), act_ranges=ranges
+            )
+        )
+        row = {
+            "format": fmt.name,
+            "calib": calib.value,
+            "seconds": seconds,
+            "peak_mib": mib,
+            "nothing_kept": scorer.score(assignment, records=records, ranges=ranges),
+            "dfl_float": scorer.score(
+                {n: f for n, f in assignment.items() if n != DFL}, records=records, ranges=ranges
+            ),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def _drive(bed: Testbed):
+    with torch.no_grad():
+        for i in range(0, len(bed.calib.images), 8):
+            bed.network.run(bed.calib.images[i : i + 8])
+            yield None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("parts", nargs="+", choices=("int4", "w8a8", "w4a8", "fp32"))
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--w8a8-weights", default="mse", help="weight method of the W8A8 rows: rtn or mse")
+    parser.add_argument("--calib", default="max", help="calibrator of the w4a8 rows")
+    parser.add_argument("--only", help="INT4 rows whose method label contains this text")
+    args = parser.parse_args()
+    bed = load_testbed()
+    results: dict[str, object] = {"threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory() as tmp:
+        scorer = Scorer(bed, Path(tmp))
+        results["fp32"] = scorer.score({})
+        print(f"FP32 mAP50-95 {results['fp32']:.4f}", flush=True)
+        if "int4" in args.parts:
+            results["int4"] = int4_rows(bed, scorer, only=args.only)
+        if "w8a8" in args.parts:
+            # symmetric INT8 weights: what every INT8 runtime (TensorRT, ONNX Runtime QLinearConv) takes
+            results["w8a8"] = w8a8_rows(bed, scorer, method=WeightMethod(args.w8a8_weights))
+        if "w4a8" in args.parts:
+            results["w4a8"] = w4a8_rows(bed, scorer, calib=CalibMethod(args.calib))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""Quantize many layers at once from calibration images: a whole scheme, or each layer alone.
+
+- :func:`quantize_scheme` (what the artifacts carry): layers in execution order, each one's
+  statistics taken from its input as the model sees it with every earlier layer of the scheme
+  already quantized (weights, corrected biases and input activations), so GPTQ and bias correction
+  also compensate the error arriving from upstream. One forward pass over the images.
+- :func:`quantize_each_alone` (what the sweep measures): every layer from its input in the float
+  model, for every format at once; a sweep measures a layer alone, so its upstream is float.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from quantsweep.config import ActDtype, QuantFormat, WeightMethod, WeightQuantConfig
+from quantsweep.models.network import StagedNetwork
+from quantsweep.quant.gptq import LayerStats, layer_stats
+from quantsweep.quant.layer_quant import quantize_layer
+from quantsweep.quant.numerics import ActRange, act_qparams, fake_quant_act
+from quantsweep.quant.weights import QuantizedWeight
+
+LOG = logging.getLogger(__name__)
+Ranges = Mapping[str, float | ActRange] | None
+
+
+def needs_statistics(config: WeightQuantConfig) -> bool:
+    """True when the method needs calibration inputs (anything beyond plain round to nearest)."""
+    return config.method is not WeightMethod.RTN or config.bias_correction
+
+
+def _quantized_input(name: str, x: torch.Tensor, act: ActDtype, act_ranges: Ranges) -> torch.Tensor:
+    if act is ActDtype.FP16:
+        return x
+    if act_ranges is None or name not in act_ranges:
+        raise ValueError(f"no calibrated activation range for {name}")
+    scale, zero_point = act_qparams(act_ranges[name], act)
+    return fake_quant_act(x, scale=scale, act=act, zero_point=zero_point)
+
+
+def _drive(network: StagedNetwork, images: torch.Tensor, hooks: Mapping[str, Callable]) -> None:
+    module = network.module
+    handles = [module.get_submodule(name).register_forward_pre_hook(hook) for name, hook in hooks.items()]
+    try:
+        with torch.no_grad():
+            network.run(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def quantize_scheme(
+    network: StagedNetwork,
+    assignment: Mapping[str, QuantFormat],
+    images: torch.Tensor,
+    *,
+    config: WeightQuantConfig,
+    act_ranges: Ranges = None,
+) -> dict[str, QuantizedWeight]:
+    """Records for every layer of ``assignment``, quantized sequentially in execution order.
+
+    The model is left as it was. Activation ranges are the float model's (calibrated once).
+    """
+    started = time.perf_counter()
+    module = network.module
+    if not needs_statistics(config):
+        records = {
+            n: quantize_layer(module.get_submodule(n), f, config=config) for n, f in assignment.items()
+        }
+        LOG.info(
+            "quantized %d layers (%s) in %.1f s",
+            len(records),
+            config.method.value,
+            time.perf_counter() - started,
+        )
+        return records
+    records: dict[str, QuantizedWeight] = {}
+    saved: list[tuple[nn.Parameter, torch.Tensor]] = []
+
+    def make_hook(name: str, fmt: QuantFormat):
+        def hook(layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            x_quant = _quantized_input(name, inputs[0], fmt.act, act_ranges)
+            stats = layer_stats(layer, inputs[0], x_quant)
+            record = quantize_layer(layer, fmt, config=config, stats=stats)
+            records[name] = record
+            saved.append((layer.weight, layer.weight.data))
+            layer.weight.data = record.dequantize().to(layer.weight.dtype)
+            if record.bias is not None:
+                saved.append((layer.bias, layer.bias.data))
+                layer.bias.data = record.bias.to(layer.bias.dtype)
+            return (x_quant, *inputs[1:])
+
+        return hook
+
+    try:
+        _drive(network, images, {name: make_hook(name, fmt) for name, fmt in assignment.items()})
+    finally:
+        for param, original in reversed(saved):
+            param.data = original
+    missing = set(assignment) - set(records)
+    if missing:
+        raise ValueError(f"layers never ran on the calibration images: {sorted(missing)[:5]}")
+    LOG.info(
+        "quantized %d layers sequentially (%s) in %.1f s",
+        len(records),
+        config.method.value,
+        time.perf_counter() - started,
+    )
+    return records
+
+
+def quantize_each_alone(
+    network: StagedNetwork,
+    layer_names: Sequence[str],
+    images: torch.Tensor,
+    *,
+    formats: Sequence[QuantFormat],
+    config: WeightQuantConfig,
+    act_ranges: Ranges = None,
+) -> dict[str, dict[str, QuantizedWeight]]:
+    """``{format name: {layer: record}}``, each layer quantized from its input in the float model."""
+    module = network.module
+    records: dict[str, dict[str, QuantizedWeight]] = {fmt.name: {} for fmt in formats}
+    if not needs_statistics(config):
+        for name in layer_names:
+            for fmt in formats:
+                records[fmt.name][name] = quantize_layer(module.get_submodule(name), fmt, config=config)
+        return records
+
+    def make_hook(name: str):
+        def hook(layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            stats: dict[ActDtype, LayerStats] = {}
+            for fmt in formats:
+                if fmt.act not in stats:
+                    x_quant = _quantized_input(name, inputs[0], fmt.act, act_ranges)
+                    stats[fmt.act] = layer_stats(layer, inputs[0], x_quant)
+                records[fmt.name][name] = quantize_layer(layer, fmt, config=config, stats=stats[fmt.act])
+
+        return hook
+
+    _drive(network, images, {name: make_hook(name) for name in layer_names})
+    return records
+
+
+def save_records(path: Path, records: Mapping[str, QuantizedWeight]) -> None:
+    """Write records (codes, scales, zero points, biases) for a later stage, as plain tensors."""
+    state = {
+        name: {
+            "codes": r.codes,
+            "scale": r.scale,
+            "zero_point": r.zero_point,
+            "bias": r.bias,
+            "fmt": r.fmt.to_dict(),
+            "method": r.method,
+        }
+        for name, r in records.items()
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_records(path: Path) -> dict[str, QuantizedWeight]:
+    """Inverse of :func:`save_records` (tensors only: ``weights_only`` loading runs no code)."""
+    state = torch.load(path, weights_only=True)
+    return {
+        name: QuantizedWeight(
+            s["codes"], s["scale"], s["zero_point"], QuantFormat.from_dict(s["fmt"]), s["bias"], s["method"]
+        )
+        for name, s in state.items()
+    }
+
+
+WEIGHTS_DIR = "quantized_weights"
+
+
+def records_path(directory: Path, fmt: QuantFormat) -> Path:
+    """Where the records of one format live inside ``directory``."""
+    return Path(directory) / f"{fmt.name.replace('/', '_')}.pt"
+
+
+class SchemeRecords:
+    """The records schemes take their quantized layers from: one sequential pass per format.
+
+    Each format's pass quantizes every layer (in execution order, as :func:`quantize_scheme`), so
+    a scheme that keeps some layers in float reuses records whose statistics saw those layers
+    quantized: one pass per format instead of one per scheme and search trial (docs/decisions.md).
+    Records are written to ``directory`` so later stages (the search) use the same ones.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        network: StagedNetwork,
+        images: torch.Tensor,
+        config: WeightQuantConfig,
+        act_ranges: Ranges,
+        *,
+        layer_names: Sequence[str],
+    ) -> None:
+        self.directory, self.network, self.images = Path(directory), network, images
+        self.config, self.act_ranges, self.layer_names = config, act_ranges, list(layer_names)
+        self.cache: dict[str, dict[str, QuantizedWeight]] = {}
+        self.seconds: dict[str, float] = {}
+
+    def for_format(self, fmt: QuantFormat) -> dict[str, QuantizedWeight]:
+        """Every layer's record under ``fmt`` (computed once, then read back)."""
+        if fmt.name not in self.cache:
+            path = records_path(self.directory, fmt)
+            if path.is_file():
+                self.cache[fmt.name] = load_records(path)
+            else:
+                started = time.perf_counter()
+                assignment = dict.fromkeys(self.layer_names, fmt)
+                records = quantize_scheme(
+                    self.network, assignment, self.images, config=self.config, act_ranges=self.act_ranges
+                )
+                self.seconds[fmt.name] = time.perf_counter() - started
+                save_records(path, records)
+                self.cache[fmt.name] = records
+        return self.cache[fmt.name]
+
+    def for_assignment(self, assignment: Mapping[str, QuantFormat]) -> dict[str, QuantizedWeight]:
+        """The records of the quantized layers of one scheme."""
+        return {name: self.for_format(fmt)[name] for name, fmt in assignment.items()}
