@@ -18,31 +18,19 @@ from onnx import TensorProto, numpy_helper
 
 from quantsweep.backends import get_backend
 from quantsweep.backends import tensorrt_gpu as trt_module
-from quantsweep.backends.base import ConvKind, conv_kinds
+from quantsweep.backends.base import ConvKind
 from quantsweep.backends.calibration import RangeCache
 from quantsweep.backends.sessions import ort_session
 from quantsweep.config import ActDtype, WeightDtype
 from quantsweep.errors import InputError
 from quantsweep.export.inspect import node_precisions, precision_counts
-from quantsweep.export.onnx_model import export_fp32
 from quantsweep.export.verify import relative_l2
 from quantsweep.pipeline.materialize_stage import match_targets
 from quantsweep.schemes.records import LayerAssignment, Policy, Precision, Scheme
-from tests.conftest import tiny_model
 
 INT8 = Precision(WeightDtype.INT8, ActDtype.INT8)
 FP8 = Precision(WeightDtype.FP8, ActDtype.FP8)
 FLOAT = Precision(None)
-V10_IMGSZ = 64
-
-
-@pytest.fixture(scope="module")
-def tiny_v10(tmp_path_factory):
-    """A tiny YOLOv10n (it has depthwise convs) exported at 64 px, with its node kinds and images."""
-    path = tmp_path_factory.mktemp("v10") / "fp32.onnx"
-    model = export_fp32(tiny_model("yolov10n.yaml").network, imgsz=V10_IMGSZ, path=path)
-    images = torch.rand(2, 3, V10_IMGSZ, V10_IMGSZ)
-    return {"path": path, "model": model, "kinds": conv_kinds(model), "images": images}
 
 
 def _write(source, plan, tmp_path, name="trt.onnx"):
@@ -103,15 +91,15 @@ def test_int8_artifact_is_in_tensorrt_placement(tiny_onnx, tmp_path) -> None:
     assert relative_l2(written, fp32) < 0.1
 
 
-def test_fp8_plan_keeps_first_and_depthwise_convs_at_int8(tiny_v10, tmp_path) -> None:
-    backend, kinds = get_backend("tensorrt"), tiny_v10["kinds"]
+def test_fp8_plan_keeps_first_and_depthwise_convs_at_int8(tiny_v10_onnx, tmp_path) -> None:
+    backend, kinds = get_backend("tensorrt"), tiny_v10_onnx["kinds"]
     regular = [n for n, k in kinds.items() if k is ConvKind.REGULAR]
     plan = {node: FP8 for node in kinds} | {regular[0]: FLOAT}
     with pytest.raises(InputError, match=r"target tensorrt cannot run fp8-fp8 on (first|depthwise) node"):
         backend.check_plan(plan, kinds)
     adapted = backend.adapt_plan(plan, kinds)
     backend.check_plan(adapted, kinds)
-    model = _write(tiny_v10, adapted, tmp_path)
+    model = _write(tiny_v10_onnx, adapted, tmp_path)
     _assert_trt_placement(model, adapted)
     found = node_precisions(model)
     for node, kind in kinds.items():
@@ -124,29 +112,28 @@ def test_fp8_plan_keeps_first_and_depthwise_convs_at_int8(tiny_v10, tmp_path) ->
         "fp8-fp8": by_kind[ConvKind.REGULAR] - 1,
         "int8-int8": by_kind[ConvKind.FIRST] + by_kind[ConvKind.DEPTHWISE],
     }
-    image = tiny_v10["images"][:1].numpy()
-    fp32 = ort_session(tiny_v10["path"]).run(None, {"images": image})[0]
+    image = tiny_v10_onnx["images"][:1].numpy()
+    fp32 = ort_session(tiny_v10_onnx["path"]).run(None, {"images": image})[0]
     assert relative_l2(ort_session(tmp_path / "trt.onnx").run(None, {"images": image})[0], fp32) < 0.1
 
 
-def test_adapt_plan_is_the_identity_elsewhere_and_for_int8(tiny_v10) -> None:
-    plan = dict.fromkeys(tiny_v10["kinds"], FP8)
-    assert get_backend("ort-cpu").adapt_plan(plan, tiny_v10["kinds"]) == plan
-    int8 = dict.fromkeys(tiny_v10["kinds"], INT8)
-    assert get_backend("tensorrt").adapt_plan(int8, tiny_v10["kinds"]) == int8
+def test_adapt_plan_is_the_identity_elsewhere_and_for_int8(tiny_v10_onnx) -> None:
+    plan = dict.fromkeys(tiny_v10_onnx["kinds"], FP8)
+    assert get_backend("ort-cpu").adapt_plan(plan, tiny_v10_onnx["kinds"]) == plan
+    int8 = dict.fromkeys(tiny_v10_onnx["kinds"], INT8)
+    assert get_backend("tensorrt").adapt_plan(int8, tiny_v10_onnx["kinds"]) == int8
     assert get_backend("tensorrt").runs() == {"int8-int8", "fp8-fp8"}
 
 
-def test_materialize_matches_an_fp8_scheme_to_tensorrt_only(tiny_v10) -> None:
-    layers = tuple(
-        LayerAssignment(f"layer{i}", node, FP8, None, None, 1) for i, node in enumerate(tiny_v10["kinds"])
-    )
+def test_materialize_matches_an_fp8_scheme_to_tensorrt_only(tiny_v10_onnx) -> None:
+    nodes = tiny_v10_onnx["kinds"]
+    layers = tuple(LayerAssignment(f"layer{i}", node, FP8, None, None, 1) for i, node in enumerate(nodes))
     scheme = Scheme("k0", Policy.TOP_K, (), layers)
     fp8_set = SimpleNamespace(schemes=(scheme,), combination="fp8-fp8/per_channel", low=FP8)
-    matched = match_targets([fp8_set], (), tiny_v10["kinds"])
+    matched = match_targets([fp8_set], (), tiny_v10_onnx["kinds"])
     assert set(matched) == {"tensorrt"}
     with pytest.raises(InputError, match="target openvino runs int8-int8 only"):
-        match_targets([fp8_set], ("openvino",), tiny_v10["kinds"])
+        match_targets([fp8_set], ("openvino",), tiny_v10_onnx["kinds"])
 
 
 def test_availability_says_why_not(monkeypatch) -> None:
