@@ -109,11 +109,11 @@ def _torch_dtype(trt_dtype) -> torch.dtype:
     import tensorrt as trt  # noqa: PLC0415
 
     table = {
-        trt.float32: torch.float32,
-        trt.float16: torch.float16,
-        trt.int32: torch.int32,
-        trt.int64: torch.int64,
-        trt.bool: torch.bool,
+        trt.DataType.FLOAT: torch.float32,
+        trt.DataType.HALF: torch.float16,
+        trt.DataType.INT32: torch.int32,
+        trt.DataType.INT64: torch.int64,
+        trt.DataType.BOOL: torch.bool,
     }
     return table[trt_dtype]
 
