@@ -23,12 +23,13 @@ from quantsweep.pipeline.eval_context import EvalRequest, prepare_context
 TARGET = "tensorrt"
 
 
-def _rows(candidates: Path, data: str, images: int, writer: str) -> list[dict]:
+def _rows(candidates: Path, data: str, images: int, writer: str, names: set[str]) -> list[dict]:
     context, index = prepare_context(candidates, EvalRequest(candidates, data, max_images=images))
     ort = get_backend("ort-cpu")  # the accuracy reference runtime of every target
+    print(f"{candidates}: FP32 mAP50-95 {context.reference.map50_95_gt:.4f} on {images} images")
     rows = []
     for artifact in index.targets[TARGET].artifacts:
-        if artifact.name == "fp32":
+        if artifact.name not in names:
             continue
         path = candidates / artifact.file
         verify = json.loads(path.with_suffix(".verify.json").read_text())
@@ -57,13 +58,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--native", type=Path, action="append", required=True, help="candidates run")
-    parser.add_argument("--modelopt", type=Path, action="append", required=True, help="candidates run")
+    parser.add_argument("--native", type=Path, action="append", default=[], help="candidates run")
+    parser.add_argument("--modelopt", type=Path, action="append", default=[], help="candidates run")
     parser.add_argument("--data", required=True, help="labelled evaluation images")
     parser.add_argument("--images", type=int, default=100)
+    parser.add_argument("--schemes", default="k0,k5,k10", help="scheme names to compare")
     args = parser.parse_args()
-    rows = [r for c in args.native for r in _rows(c, args.data, args.images, "native")]
-    rows += [r for c in args.modelopt for r in _rows(c, args.data, args.images, "modelopt")]
+    names = set(args.schemes.split(","))
+    rows = [r for c in args.native for r in _rows(c, args.data, args.images, "native", names)]
+    rows += [r for c in args.modelopt for r in _rows(c, args.data, args.images, "modelopt", names)]
     print("| scheme | writer | written (planned) | nodes off plan | Torch rel. L2 | mAP50-95 | write s |")
     print("|---|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: (r["planned"] != r["written"], r["scheme"], r["writer"])):
