@@ -91,3 +91,15 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory):
     layers = enumerate_layers(loaded.network, images[:1])
     mapping = map_layers(model, loaded.network.module, layers)
     return {"path": path, "model": model, "images": images, "nodes": mapping.nodes, "loaded": loaded}
+
+
+@pytest.fixture(scope="session")
+def tiny_v10_onnx(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny YOLOv10n (it has depthwise convs) exported at 64 px, its node kinds and 2 images."""
+    from quantsweep.backends.base import conv_kinds  # noqa: PLC0415
+    from quantsweep.export.onnx_model import export_fp32  # noqa: PLC0415
+
+    path = tmp_path_factory.mktemp("tiny_v10") / "fp32.onnx"
+    model = export_fp32(tiny_model("yolov10n.yaml").network, imgsz=64, path=path)
+    images = torch.rand(2, 3, 64, 64)
+    return {"path": path, "model": model, "kinds": conv_kinds(model), "images": images}

@@ -102,3 +102,21 @@ def test_a_target_that_cannot_run_the_request_stops_before_any_work(
 def test_unknown_quantizer_option_names_the_valid_ones(capsys, tiny_data, flag, value, what) -> None:
     line = _error(capsys, [*BASE, "--images", str(tiny_data), flag, value])
     assert f"unknown {what} '{value}'" in line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where CUDA is absent")
+def test_an_unavailable_target_named_explicitly_stops_before_any_work(capsys, tiny_data, tmp_path) -> None:
+    line = _error(capsys, ["run", "--target", "tensorrt", "--out", str(tmp_path)])
+    assert "target tensorrt is not available here: no CUDA GPU" in line
+    evaluate = ["evaluate", "--candidates", str(tmp_path / "none"), "--data", str(tiny_data)]
+    line = _error(capsys, [*evaluate, "--target", "tensorrt", "--out", str(tmp_path)])
+    assert "target tensorrt is not available here: no CUDA GPU" in line
+    assert not list(tmp_path.iterdir())
+
+
+def test_materialize_writer_choice_is_checked_first(capsys, tmp_path) -> None:
+    materialize = ["materialize", "--schemes", str(tmp_path), "--out", str(tmp_path)]
+    assert "unknown writer 'trt'" in _error(capsys, [*materialize, "--writer", "trt"])
+    line = _error(capsys, [*materialize, "--writer", "modelopt", "--target", "ort-cpu"])
+    assert "--writer modelopt writes tensorrt artifacts only" in line
+    assert not list(tmp_path.iterdir())

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from quantsweep.cli.main import main
 from quantsweep.export.onnx_model import export_fp32
@@ -68,8 +69,9 @@ def test_schemes_stage_files(chain) -> None:
 
 def test_each_target_gets_its_artifacts_in_its_own_placement(chain) -> None:
     index = json.loads((chain["candidates"] / "candidates.json").read_text())
-    assert set(index["targets"]) == {"ort-cpu", "openvino", "size"}
-    written = {"ort-cpu": "int8-uint8", "openvino": "int8-int8", "size": "int4-fp16"}
+    # tensorrt artifacts are written and checked on any machine; only its engines need a GPU
+    assert set(index["targets"]) == {"ort-cpu", "openvino", "size", "tensorrt"}
+    written = {"ort-cpu": "int8-uint8", "openvino": "int8-int8", "size": "int4-fp16", "tensorrt": "int8-int8"}
     for target, label in written.items():
         by_name = {a["name"]: a for a in index["targets"][target]["artifacts"]}
         assert {"fp32", "k0", "k3", "random_k3"} <= set(by_name)
@@ -98,6 +100,9 @@ def test_evaluation_search_timing_and_recommendation_per_target(chain) -> None:
         assert 0 < len(search["evaluations"]) <= 4
         # the passing kept sets the search found are timed beside the candidates
         assert set(search["finalists"]) <= set(models) and bool(search["finalists"]) == search["target_met"]
+    if not torch.cuda.is_available():
+        unavailable = json.loads((eval_dir / "results" / "tensorrt" / "unavailable.json").read_text())
+        assert "no CUDA GPU" in unavailable["reason"]
     summary = (eval_dir / "summary.md").read_text()
     assert summary.index("## Recommendations") < summary.index("\n## ort-cpu")
     for target in ("ort-cpu", "openvino", "size"):

@@ -45,8 +45,9 @@ def _register_builtin() -> None:
     from quantsweep.backends.openvino_cpu import OpenVinoBackend  # noqa: PLC0415
     from quantsweep.backends.ort_cpu import OrtCpuBackend  # noqa: PLC0415
     from quantsweep.backends.size import SizeBackend  # noqa: PLC0415
+    from quantsweep.backends.tensorrt_gpu import TensorRtBackend  # noqa: PLC0415
 
-    for backend in (OrtCpuBackend, OpenVinoBackend, SizeBackend):
+    for backend in (OrtCpuBackend, OpenVinoBackend, SizeBackend, TensorRtBackend):
         register(backend.name, backend)
 
 

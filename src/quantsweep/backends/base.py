@@ -147,6 +147,17 @@ class Backend(abc.ABC):
         """How a deployer loads ``path`` with the settings it was measured with."""
         return f"load {path} in {self.runtime}"
 
+    def adapt_plan(
+        self, plan: Mapping[str, Precision], kinds: Mapping[str, ConvKind]
+    ) -> dict[str, Precision]:
+        """The plan as this target writes it (the same by default).
+
+        A scheme's low precision is uniform; a target whose kernels for some node kinds exist in
+        another precision only (TensorRT: no FP8 depthwise convs) moves those nodes there. Stages
+        call it before :meth:`check_plan` and :meth:`write`, and verify against its result.
+        """
+        return dict(plan)
+
     def check_plan(self, plan: Mapping[str, Precision], kinds: Mapping[str, ConvKind]) -> None:
         """Refuse, in one line, a plan with precisions this target cannot run."""
         for node, precision in plan.items():

@@ -53,6 +53,11 @@ def _zero_point_tensor(name: str, quant: TensorQuant) -> onnx.TensorProto:
     return helper.make_tensor(name, quant.dtype, [], [quant.zero_point])
 
 
+def _base_name(tensor: str, quant: TensorQuant) -> str:
+    """Name stem of a tensor's Q/DQ and their parameters (FP8 ones apart from integer ones)."""
+    return f"{tensor}/q_fp8" if quant.dtype == TensorProto.FLOAT8E4M3FN else f"{tensor}/q"
+
+
 def topological_sort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
     """Order ``nodes`` so that every input is produced before it is read (stable otherwise)."""
     producers = {out: i for i, node in enumerate(nodes) for out in node.output if out}
@@ -95,7 +100,9 @@ class QdqEditor:
         self.new_nodes: list[onnx.NodeProto] = []
         self.new_inits: list[onnx.TensorProto] = []
         self.dropped: set[str] = set()
-        self.quantized: dict[str, tuple[str, TensorQuant]] = {}  # tensor -> (Q output, params)
+        # (tensor, element type) -> (Q output, params): a tensor read by an FP8 node and an INT8
+        # node (TensorRT's FP8 plans keep depthwise convs at INT8) gets one Q of each type
+        self.quantized: dict[tuple[str, int], tuple[str, TensorQuant]] = {}
         self.weights: dict[str, tuple[str, np.ndarray]] = {}  # weight -> (DQ output, scale)
 
     def node(self, name: str) -> onnx.NodeProto:
@@ -148,12 +155,13 @@ class QdqEditor:
 
     def _quantize_tensor(self, tensor: str, quant: TensorQuant) -> str:
         """One shared QuantizeLinear of ``tensor``; return its output name."""
-        if tensor in self.quantized:
-            previous = self.quantized[tensor][1]
+        key = (tensor, quant.dtype)
+        if key in self.quantized:
+            previous = self.quantized[key][1]
             if previous != quant:
                 raise ValueError(f"{tensor} is quantized twice with different parameters")
-            return self.quantized[tensor][0]
-        base = f"{tensor}/q"
+            return self.quantized[key][0]
+        base = _base_name(tensor, quant)
         scale = numpy_helper.from_array(np.array(quant.scale, dtype=np.float32), f"{base}_scale")
         zero = _zero_point_tensor(f"{base}_zero_point", quant)
         self.new_inits += [scale, zero]
@@ -161,12 +169,12 @@ class QdqEditor:
             "QuantizeLinear", [tensor, scale.name, zero.name], [f"{base}_quantized"], name=f"{base}_Q"
         )
         self.new_nodes.append(q)
-        self.quantized[tensor] = (q.output[0], quant)
+        self.quantized[key] = (q.output[0], quant)
         return q.output[0]
 
-    def _dequantize(self, tensor: str, suffix: str) -> str:
-        q_out, _ = self.quantized[tensor]
-        base = f"{tensor}/q"
+    def _dequantize(self, tensor: str, quant: TensorQuant, suffix: str) -> str:
+        q_out, _ = self.quantized[(tensor, quant.dtype)]
+        base = _base_name(tensor, quant)
         dq = helper.make_node(
             "DequantizeLinear",
             [q_out, f"{base}_scale", f"{base}_zero_point"],
@@ -180,7 +188,7 @@ class QdqEditor:
         """Feed input ``index`` of ``node`` through the tensor's shared Q and a DQ of its own."""
         tensor = node.input[index]
         self._quantize_tensor(tensor, quant)
-        node.input[index] = self._dequantize(tensor, node.name)
+        node.input[index] = self._dequantize(tensor, quant, node.name)
 
     def quantize_output(self, node: onnx.NodeProto, quant: TensorQuant) -> None:
         """Quantize output 0 of ``node``: every reader (and a graph output) reads a dequantized copy.
@@ -198,9 +206,9 @@ class QdqEditor:
                 if name != tensor:
                     continue
                 if reader.name in self.planned:
-                    reader.input[i] = self._dequantize(tensor, reader.name)
+                    reader.input[i] = self._dequantize(tensor, quant, reader.name)
                 else:
-                    shared = shared or self._dequantize(tensor, "float")
+                    shared = shared or self._dequantize(tensor, quant, "float")
                     reader.input[i] = shared
 
     def quantize_bias(self, node: onnx.NodeProto, *, input_scale: float, weight_scale: np.ndarray) -> None:

@@ -117,7 +117,7 @@ def _add_target_arg(parser: argparse.ArgumentParser, *, default: str | None) -> 
     parser.add_argument(
         "--target",
         default=default,
-        help="deployment targets, comma-separated: ort-cpu, openvino, size"
+        help="deployment targets, comma-separated: ort-cpu, openvino, size, tensorrt"
         + (f" (default {default})" if default else ""),
     )
 
@@ -182,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--schemes", type=Path, action="append", required=True, help="a schemes run directory (repeatable)"
     )
     _add_target_arg(materialize, default=None)
+    materialize.add_argument(
+        "--writer",
+        default="native",
+        help="who writes the Q/DQ: native (default) or modelopt (ModelOpt ONNX PTQ; --target tensorrt)",
+    )
     materialize.add_argument("--out", type=Path, default=Path("runs"))
     evaluate = commands.add_parser("evaluate", help="score candidates on each target's runtime; search")
     _add_eval_args(evaluate)
@@ -336,7 +341,7 @@ def _cmd_materialize(args: argparse.Namespace) -> int:
     from quantsweep.pipeline.materialize_stage import MaterializeRequest  # noqa: PLC0415
 
     targets = parse_targets(args.target) if args.target else ()
-    request = MaterializeRequest(tuple(args.schemes), targets)
+    request = MaterializeRequest(tuple(args.schemes), targets, writer=args.writer)
     run_dir = materialize_candidates(request, out=args.out, progress=tqdm_progress)
     print(f"candidates written to {run_dir}")
     print(f"index: {run_dir / 'candidates.json'}")

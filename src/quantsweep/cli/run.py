@@ -88,6 +88,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
     if not args.data:
         raise InputError("--data is required (labelled evaluation images)")
     _positive(args, "max_evals", "latency_rounds", "latency_runs", "eval_images")
+    if args.target:  # a target named here that cannot run on this machine stops before any work
+        from quantsweep.workflow import usable_targets  # noqa: PLC0415
+
+        usable_targets(parse_targets(args.target), explicit=True)
     request = EvalRequest(
         args.candidates,
         args.data,

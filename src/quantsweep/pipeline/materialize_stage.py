@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ import torch
 from quantsweep.backends import Backend, backend_names, get_backend
 from quantsweep.backends.base import conv_kinds
 from quantsweep.backends.calibration import RangeCache
+from quantsweep.backends.modelopt_writer import check_writer, plan_deviations, write_modelopt
 from quantsweep.config import QuantFormat
 from quantsweep.errors import InputError
 from quantsweep.export.candidates import FP32_FILE, Artifact, CandidatesIndex, TargetCandidates
@@ -46,6 +49,7 @@ class MaterializeRequest:
 
     schemes_dirs: tuple[Path, ...]
     targets: tuple[str, ...] = ()
+    writer: str = "native"  # or "modelopt": ModelOpt's ONNX PTQ writes the tensorrt artifacts
 
 
 def scheme_plan(scheme: Scheme) -> dict[str, Precision]:
@@ -56,7 +60,7 @@ def scheme_plan(scheme: Scheme) -> dict[str, Precision]:
 def _runs(backend: Backend, scheme_set: SchemeSet, kinds) -> bool:
     try:
         for scheme in scheme_set.schemes:
-            backend.check_plan(scheme_plan(scheme), kinds)
+            backend.check_plan(backend.adapt_plan(scheme_plan(scheme), kinds), kinds)
     except InputError:
         return False
     return True
@@ -98,8 +102,10 @@ class _Writer:
         nodes: Mapping[str, str],
     ) -> None:
         self.loaded, self.images, self.act_ranges = loaded, images, act_ranges
+        self.writer = "native"
         self.fp32_path = fp32_path
         self.fp32 = onnx.load(str(fp32_path))
+        self.kinds = conv_kinds(self.fp32)
         self.fp32_bytes = fp32_path.stat().st_size
         # the tensors quantized layers read get the Torch calibrator's ranges (MSE, percentile, ...)
         readers = {node.name: node.input[0] for node in self.fp32.graph.node if node.input}
@@ -122,13 +128,22 @@ class _Writer:
         )
 
     def scheme(self, backend: Backend, scheme: Scheme, path: Path) -> Artifact:
-        assignment = {a.torch_name: a.precision.as_format() for a in scheme.layers if a.precision.weight}
+        plan = backend.adapt_plan(scheme_plan(scheme), self.kinds)  # what the target really writes
+        written = {a.torch_name: plan[a.onnx_node] for a in scheme.layers}
+        assignment = {name: p.as_format() for name, p in written.items() if p.weight}
         nodes = {a.torch_name: a.onnx_node for a in scheme.layers}
         weights = {nodes[n]: r for n, r in self.records.for_assignment(assignment).items()}
-        model = backend.write(self.fp32, scheme_plan(scheme), ranges=self.ranges, weights=weights)
-        onnx.save(model, str(path))
-        expected = backend.written_counts(scheme.precision_counts())
+        start = time.perf_counter()
+        if self.writer == "modelopt":
+            write_modelopt(self.fp32_path, path, plan=plan, images=self.images)
+        else:
+            onnx.save(backend.write(self.fp32, plan, ranges=self.ranges, weights=weights), str(path))
+        seconds = time.perf_counter() - start
+        expected = backend.written_counts(dict(Counter(p.label for p in written.values())))
         checked = self.verify(path, assignment=assignment, expected=expected)
+        checked |= {"writer": self.writer, "write_seconds": seconds}
+        if self.writer == "modelopt":
+            checked["plan_deviations"] = plan_deviations(onnx.load(str(path)), plan)
         return _artifact(scheme.name, path, scheme.policy.value, scheme.kept_layers, checked)
 
 
@@ -216,12 +231,14 @@ def materialize_candidates(
     cache: RunCache | None = None,
 ) -> Path:
     """Write and verify FP32, every scheme per target and each target's baselines; return the run dir."""
+    check_writer(request.writer, request.targets)
     scheme_sets = _read_schemes(request)
     kinds = conv_kinds(onnx.load(str(scheme_sets[0].directory / FP32_ONNX)))
     matched = match_targets(scheme_sets, request.targets, kinds)
     config = scheme_sets[0].sweep_config
     run_dir = new_run_dir(out, model_name=Path(config.model).stem, stage="candidates")
     writer = _prepare_writer(scheme_sets, run_dir, cache or RunCache())
+    writer.writer = request.writer
     index = CandidatesIndex(sweep_dir=str(scheme_sets[0].sweep_dir), imgsz=config.imgsz)
     with progress(1 + sum(len(s.schemes) + 1 for _, s in matched.values()), "materialize") as step:
         checked = writer.verify(writer.fp32_path, assignment={}, expected=None)
