@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep_args(run)
     _add_eval_args(run)
     _add_target_arg(run, default=DEFAULT_TARGETS)
-    run.add_argument("--ks", default="0,5,10,20", help="numbers of layers kept at high precision")
+    run.add_argument("--ks", default="0,5,10", help="numbers of layers kept at high precision")
     run.add_argument("--high", default="float", help="precision of kept layers: float (alias fp16), int8")
     run.add_argument(
         "--low", default="auto", help="precision of the other layers: auto (each target's), int8, int4, fp8"

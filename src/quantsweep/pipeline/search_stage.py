@@ -146,8 +146,17 @@ class TargetSearch:
             {tuple(e["kept"]) for e in result.evaluations if e["score"] >= result.target},
             key=lambda kept: (len(kept), [measure.ranking.index(n) for n in kept]),
         )[: FINALISTS[backend.objective]]
+        # a kept set some candidate already has (K=0 is the k0 scheme) is that candidate, timed as it is
+        existing = {
+            frozenset(r.get("kept_layers") or ()): name
+            for name, r in store.all().items()
+            if r["policy"] in ("top_k", "budget", "random", "first_head")
+        }
         names = []
         for kept in passing:
+            if frozenset(kept) in existing:
+                names.append(existing[frozenset(kept)])
+                continue
             same = sum(n.startswith(f"search_k{len(kept)}") for n in names)
             name = f"search_k{len(kept)}" + (f"_{same + 1}" if same else "")
             path = search_dir / f"{name}.onnx"
