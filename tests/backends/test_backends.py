@@ -74,6 +74,8 @@ def test_ort_cpu_fuses_every_planned_conv_into_qlinearconv(tiny_onnx, tmp_path) 
     ops = Counter(node.op_type for node in onnx.load(str(optimized)).graph.node)
     assert ops["QLinearConv"] == planned
     assert ops["Conv"] + ops.get("FusedConv", 0) == 3
+    # the SiLUs after quantized convs run as integer ops too, not in float between DQ and Q
+    assert ops["QLinearSigmoid"] == ops["QLinearMul"] > 40 and ops["Sigmoid"] + ops["Mul"] < 12
     image = tiny_onnx["images"][:1].numpy()
     fp32 = ort_session(tiny_onnx["path"]).run(None, {"images": image})[0]
     assert relative_l2(backend.load(path)(image), fp32) < 0.1

@@ -95,7 +95,9 @@ def test_evaluation_search_timing_and_recommendation_per_target(chain) -> None:
         assert models["fp32"]["latency"]["ratio_to_reference"] == 1.0
         assert all(m["latency"]["median_ms"] > 0 and m["latency"]["rounds"] == 2 for m in models.values())
         rec = json.loads((eval_dir / "results" / target / "recommendation.json").read_text())
-        assert rec["recommended"] in models and rec["objective"] == ("size" if target == "size" else "speed")
+        assert rec["objective"] == ("size" if target == "size" else "speed")
+        # a random tiny model may have no quantized model within 1%: then the closest is named
+        assert rec["recommended"] in models if rec["recommended"] else rec["closest"] in models
         search = json.loads((eval_dir / "search" / target / "search.json").read_text())
         assert 0 < len(search["evaluations"]) <= 4
         # the passing kept sets the search found are timed beside the candidates

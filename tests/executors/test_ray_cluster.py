@@ -76,6 +76,7 @@ def _reports(run: Path) -> dict[str, dict]:
         report = json.loads((run / fmt.name / "layer-sensitivity-report.json").read_text())
         for row in report["layers"]:
             del row["metrics"]["elapsed_s"]
+        report.get("quantizer", {}).pop("quantize_seconds", None)
         reports[fmt.name] = report
     return reports
 

@@ -17,7 +17,7 @@ import onnx
 import torch
 
 from quantsweep.backends.calibration import RangeSource
-from quantsweep.backends.placement import Placement
+from quantsweep.backends.placement import Placement, apply_placement
 from quantsweep.config import QuantFormat
 from quantsweep.errors import InputError
 from quantsweep.quant.weights import QuantizedWeight
@@ -115,7 +115,6 @@ class Backend(abc.ABC):
     def availability(self) -> Availability:
         """Can this machine load and run the target's artifacts?"""
 
-    @abc.abstractmethod
     def write(
         self,
         fp32: onnx.ModelProto,
@@ -126,6 +125,7 @@ class Backend(abc.ABC):
     ) -> onnx.ModelProto:
         """``fp32`` with ``plan`` (ONNX node -> precision) applied in this runtime's Q/DQ placement;
         ``weights`` (ONNX node -> quantizer record) are the codes the Torch simulation used."""
+        return apply_placement(fp32, plan, ranges=ranges, placement=self.placement, weights=weights)
 
     @abc.abstractmethod
     def load(self, path: Path) -> Runner:

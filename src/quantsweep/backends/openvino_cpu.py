@@ -10,19 +10,14 @@ before the float activation.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from quantsweep.backends.base import Availability, Backend, ConvKind, Objective, Runner
-from quantsweep.backends.calibration import RangeSource
 from quantsweep.backends.ort_cpu import W8A8
-from quantsweep.backends.placement import Placement, apply_placement
+from quantsweep.backends.placement import Placement
 from quantsweep.config import QuantFormat
-from quantsweep.quant.weights import QuantizedWeight
-from quantsweep.schemes.records import Precision
 
 # Layers kept "in float" are kept to protect accuracy, so float means FP32 here: on CPUs with
 # bf16 units OpenVINO would otherwise run every non-INT8 op in bf16 (benchmarks/targets.py also
@@ -86,16 +81,6 @@ class OpenVinoBackend(Backend):
         if importlib.util.find_spec("openvino") is None:
             return Availability(False, "the openvino package is not installed (pip install openvino)")
         return Availability(True)
-
-    def write(
-        self,
-        fp32: onnx.ModelProto,
-        plan: Mapping[str, Precision],
-        *,
-        ranges: RangeSource,
-        weights: Mapping[str, QuantizedWeight] | None = None,
-    ) -> onnx.ModelProto:
-        return apply_placement(fp32, plan, ranges=ranges, placement=self.placement, weights=weights)
 
     def load(self, path: Path) -> Runner:
         return OpenVinoRunner(path)

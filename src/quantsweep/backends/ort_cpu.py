@@ -11,11 +11,9 @@ decode tail stay float.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 
 from quantsweep.backends.base import (
@@ -26,13 +24,10 @@ from quantsweep.backends.base import (
     Objective,
     Runner,
 )
-from quantsweep.backends.calibration import RangeSource
-from quantsweep.backends.placement import Placement, apply_placement
+from quantsweep.backends.placement import Placement
 from quantsweep.backends.sessions import SessionOptions, ort_session
 from quantsweep.config import ActDtype, Granularity, QuantFormat, WeightDtype
 from quantsweep.export.ort_quantize_static import quantize_with_ort
-from quantsweep.quant.weights import QuantizedWeight
-from quantsweep.schemes.records import Precision
 
 W8A8 = QuantFormat(WeightDtype.INT8, ActDtype.INT8, Granularity.PER_CHANNEL)
 
@@ -60,7 +55,7 @@ class OrtCpuBackend(Backend):
     runtime = "onnxruntime"
     objective = Objective.SPEED
     description = "ONNX Runtime CPU: INT8 W8A8 fused into QLinearConv (UINT8 activations)"
-    placement = Placement(asymmetric=True, output_q=True, int32_bias=True)
+    placement = Placement(asymmetric=True, output_q=True, int32_bias=True, fuse_silu=True)
 
     def sweep_formats(self) -> tuple[QuantFormat, ...]:
         return (W8A8,)
@@ -74,16 +69,6 @@ class OrtCpuBackend(Backend):
     def session_options(self) -> SessionOptions:
         """What the artifacts are measured with (and a deployer should use)."""
         return SessionOptions()
-
-    def write(
-        self,
-        fp32: onnx.ModelProto,
-        plan: Mapping[str, Precision],
-        *,
-        ranges: RangeSource,
-        weights: Mapping[str, QuantizedWeight] | None = None,
-    ) -> onnx.ModelProto:
-        return apply_placement(fp32, plan, ranges=ranges, placement=self.placement, weights=weights)
 
     def baselines(self) -> dict[str, BaselineWriter]:
         """ONNX Runtime's own ``quantize_static`` (convs only, UINT8 activations), nothing kept float."""

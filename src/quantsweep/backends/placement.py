@@ -6,7 +6,7 @@ so each backend states its runtime's convention instead of re-implementing graph
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import onnx
@@ -32,6 +32,9 @@ class Placement:
     asymmetric: bool = False
     output_q: bool = False
     int32_bias: bool = False
+    # SiLU (Sigmoid, then Mul with its input) after an output-quantized conv also in Q/DQ, so the
+    # runtime runs it as QLinearSigmoid + QLinearMul instead of dequantizing to float and back
+    fuse_silu: bool = False
 
     def quant(self, found: ActRange, act: ActDtype) -> TensorQuant:
         """Per-tensor parameters for a calibrated range."""
@@ -42,6 +45,28 @@ class Placement:
         if self.asymmetric and label.endswith("-int8"):
             return label[: -len("int8")] + "uint8"
         return label
+
+
+def silu_after(fp32: onnx.ModelProto, convs: Sequence[str]) -> list[tuple[str, str]]:
+    """``(sigmoid, mul)`` node names of every SiLU, ``y * sigmoid(y)``, applied to a conv in ``convs``."""
+    outputs = {n.output[0]: n for n in fp32.graph.node if n.name in set(convs)}
+    graph_outputs = {o.name for o in fp32.graph.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in fp32.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    pairs = []
+    for tensor in outputs:
+        found = readers.get(tensor, [])
+        sigmoid = next((r for r in found if r.op_type == "Sigmoid"), None)
+        if sigmoid is None or len(found) != 2:
+            continue
+        mul = next(
+            (r for r in found if r.op_type == "Mul" and set(r.input) == {tensor, sigmoid.output[0]}), None
+        )
+        if mul is not None and mul.output[0] not in graph_outputs:
+            pairs.append((sigmoid.name, mul.name))
+    return pairs
 
 
 def apply_placement(
@@ -61,10 +86,13 @@ def apply_placement(
     order = [node.name for node in fp32.graph.node]
     planned = [name for name in order if name in plan and plan[name].weight is not None]
     with_acts = [name for name in planned if plan[name].act is not ActDtype.FP16]
-    editor = QdqEditor(fp32, planned=frozenset(with_acts))
+    integer = [n for n in with_acts if plan[n].act is not ActDtype.FP8]
+    silus = silu_after(fp32, integer) if placement.output_q and placement.fuse_silu else []
+    editor = QdqEditor(fp32, planned=frozenset(with_acts).union(*silus))
     nodes = [editor.node(name) for name in with_acts]
     outputs = ({n.output[0] for n in nodes} - editor.outputs) if placement.output_q else set()
-    found = ranges({n.input[0] for n in nodes} | outputs)
+    silu_nodes = [editor.node(name) for pair in silus for name in pair]
+    found = ranges({n.input[0] for n in nodes} | outputs | {n.output[0] for n in silu_nodes})
     for node in nodes:
         act = plan[node.name].act
         quant = placement.quant(found[node.input[0]], act)
@@ -75,6 +103,8 @@ def apply_placement(
     for node in nodes:
         if node.output[0] in outputs:
             editor.quantize_output(node, placement.quant(found[node.output[0]], plan[node.name].act))
+    for node in silu_nodes:  # Sigmoid first, then Mul: graph order
+        editor.quantize_output(node, placement.quant(found[node.output[0]], ActDtype.INT8))
     for name in planned:
         if name not in with_acts:  # weight-only nodes
             editor.quantize_weight(editor.node(name), plan[name].as_format(), weights.get(name))

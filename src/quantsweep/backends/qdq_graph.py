@@ -143,13 +143,25 @@ class QdqEditor:
         return scale
 
     def _replace_bias(self, node: onnx.NodeProto, bias: np.ndarray) -> None:
+        """Put a corrected bias where the node's bias lives: its third input (Conv, Gemm), or the
+        initializer of the Add that follows a MatMul (an exported Linear)."""
         init = numpy_helper.from_array(bias, f"{node.name}/bias_corrected")
-        if len(node.input) > 2:
-            if len(self.readers[node.input[2]]) == 1:
-                self.dropped.add(node.input[2])
-            node.input[2] = init.name
+        if node.op_type == "MatMul":
+            add = next((r for r in self.readers[node.output[0]] if r.op_type == "Add"), None)
+            if add is None:
+                raise ValueError(f"{node.name}: a corrected bias needs the Add of its Linear layer")
+            index = next(i for i, name in enumerate(add.input) if name in self.inits)
+            target, slot = add, index
+        elif len(node.input) > 2:
+            target, slot = node, 2
         else:
             node.input.append(init.name)
+            self.new_inits.append(init)
+            self.inits[init.name] = init
+            return
+        if len(self.readers[target.input[slot]]) == 1:
+            self.dropped.add(target.input[slot])
+        target.input[slot] = init.name
         self.new_inits.append(init)
         self.inits[init.name] = init
 

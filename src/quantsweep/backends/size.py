@@ -9,19 +9,13 @@ as fast as FP32 while the file stays small. That is how this target times its ar
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
-import onnx
-
 from quantsweep.backends.base import Availability, Backend, ConvKind, Objective, Runner
-from quantsweep.backends.calibration import RangeSource
 from quantsweep.backends.ort_cpu import OrtRunner
-from quantsweep.backends.placement import Placement, apply_placement
+from quantsweep.backends.placement import Placement
 from quantsweep.backends.sessions import SessionOptions
 from quantsweep.config import ActDtype, Granularity, QuantFormat, WeightDtype
-from quantsweep.quant.weights import QuantizedWeight
-from quantsweep.schemes.records import Precision
 
 INT4_WEIGHT_ONLY = QuantFormat(WeightDtype.INT4, ActDtype.FP16, Granularity.PER_CHANNEL)
 
@@ -48,16 +42,6 @@ class SizeBackend(Backend):
     def session_options(self) -> SessionOptions:
         """Q/DQ folded into float weights at load time (measured faster than dequantizing per run)."""
         return SessionOptions(disable_quant_qdq=True)
-
-    def write(
-        self,
-        fp32: onnx.ModelProto,
-        plan: Mapping[str, Precision],
-        *,
-        ranges: RangeSource,
-        weights: Mapping[str, QuantizedWeight] | None = None,
-    ) -> onnx.ModelProto:
-        return apply_placement(fp32, plan, ranges=ranges, placement=self.placement, weights=weights)
 
     def load(self, path: Path) -> Runner:
         return OrtRunner(path, self.session_options())

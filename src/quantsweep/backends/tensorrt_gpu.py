@@ -29,9 +29,8 @@ import onnx
 import torch
 
 from quantsweep.backends.base import Availability, Backend, ConvKind, Objective, Runner
-from quantsweep.backends.calibration import RangeSource
 from quantsweep.backends.ort_cpu import W8A8
-from quantsweep.backends.placement import Placement, apply_placement
+from quantsweep.backends.placement import Placement
 from quantsweep.config import ActDtype, QuantFormat, WeightDtype
 from quantsweep.export.inspect import node_precisions
 from quantsweep.schemes.records import Precision
@@ -209,11 +208,6 @@ class TensorRtBackend(Backend):
 
     def availability(self) -> Availability:
         return tensorrt_availability()
-
-    def write(
-        self, fp32: onnx.ModelProto, plan: Mapping[str, Precision], *, ranges: RangeSource
-    ) -> onnx.ModelProto:
-        return apply_placement(fp32, plan, ranges=ranges, placement=self.placement)
 
     def load(self, path: Path) -> Runner:
         return load_engine(path)

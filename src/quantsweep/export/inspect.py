@@ -70,8 +70,12 @@ def node_precisions(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
 
 
 def precision_label(weight: str, act: str) -> str:
-    """Same labels as :class:`quantsweep.schemes.records.Precision` (``float`` when nothing is quantized)."""
-    return "float" if weight == "float" and act == "fp16" else f"{weight}-{act}"
+    """Same labels as :class:`quantsweep.schemes.records.Precision`: ``float`` for float weights.
+
+    A float node may still read a dequantized tensor (in ONNX Runtime's placement the producer's
+    output is quantized for the integer ops around it); it computes in float all the same.
+    """
+    return "float" if weight == "float" else f"{weight}-{act}"
 
 
 def precision_counts(model: onnx.ModelProto) -> dict[str, int]:
