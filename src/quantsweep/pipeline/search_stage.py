@@ -106,13 +106,16 @@ class TargetSearch:
         self.request, self.eval_request, self.context, self.index = request, eval_request, context, index
         self.candidates_dir = Path(eval_request.candidates_dir)
         self.progress: ProgressFactory = no_progress
+        self._ranges: RangeCache | None = None  # one FP32 graph and calibration batch for every target
 
     def __call__(self, backend: Backend, store: ResultStore) -> dict:
         scheme_set = read_scheme_set(Path(self.index.targets[backend.name].schemes_dir))
         search_dir = store.directory.parent.parent / "search" / backend.name
         log = JsonLines(search_dir / "evaluations.jsonl")
         records = _records(self.candidates_dir, scheme_set)
-        ranges = _ranges(self.candidates_dir, self.context)
+        if self._ranges is None:
+            self._ranges = _ranges(self.candidates_dir, self.context)
+        ranges = self._ranges
         measure = _Measure(backend, scheme_set, ranges, self.context, log, records=records)
         reference = self.context.reference_score
         threshold = self.eval_request.accuracy_target.threshold(reference)
