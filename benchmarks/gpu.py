@@ -1,159 +1,254 @@
-"""The GPU check of the ``tensorrt`` target, in one run on a CUDA machine with TensorRT installed.
+"""Every GPU check of the project in one prepared run on a CUDA machine, and its CPU counterpart.
 
-NOT RUN YET: no session so far had a GPU; nothing in the README or the docs comes from this script.
-Without a CUDA GPU or the ``tensorrt`` package it says which is missing and exits with code 2.
+    PYTHONUNBUFFERED=1 python benchmarks/gpu.py --out DIR [--budget-s 400]
 
-1. ``quantsweep run --target tensorrt --device cuda`` on the bundled YOLOv10m at 320 px (sweep on
-   CUDA, schemes K in {0, 5, 10}, TensorRT artifacts, engines scored and timed, recommendation),
-   and ``quantsweep sweep --method fast --device cuda`` beside it: the two sweeps' wall times.
-2. Engines at 320 and 640 px: the FP16 reference (the FP32 ONNX with TensorRT's FP16 flag), every
-   planned node INT8, every planned node FP8 (first and depthwise convs INT8), and the run's
-   recommended scheme; all timed in the same interleaved rounds (wall clock per call, and the
-   CUDA-event time of the engine alone).
-3. mAP50-95 at 320 px of each engine on the run's evaluation images, with the project's evaluator.
+Each step runs on its own (a step that fails prints its error and the next one runs) while the
+time budget lasts; every figure is printed, and the box errors go to DIR/gpu_sweep.json.
 
-    python benchmarks/gpu.py [--out runs-gpu]
+1. Environment: GPU, torch and CUDA versions, ONNX Runtime providers, TensorRT (or why not).
+2. Sweep cost on CUDA, testbed at 320 px, 16 calibration images, every conv, int4-fp16 and
+   int8-int8 per channel, computed in float32 and in float16: one forward pass, the exact sweep
+   and its cost ratio (sweep seconds / (layers x one forward pass)), the naive method on 10
+   layers, the fast estimator (seconds; Spearman and top-10 overlap with the float32 exact ranking).
+3. The exact int4-fp16 sweep at 640 px over 128 images.
+4. The CLI on CUDA: ``quantsweep sweep --device cuda`` (the default targets' combinations, GPTQ
+   weights, exact), then ``quantsweep run --device cuda --target ort-cpu,size``: wall times.
+5. TensorRT engines (``gpu_engines.py``), only when ``import tensorrt`` works.
+
+    python benchmarks/gpu.py --compare DIR/gpu_sweep.json
+
+on a CPU machine measures the same exact sweeps on the CPU and prints how the CUDA rankings agree.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import statistics
+import json
+import platform
 import subprocess
 import sys
-import tempfile
 import time
+import traceback
 from pathlib import Path
 
-import numpy as np
-import onnx
 import torch
+from scipy.stats import spearmanr
 
-from quantsweep.backends import get_backend
-from quantsweep.backends.base import conv_kinds
-from quantsweep.backends.calibration import RangeCache
-from quantsweep.backends.tensorrt_gpu import load_engine
-from quantsweep.backends.timing import interleaved_latency
-from quantsweep.config import ActDtype, WeightDtype
-from quantsweep.data.images import load_batch, resolve_images
+from quantsweep.config import ActDtype, ComputeDtype, DetectConfig, Granularity, QuantFormat, WeightDtype
 from quantsweep.data.shapes import generate_split
-from quantsweep.evaluate.scoring import accuracy, detections_of
-from quantsweep.export.inspect import node_precisions, precision_label
-from quantsweep.export.onnx_model import export_fp32
-from quantsweep.models.ultralytics_adapter import BUNDLED_MODEL, load_model
-from quantsweep.pipeline.eval_context import EvalRequest, prepare_context
-from quantsweep.records import read_json
-from quantsweep.schemes.records import Precision
+from quantsweep.sweep.engine import ExactSweep
+from quantsweep.sweep.fast import estimate
+from testbed import CALIB_IMAGES, IMGSZ, Testbed, load_testbed, top
 
-SIZES = (320, 640)
-PRECISIONS = {
-    "float": Precision(None),
-    "int8-int8": Precision(WeightDtype.INT8, ActDtype.INT8),
-    "fp8-fp8": Precision(WeightDtype.FP8, ActDtype.FP8),
-}
+FORMATS = (
+    QuantFormat(WeightDtype.INT4, ActDtype.FP16, Granularity.PER_CHANNEL),
+    QuantFormat(WeightDtype.INT8, ActDtype.INT8, Granularity.PER_CHANNEL),
+)
+NAIVE_SAMPLE = 10
 
 
-def preflight() -> None:
-    """Exit 2 with the reason when this machine cannot build TensorRT engines."""
-    reason = None
-    if not torch.cuda.is_available():
-        reason = "needs a CUDA GPU: torch.cuda.is_available() is false here"
-    elif importlib.util.find_spec("tensorrt") is None:
-        reason = "needs the tensorrt package: pip install quantsweep[tensorrt]"
-    if reason is not None:
-        print(f"benchmarks/gpu.py {reason}", file=sys.stderr)
-        sys.exit(2)
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
-def _timed(argv: list[str]) -> float:
+def environment() -> None:
+    """What the machine is: GPU, versions, runtimes."""
+    print(f"python {platform.python_version()}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        print(f"GPU: {props.name}, {props.total_memory / 2**30:.0f} GiB, {props.multi_processor_count} SMs")
+    else:
+        print("GPU: none visible to torch")
+    import onnxruntime  # noqa: PLC0415
+
+    print(f"onnxruntime {onnxruntime.__version__}: {onnxruntime.get_available_providers()}")
+    for name in ("tensorrt", "modelopt", "ray", "openvino"):
+        print(f"{name}: {'importable' if importlib.util.find_spec(name) else 'not installed'}")
+
+
+def forward_seconds(engine: ExactSweep, *, repeats: int = 5) -> float:
+    """Median time of one full forward pass over the engine's images (after one warm-up)."""
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            _sync(engine.device.type)
+            start = time.perf_counter()
+            for chunk in engine.chunks:
+                engine.network.run(chunk.to(engine.device, engine.dtype))
+            _sync(engine.device.type)
+            times.append(time.perf_counter() - start)
+    return sorted(times[1:])[repeats // 2]
+
+
+def exact_sweep(engine: ExactSweep, bed: Testbed, fmt: QuantFormat) -> tuple[dict[str, float], float]:
+    """Box error of every layer alone, and the seconds it took."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "quantsweep.cli.main", *argv], check=True)
-    return time.perf_counter() - start
+    errors = {x.name: engine.measure(x, fmt, act_ranges=bed.act_ranges).box_error for x in bed.layers}
+    _sync(engine.device.type)
+    return errors, time.perf_counter() - start
 
 
-def sweeps_on_cuda(out: Path) -> Path:
-    """The whole run with the exact sweep, and a fast sweep; print both times; return the run dir."""
-    run = ["run", "--target", "tensorrt", "--device", "cuda", "--ks", "0,5,10", "--max-evals", "4"]
-    exact = _timed([*run, "--out", str(out)])
-    run_dir = max(out.glob("*_run/*"), key=lambda p: p.stat().st_mtime)
-    calib = next(run_dir.glob("data/calib/*.yaml"))
-    fast = _timed(
-        ["sweep", "--images", str(calib), "--device", "cuda", "--method", "fast", "--out", str(out)]
+def naive_per_layer(engine: ExactSweep, bed: Testbed, fmt: QuantFormat) -> float:
+    """Seconds per layer of a full forward pass per layer (no prefix reuse) plus the same metrics."""
+    sample = bed.layers[:: max(1, len(bed.layers) // NAIVE_SAMPLE)][:NAIVE_SAMPLE]
+    start = time.perf_counter()
+    for layer in sample:
+        output = engine.run_quantized({layer.name: fmt}, start_block=0, act_ranges=bed.act_ranges)
+        engine.score(layer.name, output, started=start)
+    return (time.perf_counter() - start) / len(sample)
+
+
+def sweep_costs(bed: Testbed, *, device: str, dtype: ComputeDtype, results: dict) -> None:
+    """Step 2 for one compute dtype: forward, exact, naive and fast on both formats."""
+    engine = ExactSweep(
+        bed.network, bed.calib, batch_size=8, detect=DetectConfig(), device=device, compute_dtype=dtype
     )
-    print(f"run (exact sweep on cuda, whole pipeline): {exact:.1f} s; fast sweep on cuda: {fast:.1f} s")
-    return run_dir
+    forward_s = forward_seconds(engine)
+    print(f"\n{device} {dtype.value}: one forward pass over 16 images {forward_s * 1000:.1f} ms")
+    print("format | exact s | cost ratio | naive s/layer | fast s | fast spearman | fast top10")
+    for fmt in FORMATS:
+        exact, exact_s = exact_sweep(engine, bed, fmt)
+        naive_s = naive_per_layer(engine, bed, fmt)
+        kwargs = {"fmt": fmt, "act_ranges": bed.act_ranges, "device": device, "compute_dtype": dtype}
+        estimate(bed.network, type(bed.calib)(bed.calib.images[:2], None), bed.layers, **kwargs)
+        fast = estimate(bed.network, bed.calib, bed.layers, **kwargs)  # after a 2-image warm-up
+        reference = results.get(f"{fmt.name} float32 exact", exact)
+        rho = spearmanr([reference[n] for n in bed.names], [fast.box_error[n] for n in bed.names]).statistic
+        overlap = len(set(top(fast.box_error)) & set(top(reference)))
+        ratio = exact_s / (len(bed.layers) * forward_s)
+        print(
+            f"{fmt.name} | {exact_s:.1f} | {ratio:.2f} | {naive_s:.3f} | {fast.seconds:.1f} "
+            f"| {rho:.3f} | {overlap}"
+        )
+        results[f"{fmt.name} {dtype.value} exact"] = exact
+        results[f"{fmt.name} {dtype.value} fast"] = fast.box_error
+    if dtype is ComputeDtype.FLOAT16:
+        for fmt in FORMATS:
+            ref, half = results[f"{fmt.name} float32 exact"], results[f"{fmt.name} float16 exact"]
+            rho = spearmanr([ref[n] for n in bed.names], [half[n] for n in bed.names]).statistic
+            print(
+                f"{fmt.name}: float16 exact vs float32 exact: Spearman {rho:.4f}, "
+                f"top-10 overlap {len(set(top(half)) & set(top(ref)))}"
+            )
 
 
-def plans(fp32: onnx.ModelProto, recommended: Path) -> dict[str, dict[str, Precision]]:
-    """All-INT8, all-FP8 (adapted) and the recommended file's plan, by ONNX node name."""
-    kinds, backend = conv_kinds(fp32), get_backend("tensorrt")
-    written = {n: PRECISIONS[precision_label(*p)] for n, p in node_precisions(onnx.load(recommended)).items()}
-    return {
-        "int8": dict.fromkeys(kinds, PRECISIONS["int8-int8"]),
-        "fp8": backend.adapt_plan(dict.fromkeys(kinds, PRECISIONS["fp8-fp8"]), kinds),
-        "recommended": written,
+def large_sweep(device: str) -> None:
+    """Step 3: the exact int4-fp16 sweep at 640 px over 128 images."""
+    bed = load_testbed(device=device, imgsz=640, calib_images=128)
+    engine = ExactSweep(bed.network, bed.calib, batch_size=16, detect=DetectConfig(), device=device)
+    forward_s = forward_seconds(engine, repeats=3)
+    _, seconds = exact_sweep(engine, bed, FORMATS[0])
+    print(
+        f"\n640 px, 128 images, {len(bed.layers)} layers, int4-fp16 exact: {seconds:.1f} s "
+        f"({seconds / len(bed.layers):.2f} s/layer; one forward pass {forward_s:.2f} s; "
+        f"cost ratio {seconds / (len(bed.layers) * forward_s):.2f})"
+    )
+
+
+def cli_on_cuda(out: Path, *, deadline: float, device: str = "cuda") -> None:
+    """Step 4: the sweep and the whole run through the CLI on CUDA, wall times."""
+    calib = generate_split(out / "data", split="calib", count=CALIB_IMAGES, size=IMGSZ, split_seed=2)
+    commands = {
+        "sweep (exact, default targets' combinations, GPTQ)": ["sweep", "--images", str(calib)],
+        "run --target ort-cpu,size": ["run", "--target", "ort-cpu,size"],
     }
-
-
-def engines_at(imgsz: int, recommended: Path, work: Path) -> dict[str, object]:
-    """Export at ``imgsz``, write the plans as TensorRT artifacts, and build every engine."""
-    path = work / f"fp32_{imgsz}.onnx"
-    fp32 = export_fp32(load_model(BUNDLED_MODEL).network, imgsz=imgsz, path=path)
-    calib_yaml = generate_split(work / f"c{imgsz}", split="calib", count=16, size=imgsz, split_seed=2)
-    ranges = RangeCache(fp32, load_batch(resolve_images(calib_yaml), imgsz=imgsz).images)
-    runners = {"fp16": load_engine(path)}
-    for name, plan in plans(fp32, recommended).items():
-        artifact = work / f"{name}_{imgsz}.onnx"
-        onnx.save(get_backend("tensorrt").write(fp32, plan, ranges=ranges), str(artifact))
+    for label, argv in commands.items():
+        left = deadline - time.time()
+        if left < 60:
+            print(f"skipped {label}: {left:.0f} s of the budget left")
+            continue
+        command = [sys.executable, "-m", "quantsweep.cli.main", *argv, "--device", device, "--out", str(out)]
         start = time.perf_counter()
-        runners[name] = load_engine(artifact)
-        print(f"{imgsz} px {name}: engine built in {time.perf_counter() - start:.1f} s")
-    return runners
+        try:
+            done = subprocess.run(command, check=False, timeout=left, capture_output=True, text=True)
+        except subprocess.TimeoutExpired:
+            print(f"quantsweep {label} on {device}: stopped at the budget after {left:.0f} s")
+            continue
+        seconds = time.perf_counter() - start
+        print(f"\nquantsweep {label} on {device}: {seconds:.1f} s, exit {done.returncode}")
+        print("\n".join((done.stdout + done.stderr).strip().splitlines()[-15:]))
 
 
-def time_and_score(runners: dict, imgsz: int, context) -> None:
-    """Interleaved latency (wall and CUDA events) and, at the run's size, mAP of every engine."""
-    image = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
-    timings = interleaved_latency(runners, image, reference="fp16", rounds=7, runs_per_round=20)
-    print(f"\n{imgsz} px | engine | median ms | ratio to fp16 | CUDA-event ms | mAP50-95")
-    for name, runner in runners.items():
-        gpu = []
-        for _ in range(50):
-            runner(image)
-            gpu.append(runner.last_gpu_ms)
-        score = ""
-        if context is not None and imgsz == context.config.imgsz:
-            found = detections_of(runner, context.batch, context.detect)
-            score = f"{accuracy(found, batch=context.batch, pseudo=context.pseudo).map50_95_gt:.4f}"
-        t = timings[name]
-        gpu_ms = statistics.median(gpu)
-        print(f"| {name} | {t.median_ms:.3f} | {t.ratio_to_reference:.3f} | {gpu_ms:.3f} | {score} |")
+def _step(label: str, deadline: float, action) -> None:
+    if time.time() > deadline:
+        print(f"\n== {label}: skipped, the time budget is spent")
+        return
+    print(f"\n== {label}", flush=True)
+    start = time.perf_counter()
+    try:
+        action()
+    except Exception:  # one failing step must not hide the others' figures
+        traceback.print_exc(file=sys.stdout)
+    print(f"== {label}: {time.perf_counter() - start:.1f} s", flush=True)
+
+
+def on_gpu(out: Path, *, budget_s: float, device: str = "cuda", layers: int | None = None) -> None:
+    """Steps 1-5 on ``device``; ``layers`` (first N only) and a CPU device make a smoke run."""
+    deadline = time.time() + budget_s
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, float]] = {}
+    _step("environment", deadline, environment)
+    bed = load_testbed(device=device)
+    bed.layers = bed.layers[:layers]
+
+    def costs() -> None:
+        for dtype in (ComputeDtype.FLOAT32, ComputeDtype.FLOAT16):
+            sweep_costs(bed, device=device, dtype=dtype, results=results)
+            (out / "gpu_sweep.json").write_text(json.dumps(results))
+
+    _step(f"sweep cost on {device} at 320 px", deadline, costs)
+    _step(f"CLI on {device}", deadline, lambda: cli_on_cuda(out / "runs", deadline=deadline, device=device))
+    if device.startswith("cuda"):
+        _step("exact sweep at 640 px", deadline, lambda: large_sweep(device))
+    if importlib.util.find_spec("tensorrt") is None:
+        print("\n== TensorRT engines: not run, the tensorrt package is not installed here")
+    else:
+        from gpu_engines import tensorrt_engines  # noqa: PLC0415 (needs tensorrt)
+
+        run = [sys.executable, "-m", "quantsweep.cli.main", "run", "--target", "tensorrt"]
+        run += ["--device", "cuda", "--out", str(out / "trt")]
+        _step("TensorRT run", deadline, lambda: subprocess.run(run, check=False))
+        _step("TensorRT engines", deadline, lambda: tensorrt_engines(next((out / "trt").glob("*_run/*"))))
+
+
+def compare(path: Path) -> None:
+    """The same exact sweeps on this machine's CPU, against the CUDA results in ``path``."""
+    cuda = json.loads(path.read_text())
+    bed = load_testbed()
+    engine = ExactSweep(bed.network, bed.calib, batch_size=8, detect=DetectConfig())
+    for fmt in FORMATS:
+        cpu, seconds = exact_sweep(engine, bed, fmt)
+        print(f"\n{fmt.name}: CPU exact sweep {seconds:.1f} s")
+        for key in (f"{fmt.name} float32 exact", f"{fmt.name} float16 exact"):
+            if key not in cuda:
+                continue
+            other = cuda[key]
+            rho = spearmanr([cpu[n] for n in bed.names], [other[n] for n in bed.names]).statistic
+            worst = max(abs(other[n] - cpu[n]) / max(cpu[n], 1e-9) for n in bed.names)
+            overlap = len(set(top(other)) & set(top(cpu)))
+            print(f"  CPU vs CUDA {key}: Spearman {rho:.4f}, top-10 {overlap}, max rel diff {worst:.2e}")
 
 
 def main() -> None:
-    """Run the three steps; print every figure."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=Path("runs-gpu"))
+    parser.add_argument("--budget-s", type=float, default=400.0, help="skip the steps left after this")
+    parser.add_argument("--compare", type=Path, help="gpu_sweep.json of a CUDA run: measure on the CPU")
+    parser.add_argument("--smoke-cpu-layers", type=int, help="check the script on the CPU, N layers")
     args = parser.parse_args()
-    preflight()
-    run_dir = sweeps_on_cuda(args.out)
-    candidates = next(run_dir.glob("*_candidates/*"))
-    evaluate = next(run_dir.glob("*_evaluate/*"))
-    recommendation = read_json(evaluate / "results" / "tensorrt" / "recommendation.json", "recommendation")
-    if recommendation["recommended"] is None:  # no scheme met the accuracy target: time K=10
-        print("no tensorrt scheme met the accuracy target; timing k10 in its place")
-        recommended = candidates / "tensorrt" / "k10.onnx"
+    if args.compare is not None:
+        compare(args.compare)
+    elif args.smoke_cpu_layers:
+        on_gpu(args.out, budget_s=args.budget_s, device="cpu", layers=args.smoke_cpu_layers)
+    elif not torch.cuda.is_available():
+        print("benchmarks/gpu.py needs a CUDA GPU: torch.cuda.is_available() is false here", file=sys.stderr)
+        sys.exit(2)
     else:
-        recommended = candidates / recommendation["file"]  # an absolute path stays as it is
-    print(f"recommended: {recommendation['recommended']} ({recommended})")
-    val = next(run_dir.glob("data/val/*.yaml"))
-    context, _ = prepare_context(candidates, EvalRequest(candidates, str(val), max_images=100))
-    with tempfile.TemporaryDirectory() as tmp:
-        for imgsz in SIZES:
-            time_and_score(engines_at(imgsz, recommended, Path(tmp)), imgsz, context)
+        on_gpu(args.out, budget_s=args.budget_s)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ and its peak memory sampled (resident set above the level before it, every 10 ms
     python benchmarks/quantizers.py int4        # INT4 weight-only: rtn / mse / gptq (+ bias correction)
     python benchmarks/quantizers.py w8a8        # INT8 / UINT8 activations x max / percentile / mse / entropy
     python benchmarks/quantizers.py w4a8 --calib max   # INT4 weights with INT8 / UINT8 activations
+    python benchmarks/quantizers.py w4a8-search        # int4-int8: fewest top-ranked convs kept for 99%
     python benchmarks/quantizers.py int4 w8a8 --json out.json
 """
 
@@ -44,6 +45,7 @@ from quantsweep.metrics.map import mean_average_precision
 from quantsweep.quant.apply import calibrate_inputs
 from quantsweep.quant.layer_quant import quantize_layer
 from quantsweep.quant.scheme import quantize_each_alone, quantize_scheme
+from quantsweep.sweep.engine import ExactSweep
 from testbed import IMGSZ, Testbed, load_testbed
 
 DFL = "model.23.dfl.conv"
@@ -223,6 +225,35 @@ def w4a8_rows(bed: Testbed, scorer: Scorer, *, calib: CalibMethod) -> list[dict]
     return rows
 
 
+def w4a8_search(bed: Testbed, scorer: Scorer, *, fp32: float, max_kept: int = 8) -> list[dict]:
+    """int4-int8 at the 1% target, default methods: the exact sweep's ranking (each layer's GPTQ
+    record from its float input, MSE ranges, as the sweep stage does), then the top K kept in float
+    and the rest quantized sequentially (as materialize does) for K = 0, 1, ... until 99% of FP32."""
+    fmt = QuantFormat(WeightDtype.INT4, ActDtype.INT8, Granularity.PER_CHANNEL)
+    ranges = calibrate_inputs(bed.network.module, bed.names, _drive(bed), calib=CalibConfig())
+    started = time.perf_counter()
+    alone = quantize_each_alone(
+        bed.network, bed.names, bed.calib.images, formats=[fmt], config=WeightQuantConfig(), act_ranges=ranges
+    )[fmt.name]
+    engine = ExactSweep(bed.network, bed.calib, batch_size=8, detect=DetectConfig())
+    errors = {x.name: engine.measure(x, fmt, act_ranges=ranges, weights=alone).box_error for x in bed.layers}
+    ranking = sorted(errors, key=lambda n: (-errors[n], n))
+    print(f"int4-int8 exact sweep with per-layer GPTQ: {time.perf_counter() - started:.1f} s", flush=True)
+    rows = []
+    for k in range(max_kept + 1):
+        assignment = {n: fmt for n in bed.names if n not in ranking[:k]}
+        records = quantize_scheme(
+            bed.network, assignment, bed.calib.images, config=WeightQuantConfig(), act_ranges=ranges
+        )
+        score = scorer.score(assignment, records=records, ranges=ranges)
+        row = {"kept": k, "layers": ranking[:k], "map50_95": score, "of_fp32": score / fp32}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if score >= 0.99 * fp32:
+            break
+    return rows
+
+
 def _drive(bed: Testbed):
     with torch.no_grad():
         for i in range(0, len(bed.calib.images), 8):
@@ -232,7 +263,7 @@ def _drive(bed: Testbed):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("parts", nargs="+", choices=("int4", "w8a8", "w4a8", "fp32"))
+    parser.add_argument("parts", nargs="+", choices=("int4", "w8a8", "w4a8", "w4a8-search", "fp32"))
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--w8a8-weights", default="mse", help="weight method of the W8A8 rows: rtn or mse")
     parser.add_argument("--calib", default="max", help="calibrator of the w4a8 rows")
@@ -251,6 +282,8 @@ def main() -> None:
             results["w8a8"] = w8a8_rows(bed, scorer, method=WeightMethod(args.w8a8_weights))
         if "w4a8" in args.parts:
             results["w4a8"] = w4a8_rows(bed, scorer, calib=CalibMethod(args.calib))
+        if "w4a8-search" in args.parts:
+            results["w4a8_search"] = w4a8_search(bed, scorer, fp32=results["fp32"])
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

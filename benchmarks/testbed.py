@@ -45,22 +45,30 @@ def top(scores: dict[str, float], k: int = 10) -> list[str]:
     return sorted(scores, key=lambda n: (-scores[n], n))[:k]
 
 
-def load_testbed(*, model: str | Path = BUNDLED_MODEL, batch_size: int = 8) -> Testbed:
-    """Generate the images (calibration: split seed 2; validation: the testbed's val split) and load."""
+def load_testbed(
+    *,
+    model: str | Path = BUNDLED_MODEL,
+    batch_size: int = 8,
+    device: str = "cpu",
+    imgsz: int = IMGSZ,
+    calib_images: int = CALIB_IMAGES,
+) -> Testbed:
+    """Generate the images (calibration: split seed 2; validation: the testbed's val split) and load
+    the model on ``device`` (the images stay on the CPU; the sweep moves each chunk)."""
     with tempfile.TemporaryDirectory() as tmp:
         calib_yaml = generate_split(
-            Path(tmp) / "c", split="calib", count=CALIB_IMAGES, size=IMGSZ, split_seed=2
+            Path(tmp) / "c", split="calib", count=calib_images, size=imgsz, split_seed=2
         )
-        val_yaml = generate_split(Path(tmp) / "v", split="val", count=VAL_IMAGES, size=IMGSZ, split_seed=1)
-        calib = load_batch(resolve_images(calib_yaml), imgsz=IMGSZ)
-        val = load_batch(resolve_images(val_yaml), imgsz=IMGSZ)
-    network = load_model(model).network
-    layers = enumerate_layers(network, calib.images[:1])
+        val_yaml = generate_split(Path(tmp) / "v", split="val", count=VAL_IMAGES, size=imgsz, split_seed=1)
+        calib = load_batch(resolve_images(calib_yaml), imgsz=imgsz)
+        val = load_batch(resolve_images(val_yaml), imgsz=imgsz)
+    network = load_model(model, device=device).network
+    layers = enumerate_layers(network, calib.images[:1].to(device))
 
     def drive():
         with torch.no_grad():
             for i in range(0, len(calib.images), batch_size):
-                network.run(calib.images[i : i + batch_size])
+                network.run(calib.images[i : i + batch_size].to(device))
                 yield None
 
     ranges = calibrate_inputs(

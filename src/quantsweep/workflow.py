@@ -138,8 +138,14 @@ def check_targets_fit(config: RunConfig) -> None:
             )
 
 
-def run_job(config: RunConfig, *, out: Path, progress: ProgressFactory = no_progress) -> Path:
-    """Run every stage into a new run directory; return the evaluate directory holding the report."""
+def run_job(
+    config: RunConfig, *, out: Path, progress: ProgressFactory = no_progress, share_loads: bool = True
+) -> Path:
+    """Run every stage into a new run directory; return the evaluate directory holding the report.
+
+    ``share_loads=False`` makes each stage load the model, calibrate and export for itself, as it
+    does when run alone (how ``run`` worked before it shared them; ``benchmarks/run_speed.py``).
+    """
     check_targets_fit(config)
     run_dir = new_run_dir(out, model_name=Path(config.sweep.model).stem, stage="run")
     sweep_config, eval_data = config.sweep, config.eval_data
@@ -156,13 +162,17 @@ def run_job(config: RunConfig, *, out: Path, progress: ProgressFactory = no_prog
         image_root=sweep_config.image_root,
     )
     sweep_dir = sweep(sweep_config, out=run_dir, progress=progress)
-    cache = RunCache()  # one model load, one calibration batch and one export for what follows
+    shared = RunCache()  # one model load, one calibration batch and one export for what follows
+
+    def cache() -> RunCache:
+        return shared if share_loads else RunCache()
+
     schemes_dirs = tuple(
-        make_schemes(_schemes_request(config.schemes, report), out=run_dir, cache=cache)
+        make_schemes(_schemes_request(config.schemes, report), out=run_dir, cache=cache())
         for report in _reports(sweep_dir, sweep_config)
     )
     candidates_dir = materialize_candidates(
-        MaterializeRequest(schemes_dirs, config.targets), out=run_dir, progress=progress, cache=cache
+        MaterializeRequest(schemes_dirs, config.targets), out=run_dir, progress=progress, cache=cache()
     )
     eval_request = EvalRequest(
         candidates_dir,

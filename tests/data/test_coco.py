@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ from quantsweep.config import ApConvention, DetectConfig
 from quantsweep.data.images import load_batch, resolve_images
 from quantsweep.data.shapes import CLASSES, generate_split
 from quantsweep.errors import InputError
+from quantsweep.evaluate.scoring import accuracy
 from quantsweep.metrics.coco_eval import cocoeval_map
 from quantsweep.metrics.detections import decode
 from quantsweep.metrics.map import mean_average_precision
@@ -126,3 +128,13 @@ def test_testbed_map_is_the_same_from_coco_json_and_yolo_labels(testbed_checkpoi
     coco_lib = cocoeval_map(detections, coco.labels)
     coco_ours = mean_average_precision(detections, coco.labels, convention=ApConvention.COCO)
     assert abs(coco_ours.map50_95 - coco_lib.map50_95) < 1e-3
+
+
+def test_accuracy_records_cocoevals_figure_beside_ours(split) -> None:
+    batch = load_batch(resolve_images(split / "instances_val.json", class_names=NAMES), imgsz=96)
+    detections = _perturbed(batch.labels)
+    acc = accuracy(detections, batch=batch, pseudo=detections)
+    assert acc.cocoeval_map50_95_gt == cocoeval_map(detections, batch.labels).map50_95
+    assert acc.cocoeval_map50_95_gt != acc.map50_95_gt  # a figure of its own, not ours copied
+    unlabelled = accuracy(detections, batch=dataclasses.replace(batch, labels=None), pseudo=detections)
+    assert unlabelled.cocoeval_map50_95_gt is None

@@ -35,13 +35,13 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
             raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
 
 
-def run_default(args: argparse.Namespace) -> int:
-    """Run every stage; with no arguments, on the bundled model and generated data, for every target."""
+def run_config(args: argparse.Namespace):
+    """The ``RunConfig`` of ``quantsweep run`` with these arguments (targets checked for this machine)."""
     from quantsweep.backends import parse_targets  # noqa: PLC0415
     from quantsweep.cli.main import DEFAULT_TARGETS, sweep_config_from_args  # noqa: PLC0415
     from quantsweep.pipeline import SchemesRequest  # noqa: PLC0415
     from quantsweep.pipeline.search_stage import SearchRequest  # noqa: PLC0415
-    from quantsweep.workflow import RunConfig, run_job, usable_targets  # noqa: PLC0415
+    from quantsweep.workflow import RunConfig, usable_targets  # noqa: PLC0415
 
     if args.images and not args.data:
         raise InputError("--images (calibration) needs --data (labelled evaluation images) too")
@@ -50,7 +50,7 @@ def run_default(args: argparse.Namespace) -> int:
     (low,) = parse_enum_list(args.low, LowPrecision, what="low precision")
     targets = usable_targets(parse_targets(args.target), explicit=args.target != DEFAULT_TARGETS)
     args.target = ",".join(targets)
-    config = RunConfig(
+    return RunConfig(
         sweep=sweep_config_from_args(args, images=args.images or args.data or "<generated>"),
         eval_data=args.data,
         schemes=SchemesRequest(
@@ -68,7 +68,13 @@ def run_default(args: argparse.Namespace) -> int:
         latency_rounds=args.latency_rounds,
         latency_runs=args.latency_runs,
     )
-    eval_dir = run_job(config, out=args.out, progress=tqdm_progress)
+
+
+def run_default(args: argparse.Namespace) -> int:
+    """Run every stage; with no arguments, on the bundled model and generated data, for every target."""
+    from quantsweep.workflow import run_job  # noqa: PLC0415
+
+    eval_dir = run_job(run_config(args), out=args.out, progress=tqdm_progress)
     print((eval_dir / "summary.md").read_text())
     print(f"report: {eval_dir / 'summary.md'} and {eval_dir / 'report.html'}")
     return 0

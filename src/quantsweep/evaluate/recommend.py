@@ -31,6 +31,10 @@ def _score(record: dict[str, Any]) -> float:
     return record["score"]
 
 
+def _cocoeval(record: dict[str, Any]) -> float | None:
+    return (record.get("accuracy") or {}).get("cocoeval_map50_95_gt")
+
+
 def recommend(
     backend: Backend, store, *, reference: float, metric: str, target: AccuracyTarget
 ) -> dict[str, Any]:
@@ -57,6 +61,7 @@ def recommend(
         "threshold": target.threshold(reference),
         "fp32_latency_ms": (fp32.get("latency") or {}).get("median_ms"),
         "fp32_size_bytes": fp32["size_bytes"],
+        "reference_cocoeval_map50_95": _cocoeval(fp32),
         "closest": None if closest is None else closest["name"],
         "recommended": None,
     }
@@ -67,6 +72,7 @@ def recommend(
             file=best["file"],
             policy=best["policy"],
             map50_95=best["score"],
+            cocoeval_map50_95=_cocoeval(best),
             drop=best["drop"],
             relative_drop=best["relative_drop"],
             kept=best.get("kept"),

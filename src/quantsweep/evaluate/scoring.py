@@ -24,6 +24,7 @@ from quantsweep.config import DetectConfig
 from quantsweep.data.coco import is_coco_json
 from quantsweep.data.images import Batch
 from quantsweep.errors import InputError
+from quantsweep.metrics.coco_eval import cocoeval_map
 from quantsweep.metrics.detections import decode
 from quantsweep.metrics.map import MapResult, mean_average_precision
 from quantsweep.models.outputs import (
@@ -109,6 +110,8 @@ class Accuracy:
     map50_gt: float | None
     map50_95_vs_fp32: float
     map50_vs_fp32: float
+    # pycocotools' COCOeval on the same detections and labels (None without labels or pycocotools)
+    cocoeval_map50_95_gt: float | None = None
 
     def value(self, metric: str) -> float:
         """The figure named ``metric`` (``map50_95_gt`` or ``map50_95_vs_fp32``)."""
@@ -140,4 +143,15 @@ def accuracy(detections: list[np.ndarray], *, batch: Batch, pseudo: list[np.ndar
         map50_gt=None if gt is None else gt.map50,
         map50_95_vs_fp32=vs_fp32.map50_95,
         map50_vs_fp32=vs_fp32.map50,
+        cocoeval_map50_95_gt=_cocoeval(detections, batch.labels),
     )
+
+
+def _cocoeval(detections: list[np.ndarray], labels: list[np.ndarray] | None) -> float | None:
+    """COCOeval's mAP50-95 of the same detections, stated next to ours; None where it cannot run."""
+    if labels is None or not any(len(t) for t in labels):
+        return None
+    try:
+        return cocoeval_map(detections, labels).map50_95
+    except InputError:  # pycocotools is optional (dev extra)
+        return None

@@ -56,11 +56,23 @@ def _card(report: TargetReport) -> list[str]:
         f"- Recommended: **`{rec['recommended']}`**{note}: {gain}.",
         f"- mAP50-95 {rec['map50_95']:.4f}: drop {rec['drop']:.4f} ({(rec['relative_drop'] or 0):.2%}) from "
         f"FP32 {rec['reference_map50_95']:.4f}, within the {target.describe()} target.",
+        *_cocoeval_line(rec),
         f"- Size {rec['size_bytes'] / 1e6:.1f} MB ({rec['size_reduction']:.1f}x smaller than FP32); "
         f"kept in float: {kept}.",
         f"- File: `{rec['file']}`",
         f"- Deploy: `{rec['deploy']}`",
         "",
+    ]
+
+
+def _cocoeval_line(rec: dict[str, Any]) -> list[str]:
+    """COCOeval's figure for the same detections, when evaluate could compute it (labels, pycocotools)."""
+    ours, reference = rec.get("cocoeval_map50_95"), rec.get("reference_cocoeval_map50_95")
+    if ours is None or reference is None:
+        return []
+    return [
+        f"- COCOeval (pycocotools) on the same detections: mAP50-95 {ours:.4f} vs FP32 {reference:.4f} "
+        '(its interpolation convention differs from ours; README, "COCO data").'
     ]
 
 
