@@ -127,6 +127,13 @@ class SweepMethod(enum.StrEnum):
     HYBRID = "hybrid"
 
 
+class ComputeDtype(enum.StrEnum):
+    """The dtype the sweep runs the network in (statistics and metrics stay float32)."""
+
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+
+
 def parse_enum_list(text: str, enum_type: type[enum.StrEnum], *, what: str) -> tuple[Any, ...]:
     """Parse ``"a,b"`` into enum members, naming the valid values when one is unknown."""
     values = []
@@ -266,6 +273,7 @@ class SweepConfig:
     detect: DetectConfig = field(default_factory=DetectConfig)
     image_root: str | None = None  # where a COCO json's images are (default: the json's folder)
     quantizer: WeightQuantConfig = field(default_factory=WeightQuantConfig)
+    compute_dtype: ComputeDtype = ComputeDtype.FLOAT32
 
     def __post_init__(self) -> None:
         if self.imgsz <= 0 or self.imgsz % 32:
@@ -291,6 +299,7 @@ class SweepConfig:
         data["head"] = self.head.value
         data["calib"]["method"] = self.calib.method.value
         data["quantizer"] = self.quantizer.to_dict()
+        data["compute_dtype"] = self.compute_dtype.value
         return data
 
     @classmethod
@@ -308,6 +317,7 @@ class SweepConfig:
         )
         values["detect"] = DetectConfig(**data.get("detect", {}))
         values["quantizer"] = WeightQuantConfig.from_dict(data.get("quantizer"))
+        values["compute_dtype"] = ComputeDtype(data.get("compute_dtype", "float32"))  # older runs: float32
         return cls(**values)
 
 

@@ -54,6 +54,10 @@ def test_empty_image_set(capsys, tiny_checkpoint, tmp_path) -> None:
         (["--granularity", "per_group"], "valid: per_layer, per_channel"),
         (["--weights", "fp8", "--acts", "int8"], "no requested combination can be quantized"),
         (["--layers", "model.99.*"], "matches none"),
+        (["--device", "gpu"], "unknown device 'gpu'; valid: cpu, cuda, cuda:N"),
+        (["--device", "cpu:1"], "unknown device 'cpu:1'"),
+        (["--device", "cuda:x"], "unknown device 'cuda:x'"),
+        (["--compute-dtype", "bfloat16"], "unknown compute dtype 'bfloat16'; valid: float32, float16"),
     ],
 )
 def test_bad_options(capsys, tiny_checkpoint, tiny_data, extra, expected) -> None:

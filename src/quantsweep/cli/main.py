@@ -13,6 +13,7 @@ from quantsweep.config import (
     ActDtype,
     CalibConfig,
     CalibMethod,
+    ComputeDtype,
     DetectConfig,
     ExecutorConfig,
     ExecutorKind,
@@ -108,6 +109,10 @@ def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.25,
         help="FP32 detections at or above this confidence are the pseudo-labels",
+    )
+    parser.add_argument(
+        "--compute-dtype",
+        help="dtype the sweep runs the network in: float32 (default), float16 (statistics stay float32)",
     )
     parser.add_argument("--out", type=Path, default=Path("runs"), help="parent of run directories")
     parser.add_argument("--resume", type=Path, help="finish an interrupted sweep run directory")
@@ -249,6 +254,7 @@ def sweep_config_from_args(args: argparse.Namespace, *, images: str) -> SweepCon
     (method,) = parse_enum_list(args.method, SweepMethod, what="sweep method")
     (weight_method,) = parse_enum_list(args.weight_method, WeightMethod, what="weight method")
     (symmetry,) = parse_enum_list(args.weight_symmetry, WeightSymmetry, what="weight symmetry")
+    (compute_dtype,) = parse_enum_list(args.compute_dtype or "float32", ComputeDtype, what="compute dtype")
     patterns = tuple(p.strip() for item in args.layers for p in item.split(",") if p.strip())
     return SweepConfig(
         model=args.model or _bundled_model(),
@@ -271,6 +277,7 @@ def sweep_config_from_args(args: argparse.Namespace, *, images: str) -> SweepCon
         quantizer=WeightQuantConfig(
             method=weight_method, symmetry=symmetry, bias_correction=args.bias_correction
         ),
+        compute_dtype=compute_dtype,
     )
 
 
@@ -280,7 +287,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     executor = executor_config_from_args(args)
     if args.resume:
-        run_dir = pipeline.resume_sweep(args.resume, progress=tqdm_progress, executor=executor)
+        dtype = None
+        if args.compute_dtype:  # given with --resume: it must be the interrupted run's
+            (dtype,) = parse_enum_list(args.compute_dtype, ComputeDtype, what="compute dtype")
+        run_dir = pipeline.resume_sweep(
+            args.resume, progress=tqdm_progress, executor=executor, compute_dtype=dtype
+        )
     else:
         if not args.images:
             raise InputError("--images is required (image folder, .txt list or data .yaml)")

@@ -26,7 +26,7 @@ from quantsweep.config import ExecutorConfig, SweepConfig
 from quantsweep.data.images import Batch
 from quantsweep.errors import InputError
 from quantsweep.executors.base import ClosingExecutor, TaskResult, run_task, worker_identity
-from quantsweep.models.network import LayerInfo
+from quantsweep.models.network import LayerInfo, set_compute_dtype
 from quantsweep.sweep.engine import ExactSweep
 from quantsweep.sweep.shards import LayerOutcome, Shard, SweepWork, auto_shard_size, measure_shard
 
@@ -70,7 +70,10 @@ class WorkerSpec:
             batch=work.engine.batch,
             layers=list(work.layers),
             act_ranges=work.act_ranges,
-            weights=work.weights,
+            # the driver's records may be on its GPU: ship them from host memory
+            weights=None
+            if work.weights is None
+            else {f: {n: r.to("cpu") for n, r in recs.items()} for f, recs in work.weights.items()},
         )
 
 
@@ -94,6 +97,7 @@ class SweepWorker:
             path = Path(tmp) / f"model{spec.model_suffix}"
             path.write_bytes(spec.model_bytes)
             loaded = load_model(path, device=config.device, head=config.head)
+        set_compute_dtype(loaded.network, config.compute_dtype)  # as the driver's engine
         self.engine = ExactSweep(
             loaded.network,
             spec.batch,

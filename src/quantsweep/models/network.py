@@ -14,7 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from quantsweep.config import ComputeDtype
+
 QUANTIZABLE_TYPES = (nn.Conv2d, nn.Linear)
+TORCH_DTYPES = {ComputeDtype.FLOAT32: torch.float32, ComputeDtype.FLOAT16: torch.float16}
 
 
 @dataclass(frozen=True)
@@ -64,14 +67,18 @@ class StagedNetwork:
     keep: frozenset[int]
     finish: Callable[[Any], Any] = lambda out: out
     metadata: dict[str, str] = field(default_factory=dict)  # written into exported ONNX models
+    # blocks run in float32 whatever the others run in (the head, under a half compute dtype)
+    float_blocks: frozenset[int] = frozenset()
 
     def _inputs(self, index: int, previous: Any, saved: Sequence[Any]) -> Any:
         source = self.sources[index]
         if source == -1:
-            return previous
-        if isinstance(source, int):
-            return saved[source]
-        return [previous if j == -1 else saved[j] for j in source]
+            inputs = previous
+        elif isinstance(source, int):
+            inputs = saved[source]
+        else:
+            inputs = [previous if j == -1 else saved[j] for j in source]
+        return _as_float32(inputs) if index in self.float_blocks else inputs
 
     def run(self, images: torch.Tensor, *, record: bool = False) -> tuple[Any, list[Any]]:
         """Run end to end; with ``record`` also return every block's output (for :meth:`resume`)."""
@@ -105,6 +112,36 @@ class StagedNetwork:
         if best < 0:
             raise KeyError(f"layer {layer_name} is in no block")
         return best
+
+
+def network_dtype(network: StagedNetwork) -> torch.dtype:
+    """The dtype the network computes in: that of its first floating-point parameter."""
+    for param in network.module.parameters():
+        if param.is_floating_point():
+            return param.dtype
+    return torch.float32
+
+
+def _as_float32(inputs: Any) -> Any:
+    if isinstance(inputs, torch.Tensor):
+        return inputs.float() if inputs.is_floating_point() else inputs
+    if isinstance(inputs, list):
+        return [_as_float32(x) for x in inputs]
+    return inputs
+
+
+def set_compute_dtype(network: StagedNetwork, dtype: ComputeDtype) -> None:
+    """Convert the network to ``dtype`` in place (on its device), all but its head for float16.
+
+    The head (last block) stays float32: box coordinates in pixels rounded to float16 (steps of
+    0.25-0.5 px at 320-640 px) would bury a layer's box error in rounding noise. Ultralytics
+    models convert their head's strides and anchors with the model (``BaseModel._apply``).
+    """
+    dtype = ComputeDtype(dtype)
+    network.module.to(dtype=TORCH_DTYPES[dtype])
+    last = len(network.blocks) - 1
+    network.float_blocks = frozenset() if dtype is ComputeDtype.FLOAT32 else frozenset({last})
+    network.blocks[last].to(dtype=torch.float32)
 
 
 def enumerate_layers(network: StagedNetwork, sample: torch.Tensor) -> list[LayerInfo]:

@@ -82,6 +82,15 @@ class HeadOutput:
             detections=rtdetr_detections(detections, imgsz=imgsz),
         )
 
+    def float(self) -> HeadOutput:
+        """The same output in float32 (a half-precision network's, for decoding and metrics)."""
+        if self.raw.dtype == torch.float32:
+            return self
+        dets = None if self.detections is None else self.detections.float()
+        return HeadOutput(
+            raw=self.raw.float(), boxes=self.boxes.float(), scores=self.scores.float(), detections=dets
+        )
+
     @staticmethod
     def concat(parts: list[HeadOutput]) -> HeadOutput:
         """Join batches along the image axis."""

@@ -31,11 +31,15 @@ def no_progress(_total: int, _label: str) -> Iterator[ProgressFn]:
 
 
 def check_device(device: str) -> None:
-    """Fail with one clear line when CUDA is asked for and absent."""
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device} requested, but CUDA is not available on this machine")
-    if not (device == "cpu" or device.startswith("cuda")):
+    """Fail with one clear line for an unknown device, or when CUDA (or that GPU) is absent."""
+    kind, colon, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (colon and (kind == "cpu" or not index.isdigit())):
         raise InputError(f"unknown device '{device}'; valid: cpu, cuda, cuda:N")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device} requested, but CUDA is not available on this machine")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise InputError(f"--device {device}: this machine has {count} CUDA device(s), from cuda:0")
 
 
 def read_sweep_config(sweep_dir: Path) -> SweepConfig:
@@ -49,12 +53,18 @@ def read_sweep_config(sweep_dir: Path) -> SweepConfig:
 def calibrate(
     network: StagedNetwork, batch: Batch, config: SweepConfig, names: list[str]
 ) -> dict[str, ActRange]:
-    """Input ranges of the named layers over the calibration images, in the sweep's chunks."""
+    """Input ranges of the named layers over the calibration images, in the sweep's chunks.
+
+    The images go where the network is, in its dtype (a later stage calibrates the sweep's model
+    on the CPU, whatever device the sweep ran on).
+    """
+    param = next(network.module.parameters())
 
     def drive() -> Iterator[None]:
         with torch.no_grad():
             for start in range(0, len(batch.images), config.batch_size):
-                network.run(batch.images[start : start + config.batch_size].to(config.device))
+                chunk = batch.images[start : start + config.batch_size]
+                network.run(chunk.to(device=param.device, dtype=param.dtype))
                 yield None
 
     return calibrate_inputs(network.module, names, drive(), calib=config.calib)

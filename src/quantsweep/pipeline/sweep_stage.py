@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
-from quantsweep.config import ExecutorConfig, ExecutorKind, SweepConfig, SweepMethod
+from quantsweep.config import ComputeDtype, ExecutorConfig, ExecutorKind, SweepConfig, SweepMethod
 from quantsweep.data.images import fingerprint, load_batch, resolve_images
 from quantsweep.errors import InputError
 from quantsweep.executors import create_executor
-from quantsweep.models.network import enumerate_layers
+from quantsweep.models.network import enumerate_layers, set_compute_dtype
 from quantsweep.models.ultralytics_adapter import load_model
 from quantsweep.pipeline.common import (
     ProgressFactory,
@@ -62,6 +62,8 @@ def _prepare(config: SweepConfig, run_dir: Path | None, out: Path | None) -> Swe
         act_ranges = calibrate(loaded.network, batch, config, [layer.name for layer in layers])
         write_json(run_dir / "act_ranges.json", "act_ranges", ranges_record(act_ranges, config.calib))
     weights, quantizer_cost = _quantize_layers(config, loaded.network, batch, layers, act_ranges)
+    # ranges and records above come from the float32 model; only the measured passes run in half
+    set_compute_dtype(loaded.network, config.compute_dtype)
     engine = ExactSweep(
         loaded.network, batch, batch_size=config.batch_size, detect=config.detect, device=config.device
     )
@@ -139,14 +141,24 @@ def sweep(
 
 
 def resume_sweep(
-    run_dir: Path, *, progress: ProgressFactory = no_progress, executor: ExecutorConfig | None = None
+    run_dir: Path,
+    *,
+    progress: ProgressFactory = no_progress,
+    executor: ExecutorConfig | None = None,
+    compute_dtype: ComputeDtype | None = None,
 ) -> Path:
     """Finish an interrupted sweep in place, measuring only layers without a stored result.
 
     Any executor may finish any run; on CPU the remaining layers are measured with the thread
     count the earlier ones were (a Ray worker's or the process's), so they are bit-identical.
+    ``compute_dtype`` (when given) must be the interrupted run's: results of two dtypes never mix.
     """
     config = read_sweep_config(Path(run_dir))
+    if compute_dtype is not None and ComputeDtype(compute_dtype) is not config.compute_dtype:
+        raise InputError(
+            f"--resume {run_dir} was swept with --compute-dtype {config.compute_dtype.value}, "
+            f"not {ComputeDtype(compute_dtype).value}"
+        )
     executor = _match_threads(Path(run_dir), config, executor or ExecutorConfig())
     job = _prepare(config, Path(run_dir), None)
     _run(job, progress, executor)

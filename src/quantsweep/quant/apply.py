@@ -42,10 +42,10 @@ def quantized_layers(
                 layer.weight.data = fake_quant_weight(layer.weight.data, fmt)
             else:
                 _check_record(name, record, fmt)
-                layer.weight.data = record.dequantize().to(layer.weight.dtype).to(layer.weight.device)
+                layer.weight.data = record.dequantize().to(layer.weight.device, layer.weight.dtype)
                 if record.bias is not None:
                     saved.append((layer.bias, layer.bias.data))
-                    layer.bias.data = record.bias.to(layer.bias.dtype).to(layer.bias.device)
+                    layer.bias.data = record.bias.to(layer.bias.device, layer.bias.dtype)
             if fmt.act is not ActDtype.FP16:
                 if act_ranges is None or name not in act_ranges:
                     raise ValueError(f"no calibrated activation range for {name}")

@@ -21,7 +21,7 @@ def corrected_bias(
     wq = as_rows(quantized.float(), groups)
     float_out = (w @ stats.float_mean[:, :, None]).reshape(-1)
     quant_out = (wq @ stats.mean[:, :, None]).reshape(-1)
-    return (bias.detach().float() + float_out - quant_out).to(bias.dtype)
+    return bias.detach().float() + float_out - quant_out  # float32, as the records' scales
 
 
 def output_shift(

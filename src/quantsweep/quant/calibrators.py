@@ -48,15 +48,17 @@ class _Collector:
 
     def add(self, x: torch.Tensor) -> None:
         flat = x.detach().flatten().float()
-        self.lo = min(self.lo, float(flat.min()))
-        self.hi = max(self.hi, float(flat.max()))
+        lo, hi = torch.stack(torch.aminmax(flat)).tolist()  # one device sync, not two
+        self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
         if self.calib.method is CalibMethod.PERCENTILE:
             sample = _strided(flat, _PERCENTILE_SAMPLE)
             p = self.calib.percentile / 100.0
-            qs = torch.quantile(sample, torch.tensor([1.0 - p, p]))
-            self.percentiles.append((float(torch.quantile(sample.abs(), p)), float(qs[0]), float(qs[1])))
+            qs = torch.quantile(sample, torch.tensor([1.0 - p, p], device=sample.device))
+            amax = torch.quantile(sample.abs(), p)
+            self.percentiles.append(tuple(torch.stack((amax, qs[0], qs[1])).tolist()))
         elif self.calib.method in (CalibMethod.MSE, CalibMethod.ENTROPY):
-            self.samples.append(_strided(flat, _SAMPLES_PER_BATCH).cpu())
+            # kept on the layer's device: the MSE search over clipping ratios runs there too
+            self.samples.append(_strided(flat, _SAMPLES_PER_BATCH))
 
     def result(self) -> ActRange:
         method = self.calib.method
@@ -129,14 +131,14 @@ def _kl_best_edge(hist: np.ndarray, levels: int) -> int:
 def _entropy_amax(samples: torch.Tensor, amax: float) -> float:
     if amax <= 0:
         return amax
-    hist = torch.histc(samples.abs(), bins=_HIST_BINS, min=0.0, max=amax).numpy()
+    hist = torch.histc(samples.abs(), bins=_HIST_BINS, min=0.0, max=amax).cpu().numpy()
     return amax * _kl_best_edge(hist, 128) / _HIST_BINS
 
 
 def _entropy_hi(samples: torch.Tensor, lo: float, hi: float) -> float:
     if hi <= lo:
         return hi
-    hist = torch.histc(samples, bins=_HIST_BINS, min=lo, max=hi).numpy()
+    hist = torch.histc(samples, bins=_HIST_BINS, min=lo, max=hi).cpu().numpy()
     return lo + (hi - lo) * _kl_best_edge(hist, 256) / _HIST_BINS
 
 

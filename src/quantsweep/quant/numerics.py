@@ -70,9 +70,12 @@ def quantize_weight_codes(weight: torch.Tensor, fmt: QuantFormat) -> tuple[torch
 
 
 def fake_quant_weight(weight: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
-    """Round-to-nearest fake quantization of a weight tensor."""
-    codes, scale = quantize_weight_codes(weight, fmt)
-    return codes.to(weight.dtype) * scale
+    """Round-to-nearest fake quantization of a weight tensor (in float32, returned in its dtype).
+
+    A half-precision weight would lose scales below float16's range (and round the grid).
+    """
+    codes, scale = quantize_weight_codes(weight.float(), fmt)
+    return (codes.float() * scale).to(weight.dtype)
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,9 @@ def fake_quant_act(x: torch.Tensor, *, scale: float, act: ActDtype, zero_point: 
     """Fake-quantize an activation tensor with a fixed per-tensor scale (``fp16`` leaves it alone)."""
     if act is ActDtype.FP16:
         return x
+    if x.dtype in (torch.float16, torch.bfloat16):
+        # a half-precision scale would be rounded (or flushed to zero): the grid is float32's
+        return fake_quant_act(x.float(), scale=scale, act=act, zero_point=zero_point).to(x.dtype)
     scale_t = torch.tensor(scale, dtype=x.dtype, device=x.device)
     if act is ActDtype.FP8:
         return _fake_fp8(x, scale_t)

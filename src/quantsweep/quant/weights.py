@@ -12,7 +12,7 @@ stored with zero point 2**(bits-1), which is the same grid shifted, so groups ca
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -51,6 +51,17 @@ class QuantizedWeight:
     def dequantize(self) -> torch.Tensor:
         """The weight the codes stand for, in float32."""
         return decode(self.codes, self.scale, self.zero_point)
+
+    def to(self, device: str | torch.device) -> QuantizedWeight:
+        """The same record with its tensors on ``device``."""
+        zero, bias = self.zero_point, self.bias
+        return replace(
+            self,
+            codes=self.codes.to(device),
+            scale=self.scale.to(device),
+            zero_point=None if zero is None else zero.to(device),
+            bias=None if bias is None else bias.to(device),
+        )
 
 
 @dataclass(frozen=True)

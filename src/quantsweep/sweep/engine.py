@@ -17,10 +17,11 @@ import torch
 
 from quantsweep.config import DetectConfig, QuantFormat
 from quantsweep.data.images import Batch
+from quantsweep.errors import InputError
 from quantsweep.metrics.detections import decode, pseudo_labels
 from quantsweep.metrics.errors import output_error
 from quantsweep.metrics.map import MapResult, mean_average_precision
-from quantsweep.models.network import LayerInfo, StagedNetwork
+from quantsweep.models.network import LayerInfo, StagedNetwork, network_dtype
 from quantsweep.models.outputs import HeadOutput
 from quantsweep.quant.apply import quantized_layers
 
@@ -69,7 +70,11 @@ class Reference:
 
 
 class ExactSweep:
-    """Measures layers one at a time on a fixed image batch."""
+    """Measures layers one at a time on a fixed image batch.
+
+    The network runs in its own dtype (``set_compute_dtype`` makes it half precision); images are
+    moved to ``device`` in that dtype once, and head outputs are scored in float32.
+    """
 
     def __init__(
         self,
@@ -84,17 +89,23 @@ class ExactSweep:
         self.batch = batch
         self.detect = detect
         self.device = torch.device(device)
-        self.chunks = [batch.images[i : i + batch_size] for i in range(0, len(batch.images), batch_size)]
+        self.dtype = network_dtype(network)
+        images = batch.images.to(device=self.device, dtype=self.dtype)  # once, not per measured layer
+        self.chunks = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
         self.reference = self._reference()
 
     def _reference(self) -> Reference:
         recorded, outputs = [], []
         with torch.no_grad():
             for chunk in self.chunks:
-                out, blocks = self.network.run(chunk.to(self.device), record=True)
+                out, blocks = self.network.run(chunk, record=True)
                 recorded.append(blocks)
-                outputs.append(out)
+                outputs.append(out.float())
         output = HeadOutput.concat(outputs)
+        if self.dtype != torch.float32 and not bool(torch.isfinite(output.raw).all()):
+            raise InputError(
+                f"the model's output overflows {self.dtype} on these images; use --compute-dtype float32"
+            )
         detections = decode(output, self.detect)
         pseudo = pseudo_labels(detections, self.detect)
         if not any(len(p) for p in pseudo):
@@ -125,9 +136,9 @@ class ExactSweep:
         with torch.no_grad(), quantized:
             for chunk, recorded in zip(self.chunks, self.reference.recorded, strict=True):
                 if start_block == 0:
-                    outputs.append(self.network.run(chunk.to(self.device))[0])
+                    outputs.append(self.network.run(chunk)[0].float())
                 else:
-                    outputs.append(self.network.resume(start_block, recorded))
+                    outputs.append(self.network.resume(start_block, recorded).float())
         return HeadOutput.concat(outputs)
 
     def measure(self, layer: LayerInfo, fmt: QuantFormat, *, act_ranges=None, weights=None) -> LayerResult:

@@ -10,7 +10,7 @@ from quantsweep.config import DetectConfig, QuantFormat
 from quantsweep.data.images import Batch
 from quantsweep.metrics.detections import decode
 from quantsweep.metrics.map import MapResult, mean_average_precision
-from quantsweep.models.network import LayerInfo, StagedNetwork
+from quantsweep.models.network import LayerInfo, StagedNetwork, network_dtype
 from quantsweep.models.outputs import HeadOutput
 from quantsweep.quant.apply import quantized_layers
 from quantsweep.quant.numerics import ActRange
@@ -38,11 +38,12 @@ def evaluate_kept(
         raise ValueError("evaluation needs labels")
     assignment = {} if fmt is None else {layer.name: fmt for layer in layers if layer.name not in kept}
     outputs = []
+    dtype = network_dtype(network)
     with (
         torch.no_grad(),
         quantized_layers(network.module, assignment, act_ranges=act_ranges, weights=weights),
     ):
         for start in range(0, len(batch.images), batch_size):
-            chunk = batch.images[start : start + batch_size].to(device)
-            outputs.append(network.run(chunk)[0])
+            chunk = batch.images[start : start + batch_size].to(device=device, dtype=dtype)
+            outputs.append(network.run(chunk)[0].float())
     return mean_average_precision(decode(HeadOutput.concat(outputs), detect), batch.labels)
