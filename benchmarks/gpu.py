@@ -37,6 +37,7 @@ from scipy.stats import spearmanr
 
 from quantsweep.config import ActDtype, ComputeDtype, DetectConfig, Granularity, QuantFormat, WeightDtype
 from quantsweep.data.shapes import generate_split
+from quantsweep.models.network import set_compute_dtype
 from quantsweep.sweep.engine import ExactSweep
 from quantsweep.sweep.fast import estimate
 from testbed import CALIB_IMAGES, IMGSZ, Testbed, load_testbed, top
@@ -64,6 +65,8 @@ def environment() -> None:
     import onnxruntime  # noqa: PLC0415
 
     print(f"onnxruntime {onnxruntime.__version__}: {onnxruntime.get_available_providers()}")
+    # PyTorch's default: cuDNN convolutions in TF32 (what a user's `--device cuda` sweep gets)
+    print(f"cudnn allow_tf32 {torch.backends.cudnn.allow_tf32}, threads {torch.get_num_threads()}")
     for name in ("tensorrt", "modelopt", "ray", "openvino"):
         print(f"{name}: {'importable' if importlib.util.find_spec(name) else 'not installed'}")
 
@@ -102,16 +105,15 @@ def naive_per_layer(engine: ExactSweep, bed: Testbed, fmt: QuantFormat) -> float
 
 def sweep_costs(bed: Testbed, *, device: str, dtype: ComputeDtype, results: dict) -> None:
     """Step 2 for one compute dtype: forward, exact, naive and fast on both formats."""
-    engine = ExactSweep(
-        bed.network, bed.calib, batch_size=8, detect=DetectConfig(), device=device, compute_dtype=dtype
-    )
+    set_compute_dtype(bed.network, dtype)  # float16: every block but the head (statistics stay float32)
+    engine = ExactSweep(bed.network, bed.calib, batch_size=8, detect=DetectConfig(), device=device)
     forward_s = forward_seconds(engine)
     print(f"\n{device} {dtype.value}: one forward pass over 16 images {forward_s * 1000:.1f} ms")
     print("format | exact s | cost ratio | naive s/layer | fast s | fast spearman | fast top10")
     for fmt in FORMATS:
         exact, exact_s = exact_sweep(engine, bed, fmt)
         naive_s = naive_per_layer(engine, bed, fmt)
-        kwargs = {"fmt": fmt, "act_ranges": bed.act_ranges, "device": device, "compute_dtype": dtype}
+        kwargs = {"fmt": fmt, "act_ranges": bed.act_ranges, "device": device}
         estimate(bed.network, type(bed.calib)(bed.calib.images[:2], None), bed.layers, **kwargs)
         fast = estimate(bed.network, bed.calib, bed.layers, **kwargs)  # after a 2-image warm-up
         reference = results.get(f"{fmt.name} float32 exact", exact)
