@@ -1,13 +1,17 @@
 """``quantsweep run`` with no arguments, the way it runs now and the way it ran before, in one run.
 
-Before, each stage after the sweep loaded the model, calibrated and exported the FP32 ONNX for
-itself (the schemes stage once per swept combination, then materialize), as a stage run alone still
-does; now ``run`` loads, calibrates and exports once and hands them on (``RunCache``). Both paths
-run the whole job on the bundled default into their own run directory, old path first; the script
-prints each wall time, the ratio now / before, and checks that every target's recommendation (the
-scheme, its kept layers and its mAP; not its latency, which is timed anew) is the same.
+Before: the exact sweep (``run``'s default until it switched to ``--method hybrid``) and every
+stage after the sweep loading the model, calibrating and exporting the FP32 ONNX for itself (the
+schemes stage once per swept combination, then materialize), as a stage run alone still does. Now:
+``run``'s defaults, the hybrid sweep and one load, calibration and export handed from stage to
+stage (``RunCache``). Both paths run the whole job on the bundled default into their own run
+directory, old path first; the script prints each wall time, the time of each stage, the ratio
+now / before, and checks that every target's recommendation (the scheme, its kept layers, its mAP
+and size; not its latency, which is timed anew) is the same.
 
-    python benchmarks/run_speed.py [--out DIR]
+``--loads-only`` keeps the exact sweep on both sides, so that only the one-load change differs.
+
+    python benchmarks/run_speed.py [--out DIR] [--loads-only]
 """
 
 from __future__ import annotations
@@ -34,22 +38,46 @@ def recommendations(eval_dir: Path) -> dict[str, dict]:
     return found
 
 
+def stage_seconds(run_dir: Path) -> dict[str, float]:
+    """Seconds from each stage's directory to the next one's (the last: to its newest file)."""
+    order = ("layer_sensitivity", "schemes", "candidates", "evaluate")  # ties: same second
+    dirs = [(d, d.parent.name.split("_", 1)[1]) for d in run_dir.glob("*_*/*")]
+    starts = sorted((_created(d), order.index(stage), stage) for d, stage in dirs)
+    ends = [t for t, _, _ in starts[1:]] + [max(f.stat().st_mtime for f in run_dir.rglob("*") if f.is_file())]
+    found: dict[str, float] = {}
+    for (start, _, stage), end in zip(starts, ends, strict=True):
+        found[stage] = round(found.get(stage, 0.0) + end - start, 1)
+    return found
+
+
+def _created(directory: Path) -> float:
+    """When a stage directory was made: its name is its start time to the second."""
+    return time.mktime(time.strptime(directory.name, "%Y-%m-%d_%H-%M-%S"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, help="where the two runs go (default: a temporary folder)")
+    parser.add_argument("--loads-only", action="store_true", help="the exact sweep on both sides")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         seconds, found = {}, {}
-        for label, share in (("before (each stage loads for itself)", False), ("now (one load)", True)):
-            config = run_config(build_parser().parse_args(["run"]))
+        now = ["run"] + (["--method", "exact"] if args.loads_only else [])
+        paths = (
+            ("before (exact sweep, each stage loads for itself)", ["run", "--method", "exact"], False),
+            ("now (run's defaults, one load)", now, True),
+        )
+        for label, argv, share in paths:
+            config = run_config(build_parser().parse_args(argv))
             start = time.perf_counter()
             eval_dir = run_job(config, out=out / ("shared" if share else "alone"), share_loads=share)
             seconds[label] = time.perf_counter() - start
             found[label] = recommendations(eval_dir)
             print(f"{label}: {seconds[label]:.1f} s  ({eval_dir})", flush=True)
+            print(f"  stages: {stage_seconds(eval_dir.parent.parent)}", flush=True)
         before, now = seconds.values()
         print(f"quantsweep run, no arguments: now / before = {now / before:.3f}")
         first, second = found.values()

@@ -227,10 +227,16 @@ def test_candidates_scored_one_ray_task_each(tiny_checkpoint, tiny_data, tmp_pat
     (report,) = tmp_path.glob("*_layer_sensitivity/*/int4-fp16/per_channel/layer-sensitivity-report.json")
     assert main(["schemes", "--report", str(report), "--ks", "0,3", *common]) == 0
     (schemes,) = tmp_path.glob("*_schemes/*")
-    assert main(["materialize", "--schemes", str(schemes), *common]) == 0
+    # one target is enough here: what is tested is where each artifact's task runs
+    assert main(["materialize", "--schemes", str(schemes), "--target", "size", *common]) == 0
     (candidates,) = tmp_path.glob("*_candidates/*")
     request = EvalRequest(
-        candidates_dir=candidates, data=str(tiny_data), max_images=4, latency_runs=2, latency_rounds=2
+        candidates_dir=candidates,
+        data=str(tiny_data),
+        max_images=4,
+        targets=("size",),
+        latency_runs=2,
+        latency_rounds=2,
     )
     local = evaluate_candidates(request, out=tmp_path / "local")
     with create_executor(ExecutorConfig(kind=ExecutorKind.RAY)) as executor:
