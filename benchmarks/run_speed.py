@@ -9,7 +9,7 @@ directory, old path first; the script prints each wall time, the time of each st
 now / before, and checks that every target's recommendation (the scheme, its kept layers, its mAP
 and size; not its latency, which is timed anew) is the same.
 
-``--loads-only`` keeps the exact sweep on both sides, so that only the one-load change differs.
+``--loads-only`` runs ``run``'s defaults on both sides, so that only the one-load change differs.
 
     python benchmarks/run_speed.py [--out DIR] [--loads-only]
 """
@@ -60,15 +60,15 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, help="where the two runs go (default: a temporary folder)")
-    parser.add_argument("--loads-only", action="store_true", help="the exact sweep on both sides")
+    parser.add_argument("--loads-only", action="store_true", help="run's defaults on both sides")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         seconds, found = {}, {}
-        now = ["run"] + (["--method", "exact"] if args.loads_only else [])
+        before = ["run"] if args.loads_only else ["run", "--method", "exact"]
         paths = (
-            ("before (exact sweep, each stage loads for itself)", ["run", "--method", "exact"], False),
-            ("now (run's defaults, one load)", now, True),
+            (f"before ({' '.join(before)}, each stage loads for itself)", before, False),
+            ("now (run's defaults, one load)", ["run"], True),
         )
         for label, argv, share in paths:
             config = run_config(build_parser().parse_args(argv))

@@ -14,9 +14,12 @@ os.environ.setdefault(
 )
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-from quantsweep.config import HeadMode
+from quantsweep.config import CalibConfig, HeadMode
+from quantsweep.data.images import Batch, load_batch, resolve_images
 from quantsweep.data.shapes import generate_split
+from quantsweep.models.network import LayerInfo, StagedNetwork, enumerate_layers
 from quantsweep.models.ultralytics_adapter import LoadedModel, load_model
+from quantsweep.quant.apply import calibrate_inputs
 
 TINY_IMGSZ = 96
 REPO = Path(__file__).resolve().parent.parent
@@ -52,6 +55,22 @@ def tiny_model(name: str = "yolov8n.yaml", *, head: HeadMode = HeadMode.AUTO) ->
         for level in branch or ():
             level[-1].bias.data.zero_()
     return loaded
+
+
+def calibrated_tiny_model(data: Path) -> tuple[StagedNetwork, Batch, list[LayerInfo], dict]:
+    """The tiny YOLOv8n, the images of ``data`` at TINY_IMGSZ, its layers and its activation
+    ranges from the default calibrator: what a sweep of the tiny model starts from."""
+    network = tiny_model("yolov8n.yaml").network
+    batch = load_batch(resolve_images(data), imgsz=TINY_IMGSZ)
+    layers = enumerate_layers(network, batch.images[:1])
+
+    def drive():
+        with torch.no_grad():
+            network.run(batch.images)
+            yield None
+
+    ranges = calibrate_inputs(network.module, [x.name for x in layers], drive(), calib=CalibConfig())
+    return network, batch, layers, ranges
 
 
 @pytest.fixture(scope="session")

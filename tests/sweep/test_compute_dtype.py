@@ -11,7 +11,6 @@ from scipy.stats import spearmanr
 from quantsweep.cli.main import main
 from quantsweep.config import (
     ActDtype,
-    CalibConfig,
     ComputeDtype,
     DetectConfig,
     Granularity,
@@ -19,14 +18,12 @@ from quantsweep.config import (
     SweepConfig,
     WeightDtype,
 )
-from quantsweep.data.images import load_batch, resolve_images
 from quantsweep.errors import InputError
-from quantsweep.models.network import enumerate_layers, network_dtype, set_compute_dtype
+from quantsweep.models.network import network_dtype, set_compute_dtype
 from quantsweep.pipeline.sweep_stage import resume_sweep
-from quantsweep.quant.apply import calibrate_inputs
 from quantsweep.sweep.engine import ExactSweep
 from quantsweep.sweep.fast import estimate
-from tests.conftest import TINY_IMGSZ, tiny_model
+from tests.conftest import calibrated_tiny_model
 
 W8A8 = QuantFormat(WeightDtype.INT8, ActDtype.INT8, Granularity.PER_CHANNEL)
 W4 = QuantFormat(WeightDtype.INT4, ActDtype.FP16, Granularity.PER_CHANNEL)
@@ -43,16 +40,7 @@ def _agree(a: dict[str, float], b: dict[str, float]) -> tuple[float, int]:
 
 @pytest.mark.parametrize("fmt", [W4, W8A8])
 def test_float16_sweep_ranks_layers_like_float32(tiny_data, fmt) -> None:
-    network = tiny_model("yolov8n.yaml").network
-    batch = load_batch(resolve_images(tiny_data), imgsz=TINY_IMGSZ)
-    layers = enumerate_layers(network, batch.images[:1])
-
-    def drive():
-        with torch.no_grad():
-            network.run(batch.images)
-            yield None
-
-    ranges = calibrate_inputs(network.module, [x.name for x in layers], drive(), calib=CalibConfig())
+    network, batch, layers, ranges = calibrated_tiny_model(tiny_data)
     scores = {}
     for dtype in (ComputeDtype.FLOAT32, ComputeDtype.FLOAT16):
         set_compute_dtype(network, dtype)

@@ -3,17 +3,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from scipy.stats import spearmanr
 
 from quantsweep.cli.main import main
-from quantsweep.config import ActDtype, CalibConfig, DetectConfig, Granularity, QuantFormat, WeightDtype
-from quantsweep.data.images import load_batch, resolve_images
-from quantsweep.models.network import enumerate_layers
-from quantsweep.quant.apply import calibrate_inputs
+from quantsweep.config import ActDtype, DetectConfig, Granularity, QuantFormat, WeightDtype
 from quantsweep.sweep.engine import ExactSweep
 from quantsweep.sweep.fast import estimate
-from tests.conftest import TINY_IMGSZ, tiny_model
+from tests.conftest import calibrated_tiny_model
 
 
 def _top(scores: dict[str, float], k: int) -> set[str]:
@@ -28,17 +24,7 @@ def _top(scores: dict[str, float], k: int) -> set[str]:
     ],
 )
 def test_fast_estimate_ranks_like_the_exact_sweep(tiny_data, fmt) -> None:
-    loaded = tiny_model("yolov8n.yaml")
-    network = loaded.network
-    batch = load_batch(resolve_images(tiny_data), imgsz=TINY_IMGSZ)
-    layers = enumerate_layers(network, batch.images[:1])
-
-    def drive():
-        with torch.no_grad():
-            network.run(batch.images)
-            yield None
-
-    ranges = calibrate_inputs(network.module, [x.name for x in layers], drive(), calib=CalibConfig())
+    network, batch, layers, ranges = calibrated_tiny_model(tiny_data)
     engine = ExactSweep(network, batch, batch_size=8, detect=DetectConfig())
     exact = {x.name: engine.measure(x, fmt, act_ranges=ranges).box_error for x in layers}
     flags = [p.requires_grad for p in network.module.parameters()]
