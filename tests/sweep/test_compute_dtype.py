@@ -50,6 +50,9 @@ def test_float16_sweep_ranks_layers_like_float32(tiny_data, fmt) -> None:
         fast = estimate(network, batch, layers, fmt=fmt, act_ranges=ranges).box_error
         scores[dtype] = exact, fast
     assert network_dtype(network) == torch.float16
+    # the head block runs in float32, every other block in float16
+    assert {p.dtype for p in network.blocks[-1].parameters()} == {torch.float32}
+    assert {p.dtype for p in network.blocks[0].parameters()} == {torch.float16}
     (exact32, fast32), (exact16, fast16) = scores[ComputeDtype.FLOAT32], scores[ComputeDtype.FLOAT16]
     rho, overlap = _agree(exact32, exact16)
     assert rho >= 0.95 and overlap >= 8, (rho, overlap)

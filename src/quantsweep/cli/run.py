@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from quantsweep.cli.progress import tqdm_progress
 from quantsweep.config import DropMode, HighPrecision, LowPrecision, parse_enum_list
 from quantsweep.errors import InputError
+
+if TYPE_CHECKING:
+    from quantsweep.workflow import RunConfig
 
 
 def parse_ks(text: str) -> tuple[int, ...]:
@@ -35,7 +39,7 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
             raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
 
 
-def run_config(args: argparse.Namespace):
+def run_config(args: argparse.Namespace) -> RunConfig:
     """The ``RunConfig`` of ``quantsweep run`` with these arguments (targets checked for this machine)."""
     from quantsweep.backends import parse_targets  # noqa: PLC0415
     from quantsweep.cli.main import DEFAULT_TARGETS, sweep_config_from_args  # noqa: PLC0415

@@ -134,8 +134,9 @@ def set_compute_dtype(network: StagedNetwork, dtype: ComputeDtype) -> None:
     """Convert the network to ``dtype`` in place (on its device), all but its head for float16.
 
     The head (last block) stays float32: box coordinates in pixels rounded to float16 (steps of
-    0.25-0.5 px at 320-640 px) would bury a layer's box error in rounding noise. Ultralytics
-    models convert their head's strides and anchors with the model (``BaseModel._apply``).
+    0.25-0.5 px at 320-640 px) would bury a layer's box error in rounding noise. The head's
+    anchors and strides (grid points at x.5 and 8/16/32, exact in float16) are plain tensors that
+    ``Module.to`` leaves in float16; they promote to float32 in the head's arithmetic.
     """
     dtype = ComputeDtype(dtype)
     network.module.to(dtype=TORCH_DTYPES[dtype])

@@ -27,6 +27,7 @@ import torch
 
 from quantsweep.config import ActDtype, QuantFormat
 from quantsweep.data.images import Batch
+from quantsweep.errors import InputError
 from quantsweep.models.network import LayerInfo, StagedNetwork, network_dtype
 from quantsweep.quant.numerics import ActRange, act_qparams, fake_quant_act, fake_quant_weight
 from quantsweep.quant.weights import QuantizedWeight
@@ -138,10 +139,14 @@ def _probe_finite(network: StagedNetwork, images: torch.Tensor, layers, *, gener
             squares, weight = _probe_chunk(
                 network, images, layers, generator=generator, probe_scale=scale, **kwargs
             )
-        if scale == scales[-1] or all(bool(torch.isfinite(v).all()) for v in squares.values()):
+        if images.dtype == torch.float32 or all(bool(torch.isfinite(v).all()) for v in squares.values()):
             return squares, weight
         LOG.info("float16 gradients overflowed with probe scale %g; retrying smaller", scale)
-    raise AssertionError("unreachable")
+    # ranking on inf/NaN errors would be silently wrong
+    raise InputError(
+        f"the fast estimate's gradients overflow {images.dtype} even with the smallest probe; "
+        "use --compute-dtype float32"
+    )
 
 
 def estimate(
