@@ -40,7 +40,7 @@ from quantsweep.data.shapes import generate_split
 from quantsweep.models.network import set_compute_dtype
 from quantsweep.sweep.engine import ExactSweep
 from quantsweep.sweep.fast import estimate
-from testbed import CALIB_IMAGES, IMGSZ, Testbed, load_testbed, top
+from testbed import CALIB_IMAGES, IMGSZ, Testbed, forward_seconds, load_testbed, naive_per_layer, top
 
 FORMATS = (
     QuantFormat(WeightDtype.INT4, ActDtype.FP16, Granularity.PER_CHANNEL),
@@ -71,18 +71,10 @@ def environment() -> None:
         print(f"{name}: {'importable' if importlib.util.find_spec(name) else 'not installed'}")
 
 
-def forward_seconds(engine: ExactSweep, *, repeats: int = 5) -> float:
-    """Median time of one full forward pass over the engine's images (after one warm-up)."""
-    times = []
-    with torch.no_grad():
-        for _ in range(repeats + 1):
-            _sync(engine.device.type)
-            start = time.perf_counter()
-            for chunk in engine.chunks:
-                engine.network.run(chunk.to(engine.device, engine.dtype))
-            _sync(engine.device.type)
-            times.append(time.perf_counter() - start)
-    return sorted(times[1:])[repeats // 2]
+def _forward_seconds(engine: ExactSweep, *, repeats: int = 5) -> float:
+    """One full forward pass over the engine's images, already on its device and in its dtype."""
+    images = torch.cat(engine.chunks)
+    return forward_seconds(engine.network, images, batch_size=len(engine.chunks[0]), repeats=repeats)
 
 
 def exact_sweep(engine: ExactSweep, bed: Testbed, fmt: QuantFormat) -> tuple[dict[str, float], float]:
@@ -93,26 +85,16 @@ def exact_sweep(engine: ExactSweep, bed: Testbed, fmt: QuantFormat) -> tuple[dic
     return errors, time.perf_counter() - start
 
 
-def naive_per_layer(engine: ExactSweep, bed: Testbed, fmt: QuantFormat) -> float:
-    """Seconds per layer of a full forward pass per layer (no prefix reuse) plus the same metrics."""
-    sample = bed.layers[:: max(1, len(bed.layers) // NAIVE_SAMPLE)][:NAIVE_SAMPLE]
-    start = time.perf_counter()
-    for layer in sample:
-        output = engine.run_quantized({layer.name: fmt}, start_block=0, act_ranges=bed.act_ranges)
-        engine.score(layer.name, output, started=start)
-    return (time.perf_counter() - start) / len(sample)
-
-
 def sweep_costs(bed: Testbed, *, device: str, dtype: ComputeDtype, results: dict) -> None:
     """Step 2 for one compute dtype: forward, exact, naive and fast on both formats."""
     set_compute_dtype(bed.network, dtype)  # float16: every block but the head (statistics stay float32)
     engine = ExactSweep(bed.network, bed.calib, batch_size=8, detect=DetectConfig(), device=device)
-    forward_s = forward_seconds(engine)
+    forward_s = _forward_seconds(engine)
     print(f"\n{device} {dtype.value}: one forward pass over 16 images {forward_s * 1000:.1f} ms")
     print("format | exact s | cost ratio | naive s/layer | fast s | fast spearman | fast top10")
     for fmt in FORMATS:
         exact, exact_s = exact_sweep(engine, bed, fmt)
-        naive_s = naive_per_layer(engine, bed, fmt)
+        naive_s = naive_per_layer(engine, bed.layers, fmt, act_ranges=bed.act_ranges, sample=NAIVE_SAMPLE)
         kwargs = {"fmt": fmt, "act_ranges": bed.act_ranges, "device": device}
         estimate(bed.network, type(bed.calib)(bed.calib.images[:2], None), bed.layers, **kwargs)
         fast = estimate(bed.network, bed.calib, bed.layers, **kwargs)  # after a 2-image warm-up
@@ -140,7 +122,7 @@ def large_sweep(device: str) -> None:
     """Step 3: the exact int4-fp16 sweep at 640 px over 128 images."""
     bed = load_testbed(device=device, imgsz=640, calib_images=128)
     engine = ExactSweep(bed.network, bed.calib, batch_size=16, detect=DetectConfig(), device=device)
-    forward_s = forward_seconds(engine, repeats=3)
+    forward_s = _forward_seconds(engine, repeats=3)
     _, seconds = exact_sweep(engine, bed, FORMATS[0])
     print(
         f"\n640 px, 128 images, {len(bed.layers)} layers, int4-fp16 exact: {seconds:.1f} s "

@@ -46,7 +46,7 @@ from quantsweep.quant.apply import calibrate_inputs
 from quantsweep.quant.layer_quant import quantize_layer
 from quantsweep.quant.scheme import quantize_each_alone, quantize_scheme
 from quantsweep.sweep.engine import ExactSweep
-from testbed import IMGSZ, Testbed, load_testbed
+from testbed import IMGSZ, Testbed, load_testbed, top
 
 DFL = "model.23.dfl.conv"
 INT4 = QuantFormat(WeightDtype.INT4, ActDtype.FP16, Granularity.PER_CHANNEL)
@@ -167,16 +167,9 @@ def w8a8_rows(bed: Testbed, scorer: Scorer, *, method: WeightMethod) -> list[dic
     records, weight_seconds = w8a8_weights(bed, method)
     rows = []
     for calib in CalibMethod:
-
-        def drive():
-            with torch.no_grad():
-                for i in range(0, len(bed.calib.images), 8):
-                    bed.network.run(bed.calib.images[i : i + 8])
-                    yield None
-
         ranges, calib_s, calib_mib = measured(
             lambda m=calib: calibrate_inputs(
-                bed.network.module, bed.names, drive(), calib=CalibConfig(method=m)
+                bed.network.module, bed.names, _drive(bed), calib=CalibConfig(method=m)
             )
         )
         for act in (ActDtype.INT8, ActDtype.UINT8):
@@ -188,14 +181,21 @@ def w8a8_rows(bed: Testbed, scorer: Scorer, *, method: WeightMethod) -> list[dic
                 "weights_seconds": weight_seconds,
                 "calib_seconds": calib_s,
                 "calib_peak_mib": calib_mib,
-                "nothing_kept": scorer.score(assignment, records=records, ranges=ranges),
-                "dfl_float": scorer.score(
-                    {n: f for n, f in assignment.items() if n != DFL}, records=records, ranges=ranges
-                ),
+                **_nothing_kept_and_dfl_float(scorer, assignment, records=records, ranges=ranges),
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
+
+
+def _nothing_kept_and_dfl_float(scorer: Scorer, assignment: dict, *, records, ranges) -> dict[str, float]:
+    """mAP with every layer of ``assignment`` quantized, and with only the DFL conv kept float."""
+    return {
+        "nothing_kept": scorer.score(assignment, records=records, ranges=ranges),
+        "dfl_float": scorer.score(
+            {n: f for n, f in assignment.items() if n != DFL}, records=records, ranges=ranges
+        ),
+    }
 
 
 def w4a8_rows(bed: Testbed, scorer: Scorer, *, calib: CalibMethod) -> list[dict]:
@@ -215,10 +215,7 @@ def w4a8_rows(bed: Testbed, scorer: Scorer, *, calib: CalibMethod) -> list[dict]
             "calib": calib.value,
             "seconds": seconds,
             "peak_mib": mib,
-            "nothing_kept": scorer.score(assignment, records=records, ranges=ranges),
-            "dfl_float": scorer.score(
-                {n: f for n, f in assignment.items() if n != DFL}, records=records, ranges=ranges
-            ),
+            **_nothing_kept_and_dfl_float(scorer, assignment, records=records, ranges=ranges),
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -237,7 +234,7 @@ def w4a8_search(bed: Testbed, scorer: Scorer, *, fp32: float, max_kept: int = 8)
     )[fmt.name]
     engine = ExactSweep(bed.network, bed.calib, batch_size=8, detect=DetectConfig())
     errors = {x.name: engine.measure(x, fmt, act_ranges=ranges, weights=alone).box_error for x in bed.layers}
-    ranking = sorted(errors, key=lambda n: (-errors[n], n))
+    ranking = top(errors, len(errors))
     print(f"int4-int8 exact sweep with per-layer GPTQ: {time.perf_counter() - started:.1f} s", flush=True)
     rows = []
     for k in range(max_kept + 1):

@@ -22,7 +22,7 @@ from quantsweep.data.shapes import generate_split
 from quantsweep.models.network import enumerate_layers
 from quantsweep.models.ultralytics_adapter import BUNDLED_MODEL, load_model
 from quantsweep.sweep.engine import ExactSweep
-from testbed import forward_seconds
+from testbed import forward_seconds, naive_per_layer
 
 FMT = QuantFormat(WeightDtype.INT4, ActDtype.FP16, Granularity.PER_CHANNEL)
 
@@ -51,12 +51,7 @@ def main() -> None:
         engine.measure(layer, FMT)
     sweep_s = time.perf_counter() - start
 
-    sample = layers[:: max(1, len(layers) // args.naive_sample)][: args.naive_sample]
-    start = time.perf_counter()
-    for layer in sample:
-        output = engine.run_quantized({layer.name: FMT}, start_block=0)  # full forward, no reuse
-        engine.score(layer.name, output, started=start)
-    naive_per_layer_s = (time.perf_counter() - start) / len(sample)
+    naive_per_layer_s = naive_per_layer(engine, layers, FMT, sample=args.naive_sample)
 
     naive_ratio = naive_per_layer_s / forward_s
     ratio = sweep_s / (len(layers) * forward_s)
@@ -66,7 +61,7 @@ def main() -> None:
     )
     print(f"one full forward pass over the images: {forward_s:.3f} s")
     print(f"exact sweep (reference pass + {len(layers)} layers, all metrics): {sweep_s:.1f} s")
-    print(f"naive method, measured on {len(sample)} layers: {naive_per_layer_s:.3f} s/layer")
+    print(f"naive method, measured on {args.naive_sample} layers: {naive_per_layer_s:.3f} s/layer")
     print(f"naive ratio   = {naive_ratio:.2f}  (full forward per layer + metrics; 1.0 by construction)")
     print(f"sweep ratio   = {ratio:.2f}  (target <= 0.6)")
     print(f"speed-up over naive: {naive_ratio / ratio:.1f}x")

@@ -17,6 +17,7 @@ from quantsweep.data.shapes import generate_split
 from quantsweep.models.network import LayerInfo, StagedNetwork, enumerate_layers
 from quantsweep.models.ultralytics_adapter import BUNDLED_MODEL, load_model
 from quantsweep.quant.apply import calibrate_inputs
+from quantsweep.sweep.engine import ExactSweep
 from quantsweep.sweep.verify import evaluate_kept
 
 IMGSZ = 320
@@ -80,15 +81,38 @@ def load_testbed(
 def forward_seconds(
     network: StagedNetwork, images: torch.Tensor, *, batch_size: int = 8, repeats: int = 3
 ) -> float:
-    """Median time of one full forward pass over ``images``, after one untimed warm-up pass."""
+    """Median time of one full forward pass over ``images``, after one untimed warm-up pass.
+
+    ``images`` must be on the network's device (and in its dtype); CUDA work is waited for.
+    """
     times = []
     with torch.no_grad():
         for _ in range(repeats + 1):
+            _sync(images)
             start = time.perf_counter()
             for i in range(0, len(images), batch_size):
                 network.run(images[i : i + batch_size])
+            _sync(images)
             times.append(time.perf_counter() - start)
     return statistics.median(times[1:])
+
+
+def _sync(images: torch.Tensor) -> None:
+    if images.is_cuda:
+        torch.cuda.synchronize(images.device)
+
+
+def naive_per_layer(
+    engine: ExactSweep, layers: list[LayerInfo], fmt: QuantFormat, *, act_ranges=None, sample: int = 10
+) -> float:
+    """Seconds per layer of the naive method on a spread sample of ``layers``: a full forward pass
+    per layer (no prefix reuse) plus the same metrics as the exact sweep."""
+    chosen = layers[:: max(1, len(layers) // sample)][:sample]
+    start = time.perf_counter()
+    for layer in chosen:
+        output = engine.run_quantized({layer.name: fmt}, start_block=0, act_ranges=act_ranges)
+        engine.score(layer.name, output, started=start)
+    return (time.perf_counter() - start) / len(chosen)
 
 
 def compare(bed: Testbed, fmt: QuantFormat, exact: dict[str, float], scores: dict[str, float]) -> tuple:
