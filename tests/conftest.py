@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +24,7 @@ from quantsweep.data.shapes import generate_split
 from quantsweep.models.network import LayerInfo, StagedNetwork, enumerate_layers
 from quantsweep.models.ultralytics_adapter import LoadedModel, load_model
 from quantsweep.quant.apply import calibrate_inputs
+from quantsweep.records import JsonLines
 
 TINY_IMGSZ = 96
 REPO = Path(__file__).resolve().parent.parent
@@ -122,3 +127,35 @@ def tiny_v10_onnx(tmp_path_factory: pytest.TempPathFactory):
     model = export_fp32(tiny_model("yolov10n.yaml").network, imgsz=64, path=path)
     images = torch.rand(2, 3, 64, 64)
     return {"path": path, "model": model, "kinds": conv_kinds(model), "images": images}
+
+
+def cli_process(args: list[str], **env: str) -> subprocess.Popen:
+    """``quantsweep ARGS`` in a fresh process (stdout dropped, stderr kept for failure messages)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "quantsweep.cli.main", *args],
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def kill_after_layers(
+    proc: subprocess.Popen, root: Path, pattern: str, *, layers: int, timeout: float
+) -> Path:
+    """SIGKILL ``proc`` as soon as the ``layer_results.jsonl`` matching ``pattern`` under ``root``
+    holds ``layers`` lines; that file. Fails the test if the sweep finished or never got there."""
+    deadline, results = time.monotonic() + timeout, None
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = list(root.glob(pattern))
+        if found and len(JsonLines(found[0]).read()) >= layers:
+            results = found[0]
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if results is None:
+        pytest.fail(
+            "the sweep finished or never started before it could be killed: "
+            + proc.stderr.read().decode()[-2000:]
+        )
+    return results

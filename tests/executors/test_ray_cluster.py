@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from quantsweep.config import (  # noqa: E402
 from quantsweep.executors import create_executor  # noqa: E402
 from quantsweep.pipeline import sweep  # noqa: E402
 from quantsweep.records import JsonLines  # noqa: E402
-from tests.conftest import TINY_IMGSZ  # noqa: E402
+from tests.conftest import TINY_IMGSZ, cli_process, kill_after_layers  # noqa: E402
 
 FORMATS = (
     QuantFormat(WeightDtype.INT4, ActDtype.FP16, Granularity.PER_CHANNEL),
@@ -142,13 +141,7 @@ def test_killed_worker_has_its_shard_retried(local_run, tiny_checkpoint, tiny_da
 
 def _cli(args: list[str]) -> subprocess.Popen:
     # one torch thread in the driver too, so its FP32 reference matches the local run's
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "quantsweep.cli.main", *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    return cli_process(args, OMP_NUM_THREADS="1")
 
 
 def test_killed_driver_resumes_to_the_same_report(
@@ -172,20 +165,8 @@ def test_killed_driver_resumes_to_the_same_report(
             *("--out", str(tmp_path), *ray_args),
         ]
     )
-    deadline, results = time.monotonic() + 180, None
-    while time.monotonic() < deadline and proc.poll() is None:
-        found = list(tmp_path.glob("*_layer_sensitivity/*/int4-fp16/per_channel/layer_results.jsonl"))
-        if found and len(JsonLines(found[0]).read()) >= 8:
-            results = found[0]
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    if results is None:
-        pytest.fail(
-            "the sweep finished or never started before it could be killed: "
-            + proc.stderr.read().decode()[-2000:]
-        )
+    pattern = "*_layer_sensitivity/*/int4-fp16/per_channel/layer_results.jsonl"
+    results = kill_after_layers(proc, tmp_path, pattern, layers=8, timeout=180)
     (cut,) = tmp_path.glob("*_layer_sensitivity/*")
     done_before = JsonLines(results).read()
     # a different --worker-threads is overridden: the run's layers were measured with one thread

@@ -1,18 +1,12 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
-
-import pytest
 
 from quantsweep.cli.main import main
 from quantsweep.records import JsonLines
-from tests.conftest import TINY_IMGSZ
+from tests.conftest import TINY_IMGSZ, cli_process, kill_after_layers
 
 SWEEP = ["sweep", "--imgsz", str(TINY_IMGSZ), "--max-images", "6"]
 
@@ -103,13 +97,7 @@ def test_skipped_combination_is_recorded_with_reason(tiny_data, tiny_checkpoint,
 
 def _cli(args: list[str]) -> subprocess.Popen:
     # Every run of this test is a fresh process with the same environment, so thread counts match.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "quantsweep.cli.main", *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    return cli_process(args)
 
 
 def test_killed_sweep_resumes_to_the_same_report(tiny_data, tiny_checkpoint, tmp_path) -> None:
@@ -129,20 +117,8 @@ def test_killed_sweep_resumes_to_the_same_report(tiny_data, tiny_checkpoint, tmp
     whole = _run_dir(tmp_path / "whole")
 
     proc = _cli([*args, "--out", str(tmp_path / "cut")])
-    deadline = time.monotonic() + 120
-    results = None
-    while time.monotonic() < deadline and proc.poll() is None:
-        found = list(
-            (tmp_path / "cut").glob("*_layer_sensitivity/*/int4-fp16/per_channel/layer_results.jsonl")
-        )
-        if found and len(JsonLines(found[0]).read()) >= 5:
-            results = found[0]
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    if results is None:
-        pytest.fail("the sweep finished or never started before it could be killed")
+    pattern = "*_layer_sensitivity/*/int4-fp16/per_channel/layer_results.jsonl"
+    results = kill_after_layers(proc, tmp_path / "cut", pattern, layers=5, timeout=120)
     cut = _run_dir(tmp_path / "cut")
     assert not (cut / "int8-fp16/per_channel/layer-sensitivity-report.json").exists()
     done_before = JsonLines(results).read()
