@@ -7,9 +7,10 @@ With ``--run`` it reads the recommendations of a finished ``quantsweep run`` (el
 
 - ort-cpu: FP32, quantsweep's recommendation and ONNX Runtime's ``quantize_static`` (convs only,
   UINT8 activations), all in ONNX Runtime;
-- openvino: FP32 (f32 inference precision, as the target runs float layers; and once more with
-  OpenVINO's default precision, bf16 on CPUs that have it), quantsweep's recommendation and NNCF's
-  default INT8 ``nncf.quantize`` of the FP32 model with the same 16 calibration images;
+- openvino: FP32 at OpenVINO's default precision (bf16 on CPUs that have it: what a user runs, and
+  the reference of every ratio), FP32 forced to f32 for information, quantsweep's recommendation
+  (the IR the target ships, float ops at the default precision) and NNCF's default INT8
+  ``nncf.quantize`` of the FP32 model with the same 16 calibration images;
 
 each group timed in one interleaved pass (rounds that visit every model; ratios are medians of
 per-round ratios to FP32), with mAP50-95 from the same runtime's outputs. Run it on a quiet machine.
@@ -26,7 +27,7 @@ import numpy as np
 import onnx
 
 from quantsweep.backends import get_backend
-from quantsweep.backends.openvino_cpu import LATENCY_CONFIG, OpenVinoRunner
+from quantsweep.backends.openvino_cpu import DEPLOY_CONFIG, EXACT_CONFIG, OpenVinoRunner
 from quantsweep.backends.timing import interleaved_latency
 from quantsweep.cli.main import main as quantsweep
 from quantsweep.evaluate.scoring import accuracy, detections_of
@@ -34,6 +35,7 @@ from quantsweep.export.ort_quantize_static import quantize_with_ort
 from quantsweep.metrics.detections import pseudo_labels
 from quantsweep.pipeline.common import calibration_batch, read_sweep_config
 from quantsweep.pipeline.eval_context import load_eval_batch
+from quantsweep.runs import cpu_line
 
 
 class _CompiledRunner(OpenVinoRunner):
@@ -43,7 +45,7 @@ class _CompiledRunner(OpenVinoRunner):
         import openvino as ov  # noqa: PLC0415
 
         self.model = model
-        self.compiled = ov.Core().compile_model(model, "CPU", LATENCY_CONFIG)
+        self.compiled = ov.Core().compile_model(model, "CPU", DEPLOY_CONFIG)
         self.request = self.compiled.create_infer_request()
         self.output = self.compiled.output(0)
 
@@ -129,9 +131,9 @@ def main() -> None:
             fp32_map=fp32_map,
         )
     ov_runners = {
+        # what OpenVINO runs an FP32 model at by default (bf16 on CPUs with bf16 units): the reference
         "fp32": ov.load(fp32_path),
-        # what OpenVINO runs an FP32 model at by default (bf16 on CPUs with bf16 units)
-        "fp32, OpenVINO default precision": OpenVinoRunner(fp32_path, config={"PERFORMANCE_HINT": "LATENCY"}),
+        "fp32, forced to f32": OpenVinoRunner(fp32_path, config=EXACT_CONFIG),
         f"quantsweep {rec['openvino']['recommended']}": ov.load(Path(rec["openvino"]["file"])),
         "nncf.quantize default": _nncf_default(fp32_path, calib),
     }
@@ -144,7 +146,8 @@ def main() -> None:
         rounds=args.rounds,
         fp32_map=fp32_map,
     )
-    print(f"\nthreads: ONNX Runtime default, OpenVINO {LATENCY_CONFIG}; numpy {np.__version__}")
+    print(f"\nCPU: {cpu_line()}")
+    print(f"threads: ONNX Runtime default, OpenVINO {DEPLOY_CONFIG}; numpy {np.__version__}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -30,6 +31,34 @@ def new_run_dir(out: Path, *, model_name: str, stage: str) -> Path:
     raise RuntimeError(f"could not create a new run directory under {parent}")
 
 
+# instruction sets that decide which low-precision kernels a CPU runtime picks (and its float default)
+_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
+
+
+def cpu_info() -> dict[str, Any]:
+    """The CPU figures were measured on: model, logical cores, and the flags runtimes pick kernels by."""
+    model, flags = platform.processor() or platform.machine(), set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    return {
+        "model": model,
+        "logical_cores": os.cpu_count(),
+        "flags": [f for f in _CPU_FLAGS if f in flags],
+    }
+
+
+def cpu_line() -> str:
+    """``AMD EPYC, 2 cores, avx512_vnni avx512_bf16``: the CPU in one line, for printed figures."""
+    info = cpu_info()
+    return f"{info['model']}, {info['logical_cores']} cores, {' '.join(info['flags']) or 'no VNNI/BF16/AMX'}"
+
+
 def environment() -> dict[str, Any]:
     """Library versions and machine facts that can change results."""
     versions = {}
@@ -42,6 +71,7 @@ def environment() -> dict[str, Any]:
         "quantsweep": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "cpu": cpu_info(),
         "packages": versions,
         "torch_threads": torch.get_num_threads(),
         "cuda_available": torch.cuda.is_available(),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +45,15 @@ class Objective(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class LoadPath:
+    """One way of loading an artifact in a runtime; ``deployed``: the way the deploy line says."""
+
+    load: Callable[[], Runner]
+    deployed: bool
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class Availability:
     """Whether the target's runtime can load and time models on this machine, and why not."""
 
@@ -64,6 +73,21 @@ class Runner(abc.ABC):
     def input_size(self) -> tuple[int, int] | None:
         """The static input height and width, when the model has one."""
         return None
+
+    def float_precision(self) -> str | None:
+        """The precision the runtime runs the non-quantized ops in (``f32``, ``bf16``), when it says."""
+        return None
+
+    def intermediates(self, image: np.ndarray, tensors: Sequence[str]) -> dict[str, np.ndarray] | None:
+        """Values of the named graph tensors for one image, as this runtime computes them; None where
+        the runtime cannot expose intermediate outputs. Used to find where an artifact departs."""
+        return None
+
+
+def onnx_source(artifact: Path) -> Path:
+    """The Q/DQ ONNX an artifact was made from: every target keeps it beside the artifact, same stem
+    (for an ONNX artifact it is the artifact itself)."""
+    return Path(artifact).with_suffix(".onnx")
 
 
 def conv_kinds(model: onnx.ModelProto) -> dict[str, ConvKind]:
@@ -129,7 +153,26 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def load(self, path: Path) -> Runner:
-        """The artifact loaded in this target's runtime."""
+        """The artifact loaded in this target's runtime, with the settings it is measured and deployed
+        with (float parts at the runtime's default precision on this machine)."""
+
+    def save(self, model: onnx.ModelProto, path: Path) -> Path:
+        """Write ``model`` (a Q/DQ ONNX) as this target's artifact; return the file a deployer loads.
+
+        ``path`` ends in ``.onnx``; the Q/DQ ONNX is always written there (see :func:`onnx_source`),
+        and a target whose runtime loads another format converts it beside it.
+        """
+        onnx.save(model, str(path))
+        return path
+
+    def artifact_bytes(self, artifact: Path) -> int:
+        """What the deployed artifact weighs on disk (every file of it)."""
+        return Path(artifact).stat().st_size
+
+    def verification_loads(self, artifact: Path) -> dict[str, LoadPath]:
+        """Every way a user loads the artifact in this runtime, each with float parts at full
+        precision (what the Torch simulation computes), for the runtime check against Torch."""
+        return {"default": LoadPath(lambda: self.load(artifact), deployed=True)}
 
     def baselines(self) -> dict[str, BaselineWriter]:
         """Artifacts made by the runtime's own tools, scored beside quantsweep's (none by default)."""

@@ -12,9 +12,8 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 import onnx
 import torch
-from onnx import TensorProto, helper
 
-from quantsweep.backends.sessions import ort_session
+from quantsweep.backends.sessions import ort_session, with_outputs
 from quantsweep.quant.numerics import ActRange
 
 # tensors -> their calibrated ranges; computed on demand and cached (see :class:`RangeCache`)
@@ -52,13 +51,7 @@ def tensor_ranges(
     wanted = sorted(set(tensors))
     if not wanted:
         return {}
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    existing = {o.name for o in probe.graph.output}
-    for name in wanted:
-        if name not in existing:
-            probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    session = ort_session(probe.SerializeToString())
+    session = ort_session(with_outputs(model, wanted).SerializeToString())
     input_name = session.get_inputs()[0].name
     low = dict.fromkeys(wanted, np.inf)
     high = dict.fromkeys(wanted, -np.inf)

@@ -11,9 +11,11 @@ decode tail stay float.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 from quantsweep.backends.base import (
@@ -25,7 +27,7 @@ from quantsweep.backends.base import (
     Runner,
 )
 from quantsweep.backends.placement import Placement
-from quantsweep.backends.sessions import SessionOptions, ort_session
+from quantsweep.backends.sessions import SessionOptions, ort_session, with_outputs
 from quantsweep.config import ActDtype, Granularity, QuantFormat, WeightDtype
 from quantsweep.export.ort_quantize_static import quantize_with_ort
 
@@ -36,6 +38,7 @@ class OrtRunner(Runner):
     """An ONNX Runtime session with the target's options."""
 
     def __init__(self, path: Path, options: SessionOptions) -> None:
+        self.path, self.options = Path(path), options
         self.session = ort_session(path, options)
         self.input_name = self.session.get_inputs()[0].name
         self.device = options.provider
@@ -46,6 +49,17 @@ class OrtRunner(Runner):
     def input_size(self) -> tuple[int, int] | None:
         size = self.session.get_inputs()[0].shape[2:4]
         return tuple(size) if all(isinstance(d, int) for d in size) else None
+
+    def float_precision(self) -> str:
+        return "f32"
+
+    def intermediates(self, image: np.ndarray, tensors: Sequence[str]) -> dict[str, np.ndarray]:
+        """The tensors as extra graph outputs of a session with the same options (a tensor made a graph
+        output can change which fusions apply around it; good enough to find where outputs depart)."""
+        probe = with_outputs(onnx.load(str(self.path)), tensors)
+        session = ort_session(probe.SerializeToString(), self.options)
+        names = [o.name for o in session.get_outputs() if o.name in set(tensors)]
+        return dict(zip(names, session.run(names, {self.input_name: image}), strict=True))
 
 
 class OrtCpuBackend(Backend):

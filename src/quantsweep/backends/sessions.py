@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
 import onnxruntime as ort
+from onnx import TensorProto, helper
 
 # ONNX Runtime 1.32's MatMulAddFusion rewrites a Q/DQ MatMul on a 3-D input (a Linear layer with
 # INT8 activations, e.g. in RT-DETR) into a Gemm with reshapes whose new QuantizeLinear gets a
@@ -63,3 +66,13 @@ def ort_session(model: str | Path | bytes, options: SessionOptions | None = None
         providers=[options.provider],
         disabled_optimizers=list(DISABLED_OPTIMIZERS),
     )
+
+
+def with_outputs(model: onnx.ModelProto, tensors: Iterable[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph also outputs ``tensors`` (float), to read intermediate values."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {o.name for o in probe.graph.output}
+    for name in sorted(set(tensors) - existing):
+        probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    return probe

@@ -32,6 +32,7 @@ class Timing:
     runs: int
     rounds: int
     device: str
+    float_precision: str | None = None  # what the runtime ran non-quantized ops in (f32, bf16)
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
@@ -85,5 +86,6 @@ def interleaved_latency(
             runs=len(flat),
             rounds=rounds,
             device=runners[name].device,
+            float_precision=runners[name].float_precision(),
         )
     return result

@@ -1,5 +1,8 @@
 """Pick each target's recommendation from its measured models: what the target is for, within accuracy.
 
+An artifact whose own runtime departed from the Torch simulation at materialize (its runtime check)
+is passed over, and the recommendation says which and why.
+
 Speed targets: the fastest model (median over rounds of its time relative to FP32, measured in one
 interleaved pass) whose mAP50-95 meets the accuracy target; kept float layers cost time through
 their kernels and the Q/DQ around them, so the count of kept layers is not the objective. Size
@@ -46,6 +49,9 @@ def recommend(
     fp32 = results["fp32"]
     quantized = [r for r in results.values() if r["name"] != "fp32"]
     passing = [r for r in quantized if target.met(r["score"], reference)]
+    # an artifact its own runtime executes differently from what was simulated is not shipped
+    departs = [r for r in passing if r.get("runtime_agrees") is False]
+    passing = [r for r in passing if r.get("runtime_agrees") is not False]
     best = min(passing, key=_objective_key(backend), default=None)
     if backend.objective is Objective.SPEED and best is not None and _speed_ratio(best) >= 1.0:
         best = fp32
@@ -63,6 +69,13 @@ def recommend(
         "fp32_size_bytes": fp32["size_bytes"],
         "reference_cocoeval_map50_95": _cocoeval(fp32),
         "closest": None if closest is None else closest["name"],
+        "passed_over": [
+            {
+                "name": r["name"],
+                "reason": f"{backend.runtime} departs from the Torch simulation: {r.get('runtime_summary')}",
+            }
+            for r in departs
+        ],
         "recommended": None,
     }
     if best is not None:
@@ -82,6 +95,9 @@ def recommend(
             size_bytes=best["size_bytes"],
             size_reduction=fp32["size_bytes"] / best["size_bytes"],
             deploy=backend.deploy_hint(store.artifact_path(best)),
+            runtime_check=best.get("runtime_summary"),
+            float_precision=(best.get("latency") or {}).get("float_precision"),
+            fp32_float_precision=(fp32.get("latency") or {}).get("float_precision"),
         )
     store.write_recommendation(payload)
     return payload

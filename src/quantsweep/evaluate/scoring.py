@@ -20,6 +20,7 @@ import onnx
 import torch
 
 from quantsweep.backends import Backend, Runner
+from quantsweep.backends.base import onnx_source
 from quantsweep.config import DetectConfig
 from quantsweep.data.coco import is_coco_json
 from quantsweep.data.images import Batch
@@ -37,8 +38,9 @@ from quantsweep.models.outputs import (
 
 
 def model_metadata(path: Path) -> dict[str, str]:
-    """The ONNX model's metadata properties (output convention, class names)."""
-    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    """The metadata properties (output convention, class names) of the ONNX the model was made from."""
+    source = onnx_source(path)
+    return {p.key: p.value for p in onnx.load(str(source), load_external_data=False).metadata_props}
 
 
 def output_convention(path: Path) -> OutputConvention | None:

@@ -30,6 +30,9 @@ class Artifact:
     avg_weight_bits: float
     counts_match: bool | None
     torch_vs_onnx_rel_l2: float | None
+    # every deployed load path in the target's own runtime agrees with Torch (None: not checked)
+    runtime_agrees: bool | None = None
+    runtime_summary: str | None = None  # one line per load path, for the report
 
     @property
     def kept(self) -> int | None:
@@ -45,7 +48,7 @@ class Artifact:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Artifact:
         """Inverse of :meth:`to_dict`."""
-        values = {k: data[k] for k in cls.__dataclass_fields__}
+        values = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         if values["kept_layers"] is not None:
             values["kept_layers"] = tuple(values["kept_layers"])
         return cls(**values)

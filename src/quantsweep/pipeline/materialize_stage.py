@@ -21,11 +21,12 @@ import onnx
 import torch
 
 from quantsweep.backends import Backend, backend_names, get_backend
-from quantsweep.backends.base import conv_kinds
+from quantsweep.backends.base import conv_kinds, onnx_source
 from quantsweep.backends.calibration import RangeCache
 from quantsweep.backends.modelopt_writer import check_writer, plan_deviations, write_modelopt
 from quantsweep.config import QuantFormat
 from quantsweep.errors import InputError
+from quantsweep.evaluate.runtime_check import check_on_runtime, deployed_agrees, summary_line
 from quantsweep.export.candidates import FP32_FILE, Artifact, CandidatesIndex, TargetCandidates
 from quantsweep.export.verify import torch_export_output, verify_artifact
 from quantsweep.models.network import enumerate_layers
@@ -114,7 +115,11 @@ class _Writer:
         # GPTQ / MSE codes and corrected biases: one sequential pass per format (quant.scheme)
         self.records: SchemeRecords = records
 
-    def verify(self, path: Path, *, assignment: Mapping[str, QuantFormat], expected) -> dict[str, Any]:
+    def verify(
+        self, path: Path, *, assignment: Mapping[str, QuantFormat], expected, backend: Backend | None = None
+    ) -> dict[str, Any]:
+        """The file's checks (ONNX Runtime, Torch agreement) and, for a target's artifact, every way
+        its own runtime loads it checked against the same Torch output."""
         sample = self.images[:VERIFY_IMAGES]
         reference = torch_export_output(
             self.loaded.network,
@@ -123,9 +128,26 @@ class _Writer:
             act_ranges=self.act_ranges,
             weights=self.records.for_assignment(assignment),
         )
-        return verify_artifact(
-            path, expected_counts=expected, images=sample, torch_output=reference, fp32_bytes=self.fp32_bytes
+        source = onnx_source(path)
+        checked = verify_artifact(
+            source,
+            expected_counts=expected,
+            images=sample,
+            torch_output=reference,
+            fp32_bytes=self.fp32_bytes,
         )
+        if backend is None:
+            return checked
+        checks = check_on_runtime(backend, path, images=sample, torch_output=reference)
+        size = backend.artifact_bytes(path)
+        checked |= {"file": path.name, "size_bytes": size, "fp32_over_size": self.fp32_bytes / size}
+        checked["runtime"] = {"target": backend.name, "loads": [c.to_dict() for c in checks]}
+        checked["runtime_agrees"] = deployed_agrees(checks)
+        checked["runtime_summary"] = summary_line(checks)
+        for check in checks:
+            if not check.passed:
+                LOG.warning("%s %s: %s", backend.name, path.name, summary_line([check]))
+        return checked
 
     def scheme(self, backend: Backend, scheme: Scheme, path: Path) -> Artifact:
         plan = backend.adapt_plan(scheme_plan(scheme), self.kinds)  # what the target really writes
@@ -137,18 +159,18 @@ class _Writer:
         if self.writer == "modelopt":
             write_modelopt(self.fp32_path, path, plan=plan, images=self.images)
         else:
-            onnx.save(backend.write(self.fp32, plan, ranges=self.ranges, weights=weights), str(path))
+            path = backend.save(backend.write(self.fp32, plan, ranges=self.ranges, weights=weights), path)
         seconds = time.perf_counter() - start
         expected = backend.written_counts(dict(Counter(p.label for p in written.values())))
-        checked = self.verify(path, assignment=assignment, expected=expected)
+        checked = self.verify(path, assignment=assignment, expected=expected, backend=backend)
         checked |= {"writer": self.writer, "write_seconds": seconds}
         if self.writer == "modelopt":
-            checked["plan_deviations"] = plan_deviations(onnx.load(str(path)), plan)
+            checked["plan_deviations"] = plan_deviations(onnx.load(str(onnx_source(path))), plan)
         return _artifact(scheme.name, path, scheme.policy.value, scheme.kept_layers, checked)
 
 
 def _artifact(name: str, path: Path, policy: str, kept, checked: dict[str, Any]) -> Artifact:
-    write_json(path.with_suffix(".verify.json"), "artifact_verification", checked)
+    write_json(onnx_source(path).with_suffix(".verify.json"), "artifact_verification", checked)
     return Artifact(
         name=name,
         file=f"{path.parent.name}/{path.name}" if policy != "fp32" else path.name,
@@ -158,6 +180,8 @@ def _artifact(name: str, path: Path, policy: str, kept, checked: dict[str, Any])
         avg_weight_bits=checked["avg_weight_bits"],
         counts_match=checked["counts_match"],
         torch_vs_onnx_rel_l2=checked["torch_vs_onnx_rel_l2"],
+        runtime_agrees=checked.get("runtime_agrees"),
+        runtime_summary=checked.get("runtime_summary"),
     )
 
 
@@ -166,7 +190,7 @@ def _baselines(writer: _Writer, backend: Backend, entry: TargetCandidates, targe
         path = target_dir / f"{name}.onnx"
         try:
             make(writer.fp32_path, path, writer.images)
-            checked = writer.verify(path, assignment={}, expected=None)
+            checked = writer.verify(path, assignment={}, expected=None, backend=backend)
             entry.artifacts.append(_artifact(name, path, "baseline", None, checked))
         except Exception as exc:  # a third-party tool's failure is a result to record, not a crash
             LOG.warning("%s baseline %s failed: %s", backend.name, name, exc)

@@ -17,6 +17,7 @@ from pathlib import Path
 import onnx
 
 from quantsweep.backends import Backend, Objective
+from quantsweep.backends.base import conv_kinds
 from quantsweep.backends.calibration import RangeCache
 from quantsweep.evaluate.scoring import Accuracy
 from quantsweep.evaluate.search import search
@@ -48,6 +49,7 @@ class _Measure:
         self.backend, self.scheme_set, self.ranges = backend, scheme_set, ranges
         self.context, self.log = context, log
         self.records = records  # format name -> {layer: quantizer record}, from the materialize stage
+        self.kinds = conv_kinds(ranges.model)
         self.known = {tuple(sorted(r["kept"])): r["score"] for r in log.read()}
 
     @property
@@ -55,12 +57,17 @@ class _Measure:
         return [a.torch_name for a in self.scheme_set.ranking]
 
     def model(self, kept: tuple[str, ...]) -> onnx.ModelProto:
+        """The kept set as the target writes it: adapted to what it runs (as materialize does), checked."""
         keep = set(kept)
-        plan, weights = {}, {}
+        plan = {
+            a.onnx_node: self.scheme_set.high if a.torch_name in keep else self.scheme_set.low
+            for a in self.scheme_set.ranking
+        }
+        plan = self.backend.adapt_plan(plan, self.kinds)
+        self.backend.check_plan(plan, self.kinds)
+        weights = {}
         for a in self.scheme_set.ranking:
-            precision = self.scheme_set.high if a.torch_name in keep else self.scheme_set.low
-            plan[a.onnx_node] = precision
-            fmt = precision.as_format()
+            fmt = plan[a.onnx_node].as_format()
             record = None if fmt is None else self.records.get(fmt.name, {}).get(a.torch_name)
             if record is not None:
                 weights[a.onnx_node] = record
@@ -71,8 +78,7 @@ class _Measure:
         if key in self.known:
             return self.known[key]
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "trial.onnx"
-            onnx.save(self.model(kept), str(path))
+            path = self.backend.save(self.model(kept), Path(tmp) / "trial.onnx")
             acc = self.context.score(self.backend, path)
         score = acc.value(self.context.metric)
         self.log.append({"kept": list(key), "score": score, "accuracy": acc.to_dict()})
@@ -162,10 +168,9 @@ class TargetSearch:
                 continue
             same = sum(n.startswith(f"search_k{len(kept)}") for n in names)
             name = f"search_k{len(kept)}" + (f"_{same + 1}" if same else "")
-            path = search_dir / f"{name}.onnx"
             if not store.has(name):
                 model = measure.model(kept)
-                onnx.save(model, str(path))
+                path = backend.save(model, search_dir / f"{name}.onnx")
                 acc: Accuracy = self.context.score(backend, path)
                 record = {
                     "name": name,
@@ -173,7 +178,7 @@ class TargetSearch:
                     "policy": "search",
                     "kept": len(kept),
                     "kept_layers": list(kept),
-                    "size_bytes": path.stat().st_size,
+                    "size_bytes": backend.artifact_bytes(path),
                     "avg_weight_bits": average_weight_bits(model),
                     "sha256_16": hashlib.sha256(path.read_bytes()).hexdigest()[:16],
                 }

@@ -61,8 +61,21 @@ def _card(report: TargetReport) -> list[str]:
         f"kept in float: {kept}.",
         f"- File: `{rec['file']}`",
         f"- Deploy: `{rec['deploy']}`",
+        *_runtime_lines(rec),
         "",
     ]
+
+
+def _runtime_lines(rec: dict[str, Any]) -> list[str]:
+    """How the runtime ran the figures (float precision) and whether it runs what Torch simulated."""
+    lines = []
+    if rec.get("fp32_float_precision"):
+        ours, fp32 = rec.get("float_precision"), rec["fp32_float_precision"]
+        lines.append(f"- Float ops ran in {ours}; the FP32 reference in {fp32} (the runtime's default here).")
+    if rec.get("runtime_check"):
+        lines.append(f"- Runtime check on {rec['runtime']}: {rec['runtime_check']}.")
+    lines += [f"- Passed over `{p['name']}`: {p['reason']}." for p in rec.get("passed_over") or []]
+    return lines
 
 
 def _cocoeval_line(rec: dict[str, Any]) -> list[str]:
