@@ -93,3 +93,19 @@ def test_fp32_is_recommended_when_nothing_quantized_is_faster_and_accurate(tmp_p
         target=AccuracyTarget(0.01),
     )
     assert rec["recommended"] == "fp32"
+
+
+def test_an_artifact_its_runtime_misexecutes_is_passed_over_and_said(tmp_path) -> None:
+    store = _store(tmp_path, MODELS)
+    record = store.path("fast_ok")
+    departs = "onnx_direct DEPARTS from Torch (rel. error 0.897) first at `/model.2/cv2/conv/Conv`"
+    text = record.read_text().replace(
+        '"policy": "top_k"', f'"policy": "top_k", "runtime_agrees": false, "runtime_summary": "{departs}"'
+    )
+    record.write_text(text)
+    rec = recommend(
+        get_backend("openvino"), store, reference=0.9, metric="map50_95_gt", target=AccuracyTarget(0.01)
+    )
+    assert rec["recommended"] == "small_ok"  # the fastest passing model departs on its runtime
+    assert [p["name"] for p in rec["passed_over"]] == ["fast_ok"]
+    assert "/model.2/cv2/conv/Conv" in rec["passed_over"][0]["reason"]

@@ -38,6 +38,15 @@ def _cocoeval(record: dict[str, Any]) -> float | None:
     return (record.get("accuracy") or {}).get("cocoeval_map50_95_gt")
 
 
+def _runtime_check(best: dict[str, Any], results: dict[str, dict[str, Any]]) -> str | None:
+    """The recommended model's runtime check; a search finalist (scored on the runtime, never checked
+    against Torch) says so and names the k0 artifact's check of the same placement."""
+    if best.get("runtime_summary") or best["policy"] != "search":
+        return best.get("runtime_summary")
+    k0 = (results.get("k0") or {}).get("runtime_summary")
+    return f"not run for this search finalist; k0 of the same placement: {k0}" if k0 else None
+
+
 def recommend(
     backend: Backend, store, *, reference: float, metric: str, target: AccuracyTarget
 ) -> dict[str, Any]:
@@ -95,7 +104,7 @@ def recommend(
             size_bytes=best["size_bytes"],
             size_reduction=fp32["size_bytes"] / best["size_bytes"],
             deploy=backend.deploy_hint(store.artifact_path(best)),
-            runtime_check=best.get("runtime_summary"),
+            runtime_check=_runtime_check(best, results),
             float_precision=(best.get("latency") or {}).get("float_precision"),
             fp32_float_precision=(fp32.get("latency") or {}).get("float_precision"),
         )
