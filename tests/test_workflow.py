@@ -19,6 +19,8 @@ from quantsweep.models.ultralytics_adapter import load_model
 from quantsweep.quant.scheme import WEIGHTS_DIR, load_records, records_path
 from quantsweep.sweep.verify import evaluate_kept
 
+pytestmark = pytest.mark.slow  # the whole default run on the testbed: minutes
+
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory) -> dict[str, Path]:
@@ -90,6 +92,8 @@ def test_candidates_are_exact_valid_and_small(default_run) -> None:
             assert verify["precision_counts"] == dict(
                 sorted({label: 118 - k, **({"float": k} if k else {})}.items())
             )
+            # its own runtime, the way it is deployed, computes what Torch simulated
+            assert verify["runtime_agrees"] is True, verify["runtime_summary"]
     assert json.loads((candidates / "size" / "k0.verify.json").read_text())["fp32_over_size"] >= 6
 
 

@@ -112,6 +112,7 @@ def test_our_map_equals_cocoeval_on_the_same_detections(split) -> None:
     assert 0.2 < reference.map50_95 < 0.9  # neither trivial nor perfect
 
 
+@pytest.mark.slow
 def test_testbed_map_is_the_same_from_coco_json_and_yolo_labels(testbed_checkpoint, tmp_path) -> None:
     """The testbed's first 16 validation images (its split seed), scored from both label forms."""
     data = generate_split(tmp_path, split="val", count=16, size=320, split_seed=1)

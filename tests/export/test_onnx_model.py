@@ -61,6 +61,7 @@ def test_exported_model_runs_and_matches_torch(tmp_path) -> None:
     onnx.checker.check_model(str(path))
 
 
+@pytest.mark.slow
 def test_testbed_maps_all_118_convs(testbed_checkpoint, tmp_path) -> None:
     loaded = load_model(testbed_checkpoint)
     layers = enumerate_layers(loaded.network, torch.zeros(1, 3, 320, 320))

@@ -58,6 +58,7 @@ def test_both_output_conventions_give_same_anchor_layout() -> None:
     assert out_e2e.scores.shape[-1] == 8
 
 
+@pytest.mark.slow
 def test_testbed_has_118_convs_on_inference_path(testbed_checkpoint) -> None:
     loaded = load_model(testbed_checkpoint)
     layers = enumerate_layers(loaded.network, torch.zeros(1, 3, 320, 320))
