@@ -88,7 +88,8 @@ def apply_placement(
     with_acts = [name for name in planned if plan[name].act is not ActDtype.FP16]
     integer = [n for n in with_acts if plan[n].act is not ActDtype.FP8]
     silus = silu_after(fp32, integer) if placement.output_q and placement.fuse_silu else []
-    editor = QdqEditor(fp32, planned=frozenset(with_acts).union(*silus))
+    kept_float = frozenset(name for name, precision in plan.items() if precision.weight is None)
+    editor = QdqEditor(fp32, planned=frozenset(with_acts).union(*silus), keep_float=kept_float)
     nodes = [editor.node(name) for name in with_acts]
     outputs = ({n.output[0] for n in nodes} - editor.outputs) if placement.output_q else set()
     silu_nodes = [editor.node(name) for pair in silus for name in pair]

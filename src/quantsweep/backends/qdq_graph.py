@@ -9,6 +9,7 @@ nodes are re-sorted topologically at the end.
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -85,8 +86,16 @@ def topological_sort(nodes: list[onnx.NodeProto], available: set[str]) -> list[o
 class QdqEditor:
     """Accumulates Q/DQ edits on a copy of an FP32 model; :meth:`build` returns the edited model."""
 
-    def __init__(self, model: onnx.ModelProto, *, planned: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        *,
+        planned: frozenset[str] = frozenset(),
+        keep_float: frozenset[str] = frozenset(),
+    ) -> None:
         self.planned = planned  # nodes that get their own input Q/DQ: they read a private DQ
+        # nodes a plan keeps float: they keep reading the float weight when a quantized node shares it
+        self.keep_float = keep_float
         self.model = onnx.ModelProto()
         self.model.CopyFrom(model)
         self.graph = self.model.graph
@@ -103,7 +112,11 @@ class QdqEditor:
         # (tensor, element type) -> (Q output, params): a tensor read by an FP8 node and an INT8
         # node (TensorRT's FP8 plans keep depthwise convs at INT8) gets one Q of each type
         self.quantized: dict[tuple[str, int], tuple[str, TensorQuant]] = {}
-        self.weights: dict[str, tuple[str, np.ndarray]] = {}  # weight -> (DQ output, scale)
+        # (float weight, digest of its codes, scale and zero point) -> those initializers' names
+        self.codes: dict[tuple[str, str], list[str]] = {}
+        # weight DQ output -> the float initializer it dequantizes: a node whose input 1 an earlier
+        # quantize_weight rewired still finds its weight
+        self.sources: dict[str, str] = {}
 
     def node(self, name: str) -> onnx.NodeProto:
         """The node called ``name`` (KeyError naming it otherwise)."""
@@ -111,35 +124,56 @@ class QdqEditor:
             raise KeyError(f"node not in the model: {name}")
         return self.nodes[name]
 
+    def weight_source(self, node: onnx.NodeProto) -> str:
+        """The float initializer input 1 of ``node`` reads, directly or through a weight DQ."""
+        name = node.input[1] if len(node.input) > 1 else ""
+        source = self.sources.get(name, name)
+        if source not in self.inits:
+            raise ValueError(
+                f"{node.name}: its weight input ({name or 'none'}) is not an initializer; "
+                "only a Conv/Gemm/MatMul with a constant weight can be quantized"
+            )
+        return source
+
     def weight(self, node: onnx.NodeProto) -> np.ndarray:
-        """The float weight initializer of a Conv/Gemm/MatMul."""
-        return numpy_helper.to_array(self.inits[node.input[1]])
+        """The float weight of a Conv/Gemm/MatMul (also once its input reads a DequantizeLinear)."""
+        return numpy_helper.to_array(self.inits[self.weight_source(node)])
 
     def quantize_weight(
         self, node: onnx.NodeProto, fmt: QuantFormat, record: QuantizedWeight | None = None
     ) -> np.ndarray:
-        """Replace input 1 by codes -> DequantizeLinear; return the weight scale it stores.
+        """Feed input 1 through codes -> a DequantizeLinear of its own; return the weight scale.
 
         ``record`` carries a quantizer's codes, scales, zero points and corrected bias (GPTQ, MSE,
         bias correction); without one the weight is rounded to nearest here.
 
-        A Torch layer called several times (RT-DETR's query_pos_head) is one weight read by several
-        nodes; Torch quantizes every call, so every reader gets the one dequantized weight.
+        One weight can have several readers. A Torch layer called several times (RT-DETR's
+        query_pos_head) is one planned node and unplanned others: those read the planned node's
+        DQ, as Torch quantizes every call. Distinct layers with equal weights (copies, zero-init
+        heads) share one initializer after export but are planned one by one: each gets its own
+        DQ (runtimes fuse a DQ only into its sole reader, and each counts as one layer), reading
+        one set of codes when their quantization agrees. A node kept float keeps the float weight.
         """
-        weight_name = node.input[1]
-        if weight_name in self.weights:
-            node.input[1], scale = self.weights[weight_name]
-            return scale
-        inits, dq = weight_dq(node, self.weight(node), fmt, record)
+        source = self.weight_source(node)
+        inits, dq = weight_dq(node, numpy_helper.to_array(self.inits[source]), fmt, record)
+        scale = numpy_helper.to_array(next(i for i in inits if i.name == dq.input[1]))
+        key = (source, _codes_digest(inits, dq))
+        if key in self.codes:  # the same codes already stored for another reader
+            dq.input[:] = self.codes[key]
+        else:
+            self.codes[key] = list(dq.input)
+            self.new_inits += inits
+        self.new_nodes.append(dq)
+        self.sources[dq.output[0]] = source
         if record is not None and record.bias is not None:
             self._replace_bias(node, record.bias.detach().cpu().numpy().astype(np.float32))
-        scale = numpy_helper.to_array(next(i for i in inits if i.name == dq.input[1]))
-        self.new_inits += inits
-        self.new_nodes.append(dq)
-        for reader in self.readers[weight_name]:
-            reader.input[:] = [dq.output[0] if name == weight_name else name for name in reader.input]
-        self.weights[weight_name] = (dq.output[0], scale)
-        self.dropped.add(weight_name)
+        node.input[:] = [dq.output[0] if self.sources.get(n, n) == source else n for n in node.input]
+        # readers still on the float weight (other calls of this layer) read the first DQ; a planned
+        # reader moves to its own DQ when its turn comes, whichever comes first
+        for reader in self.readers[source]:
+            if reader.name not in self.keep_float:
+                reader.input[:] = [dq.output[0] if n == source else n for n in reader.input]
+        self.dropped.add(source)  # build() keeps it while a float reader remains
         return scale
 
     def _replace_bias(self, node: onnx.NodeProto, bias: np.ndarray) -> None:
@@ -150,7 +184,9 @@ class QdqEditor:
             add = next((r for r in self.readers[node.output[0]] if r.op_type == "Add"), None)
             if add is None:
                 raise ValueError(f"{node.name}: a corrected bias needs the Add of its Linear layer")
-            index = next(i for i, name in enumerate(add.input) if name in self.inits)
+            index = next((i for i, name in enumerate(add.input) if name in self.inits), None)
+            if index is None:
+                raise ValueError(f"{node.name}: the Add after it has no bias initializer to correct")
             target, slot = add, index
         elif len(node.input) > 2:
             target, slot = node, 2
@@ -159,8 +195,7 @@ class QdqEditor:
             self.new_inits.append(init)
             self.inits[init.name] = init
             return
-        if len(self.readers[target.input[slot]]) == 1:
-            self.dropped.add(target.input[slot])
+        self.dropped.add(target.input[slot])  # a shared bias stays while another node reads it
         target.input[slot] = init.name
         self.new_inits.append(init)
         self.inits[init.name] = init
@@ -243,18 +278,45 @@ class QdqEditor:
         )
         self.new_nodes.append(dq)
         node.input[2] = dq.output[0]
-        if len(self.readers[bias_name]) == 1:
-            self.dropped.add(bias_name)
-        # a corrected bias written by quantize_weight is replaced by its INT32 codes
-        self.new_inits = [i for i in self.new_inits if i.name != bias_name]
+        # the float bias (or the corrected one quantize_weight wrote) goes unless another node reads it
+        self.dropped.add(bias_name)
 
     def build(self) -> onnx.ModelProto:
-        """The edited model, nodes in topological order, unused float initializers removed."""
+        """The edited model, nodes in topological order, replaced initializers no node reads removed."""
         available = {i.name for i in self.graph.input} | set(self.inits) | {i.name for i in self.new_inits}
         nodes = topological_sort([*self.graph.node, *self.new_nodes], available)
         del self.graph.node[:]
         self.graph.node.extend(nodes)
-        kept = [init for init in self.graph.initializer if init.name not in self.dropped]
+        # a replaced weight or bias shared with a node left float (or not replaced) is still read
+        unused = self.dropped - _read_names(self.graph) - self.outputs
+        kept = [init for init in [*self.graph.initializer, *self.new_inits] if init.name not in unused]
         del self.graph.initializer[:]
-        self.graph.initializer.extend(kept + self.new_inits)
+        self.graph.initializer.extend(kept)
         return self.model
+
+
+def _codes_digest(inits: list[onnx.TensorProto], dq: onnx.NodeProto) -> str:
+    """Digest of a weight DQ's codes, scale, zero point and attributes, whatever their names."""
+    digest = hashlib.sha256()
+    for init in inits:
+        anonymous = onnx.TensorProto()
+        anonymous.CopyFrom(init)
+        anonymous.name = ""
+        digest.update(anonymous.SerializeToString())
+    for attr in dq.attribute:
+        digest.update(attr.SerializeToString())
+    return digest.hexdigest()
+
+
+def _read_names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name a node of ``graph`` reads, subgraphs (If, Loop bodies) included."""
+    names: set[str] = set()
+    for node in graph.node:
+        names.update(node.input)
+        for attr in node.attribute:
+            for sub in [attr.g, *attr.graphs] if attr.type in _GRAPH_ATTRS else ():
+                names |= _read_names(sub)
+    return names
+
+
+_GRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
