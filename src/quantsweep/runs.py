@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import os
 import platform
 from importlib import metadata
@@ -27,8 +28,33 @@ def new_run_dir(out: Path, *, model_name: str, stage: str) -> Path:
             candidate.mkdir(parents=True, exist_ok=False)
         except FileExistsError:
             continue
+        attach_run_log(candidate)
         return candidate
     raise RuntimeError(f"could not create a new run directory under {parent}")
+
+
+RUN_LOG = "run.log"
+_run_logs: list[Path] = []
+
+
+def attach_run_log(run_dir: Path) -> Path:
+    """Send quantsweep's log (INFO and up) to ``run_dir/run.log`` as well; the CLI writes the traceback
+    of an unexpected failure there."""
+    path = Path(run_dir) / RUN_LOG
+    handler = logging.FileHandler(path)
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("quantsweep")
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    _run_logs.append(path)
+    return path
+
+
+def latest_run_log() -> Path | None:
+    """The log of the run directory created last in this process (None before any)."""
+    return _run_logs[-1] if _run_logs else None
 
 
 # instruction sets that decide which low-precision kernels a CPU runtime picks (and its float default)

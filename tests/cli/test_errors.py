@@ -124,3 +124,25 @@ def test_materialize_writer_choice_is_checked_first(capsys, tmp_path) -> None:
     line = _error(capsys, [*materialize, "--writer", "modelopt", "--target", "ort-cpu"])
     assert "--writer modelopt writes tensorrt artifacts only" in line
     assert not list(tmp_path.iterdir())
+
+
+def test_an_unexpected_failure_is_one_line_and_its_traceback_goes_to_the_run_log(
+    capsys, monkeypatch, tiny_checkpoint, tiny_data, tmp_path
+) -> None:
+    def explode(*_args, **_kwargs):
+        raise RuntimeError("layer model.2.cv2.conv: the runtime failed\nsecond line stays in the log")
+
+    monkeypatch.setattr("quantsweep.pipeline.sweep_stage.execute", explode)
+    argv = [*BASE, "--model", str(tiny_checkpoint), "--images", str(tiny_data), "--out", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # the progress bar's first frame, then the line
+    (line,) = [e for e in err if e.startswith("quantsweep:")]
+    assert err[-1] == line
+    assert line.startswith(
+        "quantsweep: error: sweep failed: RuntimeError: layer model.2.cv2.conv: the runtime failed"
+    )
+    (log,) = tmp_path.glob("*_layer_sensitivity/*/run.log")
+    assert line.endswith(f"(traceback in {log})")
+    text = log.read_text()
+    assert "Traceback (most recent call last)" in text and "second line stays in the log" in text
+    assert "sweeping" in text  # the run's own INFO log is there too

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from quantsweep import __version__
+from quantsweep.cli.failure import failure_line
 from quantsweep.config import (
     ActDtype,
     CalibConfig,
@@ -390,6 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    for handler in logging.getLogger().handlers:  # the terminal; run logs keep INFO (runs.attach_run_log)
+        handler.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     handlers = {
         "sweep": _cmd_sweep,
         "layers": _cmd_layers,
@@ -410,6 +413,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug or a runtime's failure: one line here, the traceback in the log
+        print(failure_line(args.command, exc), file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":
