@@ -71,11 +71,15 @@ def test_family_runs_every_stage(family, small_data, tmp_path) -> None:
     # Weight-only artifacts compute what the Torch simulation computes, to float precision. The
     # YOLOv10 NMS-free head's top-k over (anchor, class) pairs is not continuous: this untrained
     # model scores every pair within 0.03 of 0.5, with exact ties, so last-bit differences pick other
-    # pairs (measured up to 8e-3); its per-anchor agreement is the same weights' NMS head's.
-    tolerance = 2e-2 if family == "yolov10-end2end" else 1e-5
+    # pairs (measured up to 8e-3); its per-anchor agreement is the same weights' NMS head's. RT-DETR
+    # selects its queries by a top-k over encoder scores just as untrained: on an AVX-512 CPU the
+    # random_k2 artifact picked other queries (0.058) while k0, k2 and first_head_k2 agree to 3e-6,
+    # so there k0 (every layer quantized) must be exact and the others within the top-k's reach.
+    tolerance = {"yolov10-end2end": 2e-2, "rtdetr": 1e-1}.get(family, 1e-5)
     for name in WEIGHT_ONLY:
         assert artifacts[name]["counts_match"] is True, name
-        assert artifacts[name]["torch_vs_onnx_rel_l2"] < tolerance, (
+        bound = 1e-5 if name == "k0" and family == "rtdetr" else tolerance
+        assert artifacts[name]["torch_vs_onnx_rel_l2"] < bound, (
             name,
             artifacts[name]["torch_vs_onnx_rel_l2"],
         )
