@@ -6,8 +6,9 @@
 The sweep ranks layers with Torch fake quantization. Here each of the ``--top`` layers of the
 target's ranking (the schemes' order) is written alone at the target's low precision (everything
 else float) in the target's placement, saved as the target ships it, loaded in the target's runtime
-and run on calibration images; its sensitivity is the relative error of the runtime's output
-against the FP32 model's in the same runtime (boxes and scores apart, the larger). Printed: the
+and run on calibration images; its sensitivity is the sweep's own metric (the confidence-weighted
+box error, ``metrics/errors.py``) of the runtime's output against the FP32 model's in the same
+runtime. Printed: the
 cost per layer and in all, Spearman's rho between the Torch and runtime orders, and how many of the
 Torch top-10 the runtime puts in its top-10, so one can see what runtime-in-the-loop costs and
 whether it changes the ranking. ``--direct-onnx`` loads the .onnx straight into OpenVINO (what the
@@ -21,16 +22,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import onnx
 from scipy.stats import spearmanr
 
 from quantsweep.backends import get_backend
 from quantsweep.backends.calibration import RangeCache
 from quantsweep.backends.openvino_cpu import OpenVinoRunner
-from quantsweep.evaluate.runtime_check import output_parts
+from quantsweep.evaluate.scoring import head_output, output_convention
 from quantsweep.export.candidates import FP32_FILE, read_candidates
-from quantsweep.export.verify import relative_l2
+from quantsweep.metrics.errors import output_error
+from quantsweep.models.outputs import HeadOutput
 from quantsweep.pipeline.common import calibration_batch
 from quantsweep.pipeline.schemes_stage import read_scheme_set
 from quantsweep.quant.numerics import ActRange
@@ -39,13 +40,12 @@ from quantsweep.runs import cpu_line
 from quantsweep.schemes.records import Precision
 
 
-def _outputs(runner, images) -> np.ndarray:
-    return np.concatenate([runner(image[None].numpy()) for image in images])
+def _outputs(runner, images, convention) -> HeadOutput:
+    return head_output(runner, images, convention=convention)
 
 
-def _error(test: np.ndarray, reference: np.ndarray, model: onnx.ModelProto) -> float:
-    a, b = output_parts(test, model), output_parts(reference, model)
-    return max(relative_l2(a[p], b[p]) for p in b)
+def _error(test: HeadOutput, reference: HeadOutput) -> float:
+    return output_error(test, reference).box_error
 
 
 def main() -> None:
@@ -66,7 +66,8 @@ def main() -> None:
     ranges = RangeCache(fp32, images)
     recorded = read_json(candidates / "tensor_ranges.json", "tensor_ranges")["ranges"]
     ranges.found.update({name: ActRange.from_dict(value) for name, value in recorded.items()})
-    reference = _outputs(backend.load(candidates / FP32_FILE), images)
+    convention = output_convention(candidates / FP32_FILE)
+    reference = _outputs(backend.load(candidates / FP32_FILE), images, convention)
     ranking = scheme_set.ranking[: args.top]
     rows, start = [], time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,21 +80,21 @@ def main() -> None:
             runner = (
                 OpenVinoRunner(artifact.with_suffix(".onnx")) if args.direct_onnx else backend.load(artifact)
             )
-            error = _error(_outputs(runner, images), reference, fp32)
+            error = _error(_outputs(runner, images, convention), reference)
             rows.append((layer.torch_name, layer.sensitivity or 0.0, error, time.perf_counter() - began))
     total = time.perf_counter() - start
     how = ".onnx loaded directly" if args.direct_onnx else "as shipped"
     print(f"run: {args.run}\ntarget: {args.target} ({how})")
     print(f"CPU: {cpu_line()}; {len(images)} images at {scheme_set.sweep_config.imgsz} px")
-    print(f"{'torch':>6} {'runtime':>8} {'layer':<32} {'torch score':>12} {'runtime err':>12} {'s':>6}")
+    print(f"{'torch':>6} {'runtime':>8} {'layer':<32} {'torch score':>12} {'runtime box err':>16} {'s':>6}")
     runtime_order = sorted(range(len(rows)), key=lambda i: -rows[i][2])
     runtime_rank = {i: r for r, i in enumerate(runtime_order)}
     for i, (name, score, error, seconds) in enumerate(rows):
-        print(f"{i + 1:>6} {runtime_rank[i] + 1:>8} {name:<32} {score:>12.4g} {error:>12.4f} {seconds:>6.1f}")
+        print(f"{i + 1:>6} {runtime_rank[i] + 1:>8} {name:<32} {score:>12.4g} {error:>16.4f} {seconds:>6.1f}")
     rho = spearmanr([r[1] for r in rows], [r[2] for r in rows]).statistic
     overlap = len(set(range(min(10, len(rows)))) & set(runtime_order[:10]))
     print(f"\n{len(rows)} layers in {total:.1f} s ({total / len(rows):.2f} s per layer)")
-    print(f"Spearman rho (Torch score vs runtime error): {rho:.3f}; top-10 overlap: {overlap}/10")
+    print(f"Spearman rho (Torch box error vs runtime box error): {rho:.3f}; top-10 overlap: {overlap}/10")
 
 
 if __name__ == "__main__":
