@@ -27,6 +27,17 @@ from quantsweep.quant.apply import calibrate_inputs
 from quantsweep.records import JsonLines
 
 TINY_IMGSZ = 96
+# every detector family Ultralytics ships, tiny, from its YAML (RT-DETR: same modules as rtdetr-l.yaml)
+RTDETR_TINY = str(Path(__file__).resolve().parent / "models" / "rtdetr-tiny.yaml")
+FAMILIES = {
+    "yolov8": ("yolov8n.yaml", HeadMode.AUTO),
+    "yolov9": ("yolov9t.yaml", HeadMode.AUTO),
+    "yolov10-nms": ("yolov10n.yaml", HeadMode.NMS),
+    "yolov10-end2end": ("yolov10n.yaml", HeadMode.END2END),
+    "yolo11": ("yolo11n.yaml", HeadMode.AUTO),
+    "yolo12": ("yolo12n.yaml", HeadMode.AUTO),
+    "rtdetr": (RTDETR_TINY, HeadMode.AUTO),
+}
 REPO = Path(__file__).resolve().parent.parent
 TESTBED = REPO.parent / "shared" / "testbed" / "yolov10m-shapes.pt"
 BUNDLED = REPO / "src" / "quantsweep" / "assets" / "yolov10m-shapes.pt"

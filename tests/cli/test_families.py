@@ -13,21 +13,10 @@ import pytest
 import torch
 
 from quantsweep.cli.main import main
-from quantsweep.config import HeadMode
 from quantsweep.data.shapes import generate_split
-from tests.conftest import tiny_model
+from tests.conftest import FAMILIES, tiny_model
 
 IMGSZ = 64
-RTDETR_TINY = str(Path(__file__).resolve().parent.parent / "models" / "rtdetr-tiny.yaml")
-FAMILIES = {
-    "yolov8": ("yolov8n.yaml", HeadMode.AUTO),
-    "yolov9": ("yolov9t.yaml", HeadMode.AUTO),
-    "yolov10-nms": ("yolov10n.yaml", HeadMode.NMS),
-    "yolov10-end2end": ("yolov10n.yaml", HeadMode.END2END),
-    "yolo11": ("yolo11n.yaml", HeadMode.AUTO),
-    "yolo12": ("yolo12n.yaml", HeadMode.AUTO),
-    "rtdetr": (RTDETR_TINY, HeadMode.AUTO),
-}
 WEIGHT_ONLY = ("k0", "k2", "random_k2", "first_head_k2")
 
 

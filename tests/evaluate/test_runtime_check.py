@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from quantsweep.backends import get_backend
 from quantsweep.backends.base import ConvKind, conv_kinds
 from quantsweep.backends.calibration import RangeCache
-from quantsweep.config import ActDtype, CalibConfig, HeadMode, WeightDtype
+from quantsweep.config import ActDtype, CalibConfig, WeightDtype
 from quantsweep.data.images import load_batch, resolve_images
 from quantsweep.data.shapes import generate_split
 from quantsweep.evaluate.runtime_check import check_on_runtime, deployed_agrees
@@ -33,19 +33,13 @@ from quantsweep.models.network import enumerate_layers
 from quantsweep.models.ultralytics_adapter import LoadedModel, load_model
 from quantsweep.quant.apply import calibrate_inputs
 from quantsweep.schemes.records import Precision
-from tests.conftest import tiny_model
+from tests.conftest import FAMILIES, tiny_model
 
 IMGSZ = 64
 W8A8 = Precision(WeightDtype.INT8, ActDtype.INT8)
-RTDETR_TINY = str(Path(__file__).resolve().parent.parent / "models" / "rtdetr-tiny.yaml")
-FAMILIES = {
-    "yolov8": ("yolov8n.yaml", HeadMode.AUTO),
-    "yolov9": ("yolov9t.yaml", HeadMode.AUTO),
-    "yolov10": ("yolov10n.yaml", HeadMode.NMS),
-    "yolo11": ("yolo11n.yaml", HeadMode.AUTO),
-    "yolo12": ("yolo12n.yaml", HeadMode.AUTO),
-    "rtdetr": (RTDETR_TINY, HeadMode.AUTO),
-}
+# the YOLOv10 NMS-free head's top-k over near-tied random scores is not continuous (see
+# tests/cli/test_families.py); its NMS head runs the same convs
+AGREEMENT_FAMILIES = [name for name in FAMILIES if name != "yolov10-end2end"]
 SPEED_TARGETS = ("ort-cpu", "openvino")
 YOLOV10S = Path(__file__).resolve().parents[3] / "shared" / "testbed" / "yolov10s-shapes.pt"
 
@@ -88,7 +82,7 @@ def shapes_images(tmp_path_factory) -> torch.Tensor:
     return load_batch(resolve_images(data), imgsz=IMGSZ).images
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", AGREEMENT_FAMILIES)
 def test_k0_artifacts_run_on_their_runtime_as_torch_simulates(family, shapes_images, tmp_path) -> None:
     yaml_name, head = FAMILIES[family]
     results = k0_checks(tiny_model(yaml_name, head=head), shapes_images[:4], tmp_path)
