@@ -26,6 +26,8 @@ from quantsweep.errors import InputError
 from quantsweep.export.inspect import node_precisions, precision_counts
 from quantsweep.export.verify import relative_l2
 from quantsweep.pipeline.materialize_stage import match_targets
+from quantsweep.pipeline.search_stage import _Measure
+from quantsweep.records import JsonLines
 from quantsweep.schemes.records import LayerAssignment, Policy, Precision, Scheme
 
 INT8 = Precision(WeightDtype.INT8, ActDtype.INT8)
@@ -149,3 +151,17 @@ def test_availability_says_why_not(monkeypatch) -> None:
 def test_not_available_on_this_machine() -> None:
     available = get_backend("tensorrt").availability()
     assert not available.available and "no CUDA GPU" in available.reason
+
+
+def test_search_trials_are_written_as_the_target_adapts_them(tiny_v10_onnx, tmp_path) -> None:
+    # a search trial of an FP8 scheme keeps first and depthwise convs at INT8, as materialize does
+    kinds = tiny_v10_onnx["kinds"]
+    ranking = [LayerAssignment(f"layer{i}", node, FP8, None, i, 1) for i, node in enumerate(kinds)]
+    scheme_set = SimpleNamespace(ranking=ranking, high=FLOAT, low=FP8)
+    ranges = RangeCache(tiny_v10_onnx["model"], tiny_v10_onnx["images"])
+    log = JsonLines(tmp_path / "evaluations.jsonl")
+    measure = _Measure(get_backend("tensorrt"), scheme_set, ranges, None, log, records={})
+    counts = precision_counts(measure.model(()))
+    depthwise = sum(kind in (ConvKind.DEPTHWISE, ConvKind.FIRST, ConvKind.GROUPED) for kind in kinds.values())
+    assert depthwise > 0 and counts.get("int8-int8") == depthwise
+    assert counts["fp8-fp8"] == len(kinds) - depthwise
