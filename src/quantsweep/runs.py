@@ -35,6 +35,7 @@ def new_run_dir(out: Path, *, model_name: str, stage: str) -> Path:
 
 RUN_LOG = "run.log"
 _run_logs: list[Path] = []
+_run_handlers: list[logging.Handler] = []
 
 
 def attach_run_log(run_dir: Path) -> Path:
@@ -49,7 +50,19 @@ def attach_run_log(run_dir: Path) -> Path:
     if logger.level == logging.NOTSET or logger.level > logging.INFO:
         logger.setLevel(logging.INFO)
     _run_logs.append(path)
+    _run_handlers.append(handler)
     return path
+
+
+def detach_run_logs() -> None:
+    """Close the run logs of this process's runs so far (the CLI does it when a command ends, so that
+    a later command in the same process does not write into them)."""
+    logger = logging.getLogger("quantsweep")
+    for handler in _run_handlers:
+        logger.removeHandler(handler)
+        handler.close()
+    _run_handlers.clear()
+    _run_logs.clear()
 
 
 def latest_run_log() -> Path | None:

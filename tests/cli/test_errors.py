@@ -146,3 +146,20 @@ def test_an_unexpected_failure_is_one_line_and_its_traceback_goes_to_the_run_log
     text = log.read_text()
     assert "Traceback (most recent call last)" in text and "second line stays in the log" in text
     assert "sweeping" in text  # the run's own INFO log is there too
+
+
+def test_a_second_command_in_the_same_process_does_not_write_into_the_first_runs_log(
+    capsys, monkeypatch, tiny_checkpoint, tiny_data, tmp_path
+) -> None:
+    def explode(*_args, **_kwargs):
+        raise RuntimeError("second command's failure")
+
+    argv = [*BASE, "--model", str(tiny_checkpoint), "--images", str(tiny_data), "--layers", "model.0.*"]
+    assert main([*argv, "--out", str(tmp_path / "first")]) == 0
+    monkeypatch.setattr("quantsweep.pipeline.sweep_stage.execute", explode)
+    assert main([*argv, "--out", str(tmp_path / "second")]) == 2
+    (first,) = (tmp_path / "first").glob("*/*/run.log")
+    (second,) = (tmp_path / "second").glob("*/*/run.log")
+    assert "second command's failure" in second.read_text()
+    assert str(second.parent) in second.read_text()  # "sweeping ... into <its run dir>"
+    assert str(first.parent) in first.read_text() and str(second.parent) not in first.read_text()

@@ -33,6 +33,7 @@ from quantsweep.config import (
     parse_enum_list,
 )
 from quantsweep.errors import InputError
+from quantsweep.runs import detach_run_logs
 
 EXIT_BAD_INPUT = 2
 DEFAULT_TARGETS = "ort-cpu,openvino,size"
@@ -416,6 +417,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug or a runtime's failure: one line here, the traceback in the log
         print(failure_line(args.command, exc), file=sys.stderr)
         return EXIT_BAD_INPUT
+    finally:
+        detach_run_logs()
 
 
 if __name__ == "__main__":
