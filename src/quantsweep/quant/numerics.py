@@ -117,11 +117,6 @@ def act_qparams(value: float | ActRange, act: ActDtype) -> tuple[float, int]:
     return (amax / FP8_MAX if act is ActDtype.FP8 else amax / 127.0), 0
 
 
-def act_scale(amax: float | ActRange, act: ActDtype) -> float:
-    """Per-tensor activation scale for a calibrated range."""
-    return act_qparams(amax, act)[0]
-
-
 def fake_quant_act(x: torch.Tensor, *, scale: float, act: ActDtype, zero_point: int = 0) -> torch.Tensor:
     """Fake-quantize an activation tensor with a fixed per-tensor scale (``fp16`` leaves it alone)."""
     if act is ActDtype.FP16:
