@@ -22,11 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import onnx
 from scipy.stats import spearmanr
 
 from quantsweep.backends import get_backend
-from quantsweep.backends.calibration import RangeCache
 from quantsweep.backends.openvino_cpu import OpenVinoRunner
 from quantsweep.evaluate.scoring import head_output, output_convention
 from quantsweep.export.candidates import FP32_FILE, read_candidates
@@ -34,8 +32,7 @@ from quantsweep.metrics.errors import output_error
 from quantsweep.models.outputs import HeadOutput
 from quantsweep.pipeline.common import calibration_batch
 from quantsweep.pipeline.schemes_stage import read_scheme_set
-from quantsweep.quant.numerics import ActRange
-from quantsweep.records import read_json
+from quantsweep.pipeline.search_stage import recorded_ranges
 from quantsweep.runs import cpu_line
 from quantsweep.schemes.records import Precision
 
@@ -62,10 +59,8 @@ def main() -> None:
     scheme_set = read_scheme_set(Path(index.targets[args.target].schemes_dir))
     backend = get_backend(args.target)
     images = calibration_batch(scheme_set.sweep_config).images[: args.images]
-    fp32 = onnx.load(str(candidates / FP32_FILE))
-    ranges = RangeCache(fp32, images)
-    recorded = read_json(candidates / "tensor_ranges.json", "tensor_ranges")["ranges"]
-    ranges.found.update({name: ActRange.from_dict(value) for name, value in recorded.items()})
+    ranges = recorded_ranges(candidates, images)  # the materialize run's ranges, as the search uses
+    fp32 = ranges.model
     convention = output_convention(candidates / FP32_FILE)
     reference = _outputs(backend.load(candidates / FP32_FILE), images, convention)
     ranking = scheme_set.ranking[: args.top]

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import onnx
+import torch
 
 from quantsweep.backends import Backend, Objective
 from quantsweep.backends.base import conv_kinds
@@ -86,9 +87,9 @@ class _Measure:
         return score
 
 
-def _ranges(candidates_dir: Path, context: EvalContext) -> RangeCache:
+def recorded_ranges(candidates_dir: Path, images: torch.Tensor) -> RangeCache:
     """The materialize run's tensor ranges, extended from the calibration images if a tensor is new."""
-    cache = RangeCache(onnx.load(str(candidates_dir / FP32_FILE)), calibration_batch(context.config).images)
+    cache = RangeCache(onnx.load(str(candidates_dir / FP32_FILE)), images)
     recorded = read_json(candidates_dir / "tensor_ranges.json", "tensor_ranges")["ranges"]
     cache.found.update({name: ActRange.from_dict(value) for name, value in recorded.items()})
     return cache
@@ -120,7 +121,8 @@ class TargetSearch:
         log = JsonLines(search_dir / "evaluations.jsonl")
         records = _records(self.candidates_dir, scheme_set)
         if self._ranges is None:
-            self._ranges = _ranges(self.candidates_dir, self.context)
+            images = calibration_batch(self.context.config).images
+            self._ranges = recorded_ranges(self.candidates_dir, images)
         ranges = self._ranges
         measure = _Measure(backend, scheme_set, ranges, self.context, log, records=records)
         reference = self.context.reference_score
