@@ -82,7 +82,13 @@ def test_each_target_gets_its_artifacts_in_its_own_placement(chain) -> None:
         assert verify["checker"] == "passed"
     size_k3 = json.loads((chain["candidates"] / "size" / "k3.verify.json").read_text())
     assert size_k3["torch_vs_onnx_rel_l2"] < 1e-5  # weight-only: float precision
-    assert "ort_quantize_static" in {a["name"] for a in index["targets"]["ort-cpu"]["artifacts"]}
+    # Ultralytics' own one-line INT8 export of the same checkpoint, as each runtime's baseline
+    for target, suffix in (("ort-cpu", ".onnx"), ("openvino", ".xml")):
+        by_name = {a["name"]: a for a in index["targets"][target]["artifacts"]}
+        baseline = by_name["ultralytics_int8"]
+        assert baseline["policy"] == "baseline" and baseline["file"].endswith(suffix)
+        assert (chain["candidates"] / baseline["file"]).is_file()
+    assert "ultralytics_int8" not in {a["name"] for a in index["targets"]["size"]["artifacts"]}
 
 
 def test_evaluation_search_timing_and_recommendation_per_target(chain) -> None:
@@ -109,6 +115,16 @@ def test_evaluation_search_timing_and_recommendation_per_target(chain) -> None:
     assert summary.index("## Recommendations") < summary.index("\n## ort-cpu")
     for target in ("ort-cpu", "openvino", "size"):
         assert f"### {target}" in summary and f"map_vs_latency_{target}.png" in summary
+    for target in ("ort-cpu", "openvino"):
+        # the baseline is scored and timed in the same passes, reported, and never recommended
+        base = json.loads((eval_dir / "results" / target / "models" / "ultralytics_int8.json").read_text())
+        assert base["latency"]["median_ms"] > 0 and base["accuracy"]["map50_95_vs_fp32"] >= 0
+        rec = json.loads((eval_dir / "results" / target / "recommendation.json").read_text())
+        assert rec["recommended"] != "ultralytics_int8"
+        (listed,) = rec["baselines"]
+        assert listed["name"] == "ultralytics_int8" and listed["map50_95"] == base["score"]
+        card = summary[summary.index(f"### {target}") :]
+        assert "- Baseline `ultralytics_int8`: mAP50-95" in card.split("\n### ")[0]
     for plot in ("map_vs_bits_size", "sensitivity_heatmap", "sensitivity_int8-int8_per_channel"):
         assert (eval_dir / "plots" / f"{plot}.png").stat().st_size > 5000
 

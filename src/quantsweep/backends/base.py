@@ -23,8 +23,21 @@ from quantsweep.errors import InputError
 from quantsweep.quant.weights import QuantizedWeight
 from quantsweep.schemes.records import Precision
 
-# writes a third-party baseline artifact: (FP32 ONNX path, output path, calibration images)
-BaselineWriter = Callable[[Path, Path, torch.Tensor], None]
+
+@dataclass(frozen=True)
+class BaselineInputs:
+    """What a third-party tool needs to make its artifact of the run's model, as a user would."""
+
+    fp32_path: Path  # the FP32 ONNX quantsweep exported
+    images: torch.Tensor  # the calibration images, letterboxed
+    model: Path  # the checkpoint (or YAML) the user gave
+    calib_paths: tuple[Path, ...]  # the same calibration images, as files
+    imgsz: int
+
+
+# writes a third-party baseline artifact at (or beside) the given ``.onnx`` path; returns the
+# file a deployer loads
+BaselineWriter = Callable[[BaselineInputs, Path], Path]
 
 
 class ConvKind(enum.StrEnum):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ import onnx
 from quantsweep.backends.base import (
     Availability,
     Backend,
+    BaselineWriter,
     ConvKind,
     LoadPath,
     Objective,
@@ -34,7 +36,9 @@ from quantsweep.backends.base import (
 )
 from quantsweep.backends.ort_cpu import W8A8
 from quantsweep.backends.placement import Placement
+from quantsweep.backends.ultralytics_baseline import ULTRALYTICS_INT8, write_ultralytics_int8
 from quantsweep.config import QuantFormat
+from quantsweep.models.ultralytics_adapter import UltralyticsExport
 
 DEPLOY_CONFIG = {"PERFORMANCE_HINT": "LATENCY"}  # float ops at the runtime's default precision
 EXACT_CONFIG = {**DEPLOY_CONFIG, "INFERENCE_PRECISION_HINT": "f32"}  # what Torch simulates
@@ -141,6 +145,10 @@ class OpenVinoBackend(Backend):
                 note=f"compile_model('{source.name}') straight from the ONNX; not the deployed path",
             )
         return loads
+
+    def baselines(self) -> dict[str, BaselineWriter]:
+        """Ultralytics' ``format='openvino', int8=True`` export (NNCF), as IR."""
+        return {ULTRALYTICS_INT8: partial(write_ultralytics_int8, fmt=UltralyticsExport.OPENVINO)}
 
     def deploy_hint(self, path: Path) -> str:
         return (

@@ -12,11 +12,11 @@ decode tail stay float.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import onnx
-import torch
 
 from quantsweep.backends.base import (
     Availability,
@@ -28,8 +28,9 @@ from quantsweep.backends.base import (
 )
 from quantsweep.backends.placement import Placement
 from quantsweep.backends.sessions import SessionOptions, ort_session, with_outputs
+from quantsweep.backends.ultralytics_baseline import ULTRALYTICS_INT8, write_ultralytics_int8
 from quantsweep.config import ActDtype, Granularity, QuantFormat, WeightDtype
-from quantsweep.export.ort_quantize_static import quantize_with_ort
+from quantsweep.models.ultralytics_adapter import UltralyticsExport
 
 W8A8 = QuantFormat(WeightDtype.INT8, ActDtype.INT8, Granularity.PER_CHANNEL)
 
@@ -85,12 +86,8 @@ class OrtCpuBackend(Backend):
         return SessionOptions()
 
     def baselines(self) -> dict[str, BaselineWriter]:
-        """ONNX Runtime's own ``quantize_static`` (convs only, UINT8 activations), nothing kept float."""
-
-        def ort_tool(fp32_path: Path, out_path: Path, images: torch.Tensor) -> None:
-            quantize_with_ort(fp32_path, out_path, images=images, op_types=("Conv",))
-
-        return {"ort_quantize_static": ort_tool}
+        """Ultralytics' ``format='onnx', int8=True`` export (ONNX Runtime ``quantize_static``)."""
+        return {ULTRALYTICS_INT8: partial(write_ultralytics_int8, fmt=UltralyticsExport.ONNX)}
 
     def load(self, path: Path) -> Runner:
         return OrtRunner(path, self.session_options())

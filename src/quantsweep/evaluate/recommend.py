@@ -47,6 +47,18 @@ def _runtime_check(best: dict[str, Any], results: dict[str, dict[str, Any]]) -> 
     return f"not run for this search finalist; k0 of the same placement: {k0}" if k0 else None
 
 
+def _baseline(record: dict[str, Any], *, target: AccuracyTarget, reference: float) -> dict[str, Any]:
+    """A third-party export's figures, measured in the same passes as the candidates."""
+    ratio = _speed_ratio(record)
+    return {
+        "name": record["name"],
+        "map50_95": record["score"],
+        "meets_target": target.met(record["score"], reference),
+        "ratio_to_fp32": None if ratio == float("inf") else ratio,
+        "size_bytes": record["size_bytes"],
+    }
+
+
 def recommend(
     backend: Backend, store, *, reference: float, metric: str, target: AccuracyTarget
 ) -> dict[str, Any]:
@@ -56,7 +68,8 @@ def recommend(
     """
     results = store.all()
     fp32 = results["fp32"]
-    quantized = [r for r in results.values() if r["name"] != "fp32"]
+    # third-party baselines are compared with, not shipped
+    quantized = [r for r in results.values() if r["name"] != "fp32" and r["policy"] != "baseline"]
     passing = [r for r in quantized if target.met(r["score"], reference)]
     # an artifact its own runtime executes differently from what was simulated is not shipped
     departs = [r for r in passing if r.get("runtime_agrees") is False]
@@ -84,6 +97,11 @@ def recommend(
                 "reason": f"{backend.runtime} departs from the Torch simulation: {r.get('runtime_summary')}",
             }
             for r in departs
+        ],
+        "baselines": [
+            _baseline(r, target=target, reference=reference)
+            for r in results.values()
+            if r["policy"] == "baseline"
         ],
         "recommended": None,
     }

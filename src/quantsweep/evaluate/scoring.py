@@ -40,6 +40,8 @@ from quantsweep.models.outputs import (
 def model_metadata(path: Path) -> dict[str, str]:
     """The metadata properties (output convention, class names) of the ONNX the model was made from."""
     source = onnx_source(path)
+    if not source.is_file():  # a third-party IR (Ultralytics' OpenVINO export): decoded by shape
+        return {}
     return {p.key: p.value for p in onnx.load(str(source), load_external_data=False).metadata_props}
 
 

@@ -27,7 +27,7 @@ class Artifact:
     policy: str  # fp32, top_k, budget, random, first_head, baseline
     kept_layers: tuple[str, ...] | None
     size_bytes: int
-    avg_weight_bits: float
+    avg_weight_bits: float | None  # None for a third-party export
     counts_match: bool | None
     torch_vs_onnx_rel_l2: float | None
     # every deployed load path in the target's own runtime agrees with Torch (None: not checked)

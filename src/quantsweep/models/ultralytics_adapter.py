@@ -6,9 +6,13 @@ named (or the bundled checkpoint) are ever loaded.
 
 from __future__ import annotations
 
+import enum
+import importlib.util
 import json
 import logging
 import os
+import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,8 @@ def _configure_ultralytics() -> None:
     os.environ.setdefault("YOLO_CONFIG_DIR", str(config_home / "quantsweep" / "ultralytics"))
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_VERBOSE", "False")
+    # an exporter whose requirement is missing must fail here, not pip-install it at run time
+    os.environ.setdefault("YOLO_AUTOINSTALL", "False")
 
 
 _configure_ultralytics()
@@ -219,3 +225,59 @@ def _head_output(head: Detect, out: Any) -> HeadOutput:
         raw = head._inference(preds["one2one"])
         return HeadOutput.from_raw(raw, boxes_are_xywh=False, detections=decoded)
     return HeadOutput.from_raw(decoded, boxes_are_xywh=True)
+
+
+class UltralyticsExport(enum.StrEnum):
+    """Ultralytics' one-line INT8 exports (``model.export(format=..., int8=True)``) used as baselines."""
+
+    ONNX = "onnx"  # ONNX Runtime quantize_static on Conv/Gemm/MatMul, everything else float
+    OPENVINO = "openvino"  # NNCF, MIXED preset, the head's last ops ignored; needs the nncf package
+
+
+def int8_export_unavailable(model: str | Path, fmt: UltralyticsExport) -> str | None:
+    """Why Ultralytics' INT8 export of ``model`` cannot stand as a baseline here (None: it can)."""
+    path = Path(model)
+    if path.suffix in (".yaml", ".yml"):
+        return "a model YAML has random weights, and Ultralytics' export would draw other ones"
+    if fmt is UltralyticsExport.OPENVINO and importlib.util.find_spec("nncf") is None:
+        return "Ultralytics' OpenVINO INT8 export needs the nncf package (pip install nncf)"
+    return None
+
+
+def export_int8(
+    model: str | Path,
+    *,
+    fmt: UltralyticsExport,
+    calib_paths: Sequence[Path],
+    imgsz: int,
+    work_dir: Path,
+) -> Path:
+    """Ultralytics' own INT8 export of the checkpoint ``model`` (a path the user gave), calibrated
+    on ``calib_paths``; returns the ONNX file or the IR ``.xml`` it wrote under ``work_dir``.
+
+    The checkpoint is copied into ``work_dir`` first because Ultralytics writes beside it.
+    ONNX with ``simplify=False``: the simplifier (onnxslim) is not a dependency and sets no precision.
+    """
+    from ultralytics import YOLO  # noqa: PLC0415
+
+    reason = int8_export_unavailable(model, fmt)
+    if reason:
+        raise InputError(reason)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    copy = work_dir / Path(model).name
+    shutil.copyfile(model, copy)
+    yolo = YOLO(str(copy), task="detect")
+    if isinstance(yolo.model.model[-1], RTDETRDecoder):
+        raise InputError("Ultralytics' RT-DETR export has another output layout; no baseline for it yet")
+    listing = work_dir / "calib.txt"
+    listing.write_text("".join(f"{Path(p).resolve()}\n" for p in calib_paths))
+    data = work_dir / "calib.yaml"
+    names = {int(k): str(v) for k, v in yolo.names.items()}
+    data.write_text(
+        json.dumps({"path": str(work_dir), "train": str(listing), "val": str(listing), "names": names})
+    )
+    extra = {"simplify": False} if fmt is UltralyticsExport.ONNX else {}
+    exported = Path(
+        yolo.export(format=fmt.value, int8=True, data=str(data), imgsz=imgsz, batch=1, device="cpu", **extra)
+    )
+    return next(exported.glob("*.xml")) if exported.is_dir() else exported

@@ -97,9 +97,13 @@ class RunCache:
         return self.calib
 
 
-def calibration_batch(config: SweepConfig) -> Batch:
-    """The sweep's calibration images, the same seeded subset it used."""
-    image_set = resolve_images(config.images, image_root=config.image_root).subset(
+def calibration_set(config: SweepConfig):
+    """The sweep's calibration image files, the same seeded subset it used."""
+    return resolve_images(config.images, image_root=config.image_root).subset(
         count=config.max_images, seed=config.seed
     )
-    return load_batch(image_set, imgsz=config.imgsz)
+
+
+def calibration_batch(config: SweepConfig) -> Batch:
+    """The sweep's calibration images, the same seeded subset it used."""
+    return load_batch(calibration_set(config), imgsz=config.imgsz)

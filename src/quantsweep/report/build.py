@@ -37,7 +37,7 @@ def _card(report: TargetReport) -> list[str]:
     rec = report.recommendation
     if rec is None or rec["recommended"] is None:
         closest = "" if rec is None else f" Closest: `{rec['closest']}`."
-        return [title, "", f"**No model meets the accuracy target.**{closest}", ""]
+        return [title, "", f"**No model meets the accuracy target.**{closest}", *_baseline_lines(rec), ""]
     target = AccuracyTarget.from_dict(rec["accuracy_target"])
     if rec["objective"] == "speed":
         gain = (
@@ -62,8 +62,29 @@ def _card(report: TargetReport) -> list[str]:
         f"- File: `{rec['file']}`",
         f"- Deploy: `{rec['deploy']}`",
         *_runtime_lines(rec),
+        *_baseline_lines(rec),
         "",
     ]
+
+
+def _baseline_lines(rec: dict[str, Any] | None) -> list[str]:
+    """How the recommendation compares with each baseline (Ultralytics' INT8 export) on this runtime."""
+    lines = []
+    for base in (rec or {}).get("baselines") or []:
+        ratio = base["ratio_to_fp32"]
+        speed = "" if ratio is None else f", {ratio:.3f}x FP32 time"
+        verdict = "meets" if base["meets_target"] else "misses"
+        line = f"- Baseline `{base['name']}`: mAP50-95 {base['map50_95']:.4f}{speed} ({verdict} the target)"
+        if rec.get("recommended") not in (None, "fp32"):
+            diff = rec["map50_95"] - base["map50_95"]
+            line += f"; the recommendation is {abs(diff):.4f} {'more' if diff >= 0 else 'less'} accurate"
+            ours = rec["latency_ms"] / rec["fp32_latency_ms"] if rec.get("latency_ms") else None
+            if rec["objective"] == "speed" and ratio and ours:
+                line += f" and {ratio / ours:.2f}x as fast"
+            elif rec["objective"] == "size":
+                line += f" and {base['size_bytes'] / rec['size_bytes']:.2f}x smaller"
+        lines.append(line + ".")
+    return lines
 
 
 def _runtime_lines(rec: dict[str, Any]) -> list[str]:
@@ -85,7 +106,7 @@ def _cocoeval_line(rec: dict[str, Any]) -> list[str]:
         return []
     return [
         f"- COCOeval (pycocotools) on the same detections: mAP50-95 {ours:.4f} vs FP32 {reference:.4f} "
-        '(its interpolation convention differs from ours; README, "COCO data").'
+        '(its interpolation convention differs from ours; docs/data.md, "COCO data").'
     ]
 
 
