@@ -1,68 +1,80 @@
-"""Fast and hybrid sensitivity against the exact sweep, side by side in one run on the testbed.
+"""The fast and hybrid sweep methods against the exact one, as a user runs them: the sweep stage end
+to end with the default quantizer (GPTQ), on each testbed, one combination at a time.
 
-For int4-fp16 and int8-int8 (per_channel), 16 calibration images at 320 px: wall time, cost in
-forward-pass equivalents, Spearman rank correlation and top-10 overlap with the exact ranking, and
-the mAP50-95 (first 100 val images, PyTorch fake quantization) of keeping each ranking's top 10.
-Every path is timed after one untimed warm-up of its kernels (a forward pass; a 2-image estimate).
-ModelOpt ``auto_quantize`` is compared by ``modelopt_compare.py``.
+Per method: wall time of the whole ``quantsweep sweep`` stage (model load, calibration, quantizer,
+FP32 reference and measurements) and its ratio to the exact sweep's, then the agreement of its
+ranking with the exact ranking (Spearman rank correlation over every layer, overlap of the top 10).
+Run on a quiet machine; each method runs once, exact first, on the same 16 calibration images.
 
-    python benchmarks/fast_vs_exact.py
+    python benchmarks/fast_vs_exact.py [--model PATH ...] [--int8]
+
+Without ``--model``: the bundled YOLOv10m and, when present, ../shared/testbed/yolov10s-shapes.pt.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import tempfile
 import time
+from pathlib import Path
 
-import torch
+from scipy.stats import spearmanr
 
-from quantsweep.config import ActDtype, DetectConfig, Granularity, QuantFormat, WeightDtype
-from quantsweep.sweep.engine import ExactSweep
-from quantsweep.sweep.fast import estimate
-from testbed import compare, forward_seconds, load_testbed, top
+from quantsweep.config import ActDtype, Granularity, QuantFormat, SweepConfig, SweepMethod, WeightDtype
+from quantsweep.data.shapes import generate_split
+from quantsweep.models.ultralytics_adapter import BUNDLED_MODEL
+from quantsweep.pipeline.sweep_stage import sweep
+from quantsweep.runs import cpu_line
 
-FORMATS = (
-    QuantFormat(WeightDtype.INT4, ActDtype.FP16, Granularity.PER_CHANNEL),
-    QuantFormat(WeightDtype.INT8, ActDtype.INT8, Granularity.PER_CHANNEL),
-)
+SECOND_TESTBED = Path(__file__).resolve().parents[2] / "shared" / "testbed" / "yolov10s-shapes.pt"
 TOP = 10
 
 
+def _ranking(run_dir: Path) -> list[str]:
+    (report,) = run_dir.glob("*/*/layer-sensitivity-report.json")
+    return [row["name"] for row in json.loads(report.read_text())["layers"]]
+
+
+def _compare(exact: list[str], other: list[str]) -> tuple[float, int]:
+    position = {name: i for i, name in enumerate(other)}
+    rho = spearmanr(list(range(len(exact))), [position[n] for n in exact]).statistic
+    return float(rho), len(set(exact[:TOP]) & set(other[:TOP]))
+
+
+def compare(model: Path, fmt: QuantFormat, images: Path, out: Path) -> None:
+    """Run the three methods on one model and combination; print one table."""
+    rankings, seconds = {}, {}
+    for method in (SweepMethod.EXACT, SweepMethod.FAST, SweepMethod.HYBRID):
+        config = SweepConfig(model=str(model), images=str(images), formats=(fmt,), method=method)
+        start = time.perf_counter()
+        run_dir = sweep(config, out=out / method.value)
+        seconds[method] = time.perf_counter() - start
+        rankings[method] = _ranking(run_dir)
+    print(f"\n{model.name}, {fmt.name}, {len(rankings[SweepMethod.EXACT])} layers, 16 images at 320 px")
+    print(f"{'method':8} {'seconds':>8} {'x exact':>8} {'spearman':>8} {'top10':>5}")
+    for method, ranking in rankings.items():
+        rho, overlap = _compare(rankings[SweepMethod.EXACT], ranking)
+        ratio = seconds[method] / seconds[SweepMethod.EXACT]
+        print(f"{method.value:8} {seconds[method]:8.1f} {ratio:8.3f} {rho:8.3f} {overlap:5d}")
+
+
 def main() -> None:
-    bed = load_testbed()
-    network, layers, calib, act_ranges = bed.network, bed.layers, bed.calib, bed.act_ranges
-    names = bed.names
-    forward_s = forward_seconds(network, calib.images)  # timed after one untimed warm-up pass
-    # the same courtesy for the backward kernels the fast method uses: one untimed 2-image estimate
-    estimate(network, type(calib)(calib.images[:2], None), layers, fmt=FORMATS[0], act_ranges=act_ranges)
-    print(
-        f"testbed, 16 images at 320, {len(layers)} layers, {torch.get_num_threads()} threads; "
-        f"one forward pass {forward_s:.2f} s"
-    )
-    print("ModelOpt auto_quantize is compared by benchmarks/modelopt_compare.py (needs nvidia-modelopt)")
-    for fmt in FORMATS:
-        start = time.perf_counter()
-        engine = ExactSweep(network, calib, batch_size=8, detect=DetectConfig())
-        exact = {layer.name: engine.measure(layer, fmt, act_ranges=act_ranges).box_error for layer in layers}
-        exact_s = time.perf_counter() - start
-        fast = estimate(network, calib, layers, fmt=fmt, act_ranges=act_ranges)
-        start = time.perf_counter()
-        hybrid_top = top(fast.box_error, 2 * TOP + 10)
-        info = {layer.name: layer for layer in layers}
-        measured = {n: engine.measure(info[n], fmt, act_ranges=act_ranges).box_error for n in hybrid_top}
-        hybrid_s = fast.seconds + time.perf_counter() - start
-        hybrid = {**{n: -1.0 / (1 + fast.box_error[n]) for n in names}, **measured}  # exact ones rank first
-        rows = [
-            ("exact", exact, exact_s),
-            ("fast", fast.box_error, fast.seconds),
-            ("hybrid", hybrid, hybrid_s),
-        ]
-        print(f"\n{fmt.name}")
-        header = ("method", "seconds", "fwd-equiv", "spearman", "top10", "top10-kept mAP50-95")
-        print(f"{header[0]:8} {header[1]:>8} {header[2]:>9} {header[3]:>8} {header[4]:>5} {header[5]:>20}")
-        for label, scores, seconds in rows:
-            rho, overlap, kept_map = compare(bed, fmt, exact, scores)
-            cost = seconds / forward_s
-            print(f"{label:8} {seconds:8.1f} {cost:9.1f} {rho:8.3f} {overlap:5d} {kept_map:20.4f}")
+    """Tables for every model and combination asked for."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, action="append")
+    parser.add_argument("--int8", action="store_true", help="int8-int8/per_channel too (int4-fp16 always)")
+    args = parser.parse_args()
+    models = args.model or [BUNDLED_MODEL, *([SECOND_TESTBED] if SECOND_TESTBED.is_file() else [])]
+    formats = [QuantFormat(WeightDtype.INT4, ActDtype.FP16, Granularity.PER_CHANNEL)]
+    if args.int8:
+        formats.append(QuantFormat(WeightDtype.INT8, ActDtype.INT8, Granularity.PER_CHANNEL))
+    with tempfile.TemporaryDirectory() as tmp:
+        images = generate_split(Path(tmp) / "calib", split="calib", count=16, size=320, split_seed=2)
+        for model in models:
+            for fmt in formats:
+                compare(model, fmt, images, Path(tmp) / "runs" / model.stem / fmt.name.replace("/", "_"))
+    print(f"\nCPU: {cpu_line()}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from quantsweep.sweep.engine import ExactSweep, LayerResult
 from quantsweep.sweep.fast import FAST_CHUNK
 from quantsweep.sweep.fast import estimate as fast_estimate
 from quantsweep.sweep.report import IndexRow, build_report, rank, write_index, write_report
+from quantsweep.sweep.screen import SCREEN_METHOD, hybrid_size
 from quantsweep.sweep.shards import LayerOutcome, SweepWork, plan_shards
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ class SweepJob:
     context: dict[str, Any]
     # {format name: {layer: record}}: each layer quantized alone by the configured method
     weights: dict[str, dict[str, QuantizedWeight]] | None = None
+    # fast and hybrid: {format name: {layer: box error}} with round-to-nearest weights (sweep.screen)
+    screen: dict[str, dict[str, float]] | None = None
 
     def weights_for(self, fmt: QuantFormat) -> dict[str, QuantizedWeight] | None:
         """The records of one combination (None: round to nearest)."""
@@ -70,36 +73,44 @@ def _failure(combination: str, reason: str, *, layer: str | None = None, status:
 
 
 def _fast_estimates(job: SweepJob, fmt: QuantFormat, directory: Path, *, on_layer) -> dict[str, LayerResult]:
-    """Fast estimates of every layer, computed once and kept in ``fast_estimates.jsonl``."""
+    """Fast estimates of every layer, computed once and kept in ``fast_estimates.jsonl``: the layers
+    with the configured quantizer's records estimated with them, the others by the screen."""
     store = JsonLines(directory / FAST_FILE)
     known = {r["name"]: LayerResult.from_dict(r) for r in store.read()}
     if len(known) < len(job.layers):
+        screen = (job.screen or {}).get(fmt.name)
+        records = job.weights_for(fmt) or {}
+        refined = [layer for layer in job.layers if screen is None or layer.name in records]
         estimate = fast_estimate(
             job.engine.network,
             job.engine.batch,
-            job.layers,
+            refined,
             fmt=fmt,
             act_ranges=job.act_ranges,
-            weights=job.weights_for(fmt),
+            weights=records,
             batch_size=min(job.config.batch_size, FAST_CHUNK),
             device=job.config.device,
             seed=job.config.seed,
         )
-        per_layer = estimate.seconds / len(job.layers)
+        per_layer = estimate.seconds / max(len(refined), 1)
         for layer in job.layers:
-            if layer.name not in known:
-                known[layer.name] = LayerResult(
-                    layer.name, estimate.box_error[layer.name], per_layer, method="fast"
-                )
-                store.append(known[layer.name].to_dict())
+            if layer.name in known:
+                continue
+            if layer.name in estimate.box_error:
+                result = LayerResult(layer.name, estimate.box_error[layer.name], per_layer, method="fast")
+            else:
+                result = LayerResult(layer.name, screen[layer.name], 0.0, method=SCREEN_METHOD)
+            known[layer.name] = result
+            store.append(result.to_dict())
     for layer in job.layers:
         on_layer(f"{fmt.name} {layer.name} (fast)")
     return known
 
 
-def hybrid_size(config: SweepConfig) -> int:
-    """How many layers the hybrid method measures exactly."""
-    return config.hybrid_exact if config.hybrid_exact is not None else 2 * config.top_k + 10
+def _estimates_ranked(estimates: list[LayerResult], rank_by) -> list[LayerResult]:
+    """Layers estimated with the configured quantizer first, then the ones only screened."""
+    refined = [r for r in estimates if r.method != SCREEN_METHOD]
+    return rank(refined, rank_by) + rank([r for r in estimates if r.method == SCREEN_METHOD], rank_by)
 
 
 @dataclass
@@ -127,7 +138,7 @@ def _plan(job: SweepJob, fmt: QuantFormat, *, on_layer: ProgressFn) -> _Plan:
         if job.config.method is SweepMethod.HYBRID:
             # the fast top-N measured exactly and ranked first, so the order is exact where it matters
             info = {layer.name: layer for layer in job.layers}
-            ranked = rank(list(estimates.values()), job.config.rank_by)
+            ranked = _estimates_ranked(list(estimates.values()), job.config.rank_by)
             exact = [info[r.name] for r in ranked[: hybrid_size(job.config)]]
     for layer in exact:
         if layer.name in results:
@@ -141,10 +152,10 @@ def _ranked(job: SweepJob, plan: _Plan) -> list[LayerResult]:
     if job.config.method is SweepMethod.EXACT:
         return rank([results[layer.name] for layer in job.layers if layer.name in results], rank_by)
     if job.config.method is SweepMethod.FAST:
-        return rank([plan.estimates[layer.name] for layer in job.layers], rank_by)
+        return _estimates_ranked([plan.estimates[layer.name] for layer in job.layers], rank_by)
     exact = rank([results[layer.name] for layer in plan.exact if layer.name in results], rank_by)
     measured = {r.name for r in exact}
-    return exact + rank([r for r in plan.estimates.values() if r.name not in measured], rank_by)
+    return exact + _estimates_ranked([r for r in plan.estimates.values() if r.name not in measured], rank_by)
 
 
 def _finish(job: SweepJob, plan: _Plan) -> IndexRow:
