@@ -26,6 +26,7 @@ import onnx
 import torch
 
 from quantsweep.backends import get_backend
+from quantsweep.backends.placement import Placement, apply_placement
 from quantsweep.config import (
     ActDtype,
     CalibConfig,
@@ -40,11 +41,11 @@ from quantsweep.config import (
 )
 from quantsweep.evaluate.scoring import detections_of, load_checked
 from quantsweep.export.onnx_model import export_fp32, map_layers
-from quantsweep.export.qdq import NodePlan, materialize
 from quantsweep.metrics.map import mean_average_precision
 from quantsweep.quant.apply import calibrate_inputs
 from quantsweep.quant.layer_quant import quantize_layer
 from quantsweep.quant.scheme import quantize_each_alone, quantize_scheme
+from quantsweep.schemes.records import Precision
 from quantsweep.sweep.engine import ExactSweep
 from testbed import IMGSZ, Testbed, load_testbed, top
 
@@ -110,13 +111,24 @@ class Scorer:
         self.nodes = map_layers(self.fp32, bed.network.module, bed.layers).nodes
 
     def score(self, assignment: dict[str, QuantFormat], *, records=None, ranges=None) -> float:
-        plans = {
-            self.nodes[n]: NodePlan(f, act_range=None if f.act is ActDtype.FP16 else ranges[n])
+        plan = {
+            self.nodes[n]: Precision(f.weight, f.act, f.granularity, f.int4_block_size)
             for n, f in assignment.items()
+        }
+        readers = {node.name: node.input[0] for node in self.fp32.graph.node if node.input}
+        found = {
+            readers[self.nodes[n]]: ranges[n] for n, f in assignment.items() if f.act is not ActDtype.FP16
         }
         weights = {self.nodes[n]: r for n, r in (records or {}).items() if n in assignment}
         path = self.directory / "trial.onnx"
-        onnx.save(materialize(self.fp32, plans, weights), str(path))
+        written = apply_placement(  # the writer that ships, Q/DQ on inputs and weights
+            self.fp32,
+            plan,
+            ranges=lambda tensors: {t: found[t] for t in tensors},
+            placement=Placement(),
+            weights=weights,
+        )
+        onnx.save(written, str(path))
         detector = load_checked(get_backend("ort-cpu"), path, imgsz=IMGSZ)
         return mean_average_precision(
             detections_of(detector, self.bed.val, DetectConfig()), self.bed.val.labels

@@ -7,8 +7,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 from torch import nn
@@ -18,13 +21,17 @@ os.environ.setdefault(
 )
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-from quantsweep.config import CalibConfig, HeadMode
+from quantsweep.backends.placement import Placement, apply_placement, shared_calls
+from quantsweep.config import ActDtype, CalibConfig, HeadMode, QuantFormat
 from quantsweep.data.images import Batch, load_batch, resolve_images
 from quantsweep.data.shapes import generate_split
 from quantsweep.models.network import LayerInfo, StagedNetwork, enumerate_layers
 from quantsweep.models.ultralytics_adapter import LoadedModel, load_model
 from quantsweep.quant.apply import calibrate_inputs
+from quantsweep.quant.numerics import ActRange
+from quantsweep.quant.weights import QuantizedWeight
 from quantsweep.records import JsonLines
+from quantsweep.schemes.records import Precision
 
 TINY_IMGSZ = 96
 # every detector family Ultralytics ships, tiny, from its YAML (RT-DETR: same modules as rtdetr-l.yaml)
@@ -170,3 +177,45 @@ def kill_after_layers(
             + proc.stderr.read().decode()[-2000:]
         )
     return results
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """One ONNX node's format and the calibrated range of its input (for quantized activations)."""
+
+    fmt: QuantFormat
+    act_amax: float | ActRange | None = None
+    act_range: ActRange | None = None
+
+
+def qdq_artifact(
+    model: onnx.ModelProto,
+    plans: Mapping[str, NodePlan],
+    weights: Mapping[str, QuantizedWeight] | None = None,
+) -> onnx.ModelProto:
+    """``model`` written by the writer that ships (``apply_placement`` + ``QdqEditor``), Q/DQ on
+    inputs and weights only; UINT8 activations asymmetric, as ONNX Runtime's placement has them."""
+    readers = {node.name: node.input[0] for node in model.graph.node if node.input}
+    preset = {}
+    for name, plan in plans.items():
+        found = plan.act_range if plan.act_range is not None else plan.act_amax
+        if found is not None and name in readers:
+            preset[readers[name]] = found if isinstance(found, ActRange) else ActRange.symmetric(found)
+
+    by_node = {n: preset[readers[n]] for n in plans if n in readers and readers[n] in preset}
+    preset |= {readers[call]: by_node[owner] for call, owner in shared_calls(model, by_node).items()}
+
+    def ranges(tensors: set[str]) -> dict[str, ActRange]:
+        missing = sorted(set(tensors) - set(preset))
+        if missing:
+            raise ValueError(f"no calibrated range for {missing}")
+        return {t: preset[t] for t in tensors}
+
+    precisions = {
+        n: Precision(p.fmt.weight, p.fmt.act, p.fmt.granularity, p.fmt.int4_block_size)
+        for n, p in plans.items()
+    }
+    asymmetric = any(p.fmt.act is ActDtype.UINT8 for p in plans.values())
+    return apply_placement(
+        model, precisions, ranges=ranges, placement=Placement(asymmetric=asymmetric), weights=weights
+    )

@@ -39,7 +39,13 @@ def _stages(checkpoint: Path, data: Path, out: Path) -> dict[str, Path]:
     return {"schemes": schemes, "candidates": candidates, "eval": next(out.glob("*_evaluate/*"))}
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+# yolov8 and RT-DETR (tens of seconds) stay in the quick suite; the other families are slow
+QUICK = ("yolov8", "rtdetr")
+
+
+@pytest.mark.parametrize(
+    "family", [f if f in QUICK else pytest.param(f, marks=pytest.mark.slow) for f in FAMILIES]
+)
 def test_family_runs_every_stage(family, small_data, tmp_path) -> None:
     yaml_name, head = FAMILIES[family]
     loaded = tiny_model(yaml_name, head=head)

@@ -15,6 +15,7 @@ from quantsweep.cli.main import main
 from quantsweep.export.onnx_model import export_fp32
 from quantsweep.models.ultralytics_adapter import load_model
 
+pytestmark = pytest.mark.slow  # every stage through the CLI, Ultralytics exports included: minutes
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

@@ -15,10 +15,10 @@ from torch import nn
 from quantsweep.config import ActDtype, CalibConfig, Granularity, QuantFormat, WeightDtype
 from quantsweep.export.inspect import precision_counts
 from quantsweep.export.onnx_model import export_fp32, map_layers
-from quantsweep.export.qdq import NodePlan, materialize
 from quantsweep.export.verify import relative_l2, run_onnx, torch_export_output
 from quantsweep.models.network import StagedNetwork, enumerate_layers
 from quantsweep.quant.apply import calibrate_inputs
+from tests.conftest import NodePlan, qdq_artifact
 
 
 class _Body(nn.Module):
@@ -85,7 +85,7 @@ def test_linear_artifacts_equal_torch_fake_quant(linear_model, tmp_path, fmt, to
     assignment = {layer.name: fmt for layer in layers if layer.kind == "Linear"}
     plans = {mapping.nodes[name]: NodePlan(fmt, amax[name]) for name in assignment}
     path = tmp_path / "q.onnx"
-    onnx.save(materialize(model, plans), path)
+    onnx.save(qdq_artifact(model, plans), path)
     onnx.checker.check_model(str(path))
     # four Linear layers, the one called twice counted once
     assert precision_counts(onnx.load(path)) == {"float": 1, f"{fmt.weight.value}-{fmt.act.value}": 4}

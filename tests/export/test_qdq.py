@@ -8,11 +8,10 @@ import torch
 from quantsweep.config import ActDtype, CalibConfig, Granularity, QuantFormat, WeightDtype
 from quantsweep.export.inspect import average_weight_bits, node_precisions, precision_counts
 from quantsweep.export.onnx_model import export_fp32, map_layers
-from quantsweep.export.qdq import NodePlan, materialize
 from quantsweep.export.verify import relative_l2, run_onnx, torch_export_output
 from quantsweep.models.network import enumerate_layers
 from quantsweep.quant.apply import calibrate_inputs
-from tests.conftest import TINY_IMGSZ, tiny_model
+from tests.conftest import TINY_IMGSZ, NodePlan, qdq_artifact, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +53,7 @@ def test_onnx_artifact_equals_torch_fake_quant(exported, tmp_path, fmt, toleranc
     loaded, images, layers, model, mapping, amax = exported
     plans = {mapping.nodes[layer.name]: NodePlan(fmt, amax[layer.name]) for layer in layers}
     path = tmp_path / "q.onnx"
-    onnx.save(materialize(model, plans), path)
+    onnx.save(qdq_artifact(model, plans), path)
     onnx.checker.check_model(str(path))
     label = f"{fmt.weight.value}-{fmt.act.value}"
     assert precision_counts(onnx.load(path)) == {label: len(layers)}
@@ -74,7 +73,7 @@ def test_onnx_artifact_equals_torch_fake_quant(exported, tmp_path, fmt, toleranc
 def test_int4_initializers_are_stored_as_int4(exported) -> None:
     _, _, layers, model, mapping, _amax = exported
     fmt = _fmt(WeightDtype.INT4, ActDtype.FP16)
-    q = materialize(model, {mapping.nodes[layer.name]: NodePlan(fmt) for layer in layers})
+    q = qdq_artifact(model, {mapping.nodes[layer.name]: NodePlan(fmt) for layer in layers})
     types = {init.data_type for init in q.graph.initializer if init.name.endswith("weight_quantized")}
     assert types == {onnx.TensorProto.INT4}
     assert average_weight_bits(q) == pytest.approx(4.0)
@@ -89,7 +88,7 @@ def test_excluded_conv_sharing_an_input_gets_no_qdq(exported, tmp_path) -> None:
     shared = nodes[box].input[0]
     assert nodes[cls].input[0] == shared
     fmt = _fmt(WeightDtype.INT8, ActDtype.INT8)
-    q = materialize(model, {box: NodePlan(fmt, amax["model.22.cv2.0.0.conv"])})
+    q = qdq_artifact(model, {box: NodePlan(fmt, amax["model.22.cv2.0.0.conv"])})
     q_nodes = {n.name: n for n in q.graph.node}
     assert q_nodes[cls].input[0] == shared  # the excluded conv still reads the float tensor
     assert q_nodes[box].input[0] != shared
@@ -106,9 +105,9 @@ def test_excluded_conv_sharing_an_input_gets_no_qdq(exported, tmp_path) -> None:
 def test_unknown_node_and_missing_range_are_refused(exported) -> None:
     _, _, layers, model, mapping, _ = exported
     with pytest.raises(KeyError, match="not in the model"):
-        materialize(model, {"no/such/node": NodePlan(_fmt(WeightDtype.INT8, ActDtype.FP16))})
+        qdq_artifact(model, {"no/such/node": NodePlan(_fmt(WeightDtype.INT8, ActDtype.FP16))})
     with pytest.raises(ValueError, match="calibrated range"):
-        materialize(model, {mapping.nodes[layers[0].name]: NodePlan(_fmt(WeightDtype.INT8, ActDtype.INT8))})
+        qdq_artifact(model, {mapping.nodes[layers[0].name]: NodePlan(_fmt(WeightDtype.INT8, ActDtype.INT8))})
 
 
 def test_fp8_scheme_with_exclusions_runs_in_onnx_runtime(exported, tmp_path) -> None:
@@ -117,7 +116,7 @@ def test_fp8_scheme_with_exclusions_runs_in_onnx_runtime(exported, tmp_path) -> 
     kept = {layer.name for layer in layers[:2]} | {layers[-1].name}  # first convs and the DFL stay float
     plans = {mapping.nodes[x.name]: NodePlan(fmt, amax[x.name]) for x in layers if x.name not in kept}
     path = tmp_path / "fp8.onnx"
-    onnx.save(materialize(model, plans), path)
+    onnx.save(qdq_artifact(model, plans), path)
     onnx.checker.check_model(str(path))
     assert precision_counts(onnx.load(path)) == {"float": 3, "fp8-fp8": len(layers) - 3}
     output, providers = run_onnx(path, images)

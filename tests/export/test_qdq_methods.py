@@ -19,12 +19,11 @@ from quantsweep.config import (
 )
 from quantsweep.export.inspect import precision_counts
 from quantsweep.export.onnx_model import export_fp32, map_layers
-from quantsweep.export.qdq import NodePlan, materialize
 from quantsweep.export.verify import relative_l2, run_onnx, torch_export_output
 from quantsweep.models.network import enumerate_layers
 from quantsweep.quant.apply import calibrate_inputs
 from quantsweep.quant.scheme import quantize_scheme
-from tests.conftest import TINY_IMGSZ, tiny_model
+from tests.conftest import TINY_IMGSZ, NodePlan, qdq_artifact, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +50,7 @@ def _artifact(exported, tmp_path, fmt, config):
     records = quantize_scheme(loaded.network, assignment, images, config=config, act_ranges=ranges)
     plans = {mapping.nodes[n]: NodePlan(fmt, act_range=ranges[n]) for n in assignment}
     path = tmp_path / "q.onnx"
-    onnx.save(materialize(model, plans, {mapping.nodes[n]: r for n, r in records.items()}), path)
+    onnx.save(qdq_artifact(model, plans, {mapping.nodes[n]: r for n, r in records.items()}), path)
     onnx.checker.check_model(str(path))
     output, _ = run_onnx(path, images)
     reference = torch_export_output(
@@ -102,13 +101,11 @@ def test_w8a8_artifact_with_signed_or_unsigned_activations(exported, tmp_path, a
     path, _records, output, reference, _ = _artifact(exported, tmp_path, fmt, WeightQuantConfig())
     assert np.isfinite(output).all() and relative_l2(output, reference) < 3e-2
     model = onnx.load(path)
-    zero_types = {i.data_type for i in model.graph.initializer if i.name.endswith("/input_zero_point")}
+    inits = {i.name: i for i in model.graph.initializer}
+    input_zeros = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    zero_types = {i.data_type for i in input_zeros}
     assert zero_types == {onnx.TensorProto.UINT8 if act is ActDtype.UINT8 else onnx.TensorProto.INT8}
     assert precision_counts(model) == {f"int8-{act.value}": len(layers)}
     if act is ActDtype.UINT8:
-        zeros = [
-            int(onnx.numpy_helper.to_array(i))
-            for i in model.graph.initializer
-            if i.name.endswith("/input_zero_point")
-        ]
+        zeros = [int(onnx.numpy_helper.to_array(i)) for i in input_zeros]
         assert any(z > 0 for z in zeros)  # SiLU outputs: a small zero point, not 128

@@ -38,6 +38,7 @@ def _agree(a: dict[str, float], b: dict[str, float]) -> tuple[float, int]:
     return spearmanr([a[n] for n in names], [b[n] for n in names]).statistic, len(_top(a, 10) & _top(b, 10))
 
 
+@pytest.mark.slow  # full sweeps in two dtypes
 @pytest.mark.parametrize("fmt", [W4, W8A8])
 def test_float16_sweep_ranks_layers_like_float32(tiny_data, fmt) -> None:
     network, batch, layers, ranges = calibrated_tiny_model(tiny_data)
@@ -62,6 +63,7 @@ def test_float16_sweep_ranks_layers_like_float32(tiny_data, fmt) -> None:
     assert 0.8 < exact16[top] / exact32[top] < 1.25  # same units and size, not only the same order
 
 
+@pytest.mark.slow  # full sweeps in two dtypes
 def test_compute_dtype_is_recorded_and_a_resume_in_another_dtype_is_refused(
     capsys, tiny_checkpoint, tiny_data, tmp_path
 ) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
 from quantsweep.config import ActDtype, DetectConfig, Granularity, QuantFormat, WeightDtype
@@ -18,6 +19,7 @@ def _engine(tiny_data, name: str = "yolov8n.yaml"):
     return ExactSweep(loaded.network, batch, batch_size=3, detect=DetectConfig()), layers
 
 
+@pytest.mark.slow  # one run per block
 def test_disabled_quantization_reproduces_fp32_exactly_from_every_block(tiny_data) -> None:
     engine, layers = _engine(tiny_data)
     reference = engine.reference.output

@@ -41,6 +41,7 @@ def test_fast_estimate_ranks_like_the_exact_sweep(tiny_data, fmt) -> None:
     assert [p.requires_grad for p in network.module.parameters()] == flags  # left as they were
 
 
+@pytest.mark.slow  # three sweeps through the CLI
 def test_hybrid_report_has_the_exact_top_k(tiny_checkpoint, tiny_data, tmp_path) -> None:
     base = [
         "sweep",

@@ -4,6 +4,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from quantsweep.cli.main import main
 from quantsweep.records import JsonLines
 from tests.conftest import TINY_IMGSZ, cli_process, kill_after_layers
@@ -100,6 +102,7 @@ def _cli(args: list[str]) -> subprocess.Popen:
     return cli_process(args)
 
 
+@pytest.mark.slow  # a sweep killed and resumed in subprocesses
 def test_killed_sweep_resumes_to_the_same_report(tiny_data, tiny_checkpoint, tmp_path) -> None:
     args = [
         *SWEEP,

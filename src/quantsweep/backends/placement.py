@@ -6,7 +6,7 @@ so each backend states its runtime's convention instead of re-implementing graph
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import onnx
@@ -69,6 +69,36 @@ def silu_after(fp32: onnx.ModelProto, convs: Sequence[str]) -> list[tuple[str, s
     return pairs
 
 
+_WEIGHTED = ("Conv", "Gemm", "MatMul")
+
+
+def _shared_owner(fp32: onnx.ModelProto, plan: Iterable[str]) -> dict[str, str]:
+    """Weighted node -> the first planned node that reads the same weight initializer."""
+    first: dict[str, str] = {}
+    for node in fp32.graph.node:
+        if node.name in plan and node.op_type in _WEIGHTED and len(node.input) > 1:
+            first.setdefault(node.input[1], node.name)
+    return {
+        node.name: first[node.input[1]]
+        for node in fp32.graph.node
+        if node.op_type in _WEIGHTED
+        and len(node.input) > 1
+        and node.input[1] in first
+        and first[node.input[1]] != node.name
+    }
+
+
+def shared_calls(fp32: onnx.ModelProto, planned: Iterable[str]) -> dict[str, str]:
+    """Other calls of a planned layer -> the planned node: nodes outside ``planned`` that read the
+    weight initializer a planned node reads (RT-DETR's query_pos_head is one Linear called twice).
+
+    The weight is quantized once and every call reads its DequantizeLinear (``QdqEditor``); Torch
+    also quantizes every call's input, so with quantized activations each call's input gets Q/DQ.
+    """
+    planned = set(planned)
+    return {n: o for n, o in _shared_owner(fp32, planned).items() if n not in planned}
+
+
 def apply_placement(
     fp32: onnx.ModelProto,
     plan: Mapping[str, Precision],
@@ -84,16 +114,22 @@ def apply_placement(
     """
     weights = weights or {}
     order = [node.name for node in fp32.graph.node]
+    missing = sorted(set(plan) - set(order))
+    if missing:  # a plan made for another export of the model
+        raise KeyError(f"nodes not in the model: {missing}")
+
     planned = [name for name in order if name in plan and plan[name].weight is not None]
     with_acts = [name for name in planned if plan[name].act is not ActDtype.FP16]
+    calls = {n: o for n, o in shared_calls(fp32, planned).items() if o in with_acts}
     integer = [n for n in with_acts if plan[n].act is not ActDtype.FP8]
     silus = silu_after(fp32, integer) if placement.output_q and placement.fuse_silu else []
     kept_float = frozenset(name for name, precision in plan.items() if precision.weight is None)
-    editor = QdqEditor(fp32, planned=frozenset(with_acts).union(*silus), keep_float=kept_float)
+    editor = QdqEditor(fp32, planned=frozenset(with_acts).union(calls, *silus), keep_float=kept_float)
     nodes = [editor.node(name) for name in with_acts]
+    call_nodes = [editor.node(name) for name in calls]
     outputs = ({n.output[0] for n in nodes} - editor.outputs) if placement.output_q else set()
     silu_nodes = [editor.node(name) for pair in silus for name in pair]
-    found = ranges({n.input[0] for n in nodes} | outputs | {n.output[0] for n in silu_nodes})
+    found = ranges({n.input[0] for n in nodes + call_nodes} | outputs | {n.output[0] for n in silu_nodes})
     for node in nodes:
         act = plan[node.name].act
         quant = placement.quant(found[node.input[0]], act)
@@ -101,6 +137,8 @@ def apply_placement(
         if placement.int32_bias:
             editor.quantize_bias(node, input_scale=quant.scale, weight_scale=scale)
         editor.quantize_input(node, quant)
+    for node in call_nodes:  # its weight is the planned call's; its input is its own
+        editor.quantize_input(node, placement.quant(found[node.input[0]], plan[calls[node.name]].act))
     for node in nodes:
         if node.output[0] in outputs:
             editor.quantize_output(node, placement.quant(found[node.output[0]], plan[node.name].act))
