@@ -23,10 +23,11 @@ class _Sleeper(Runner):
 
 def test_ratios_rounds_and_rotation() -> None:
     log: list[str] = []
-    runners = {n: _Sleeper(s, log, n) for n, s in (("fp32", 0.004), ("half", 0.002), ("same", 0.004))}
+    runners = {n: _Sleeper(s, log, n) for n, s in (("fp32", 0.02), ("half", 0.01), ("same", 0.02))}
     timings = interleaved_latency(
         runners, np.zeros(1), reference="fp32", rounds=3, runs_per_round=2, warmup=1
     )
+    # sleeps of 10-20 ms: scheduler noise on a loaded 2-core machine stays well inside the bounds
     assert timings["fp32"].ratio_to_reference == 1.0
     assert 0.3 < timings["half"].ratio_to_reference < 0.75
     assert 0.75 < timings["same"].ratio_to_reference < 1.35

@@ -104,7 +104,12 @@ def test_evaluation_search_timing_and_recommendation_per_target(chain) -> None:
         rec = json.loads((eval_dir / "results" / target / "recommendation.json").read_text())
         assert rec["objective"] == ("size" if target == "size" else "speed")
         # a random tiny model may have no quantized model within 1%: then the closest is named
-        assert rec["recommended"] in models if rec["recommended"] else rec["closest"] in models
+        ours = {n: m for n, m in models.items() if n != "fp32" and m["policy"] != "baseline"}
+        if rec["recommended"] not in (None, "fp32"):
+            assert ours[rec["recommended"]]["score"] >= rec["threshold"]
+        elif rec["recommended"] is None:
+            assert all(m["score"] < rec["threshold"] for m in ours.values())
+            assert rec["closest"] == max(ours, key=lambda n: ours[n]["score"])
         search = json.loads((eval_dir / "search" / target / "search.json").read_text())
         assert 0 < len(search["evaluations"]) <= 4
         # the passing kept sets the search found are timed beside the candidates
