@@ -264,6 +264,7 @@ def export_int8(
     if reason:
         raise InputError(reason)
     work_dir.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # one INFO line per ignored node otherwise
     copy = work_dir / Path(model).name
     shutil.copyfile(model, copy)
     yolo = YOLO(str(copy), task="detect")

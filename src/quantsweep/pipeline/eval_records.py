@@ -7,6 +7,7 @@ Layout: ``eval_config.json``, ``environment.json``, and per target ``results/<ta
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,10 +87,11 @@ class ResultStore:
         """Record that one pass timed ``names`` together."""
         write_json(self.directory / "timing.json", TIMING_KIND, {"models": sorted(names)})
 
-    def timed(self) -> bool:
-        """Were all current models timed in one pass?"""
+    def timed(self, names: Iterable[str] | None = None) -> bool:
+        """Were ``names`` (default: all current models) timed in one pass?"""
         path = self.directory / "timing.json"
-        return path.is_file() and read_json(path, TIMING_KIND)["models"] == sorted(self.all())
+        wanted = sorted(self.all() if names is None else names)
+        return path.is_file() and read_json(path, TIMING_KIND)["models"] == wanted
 
     def all(self) -> dict[str, dict[str, Any]]:
         """Every model's record, by name."""

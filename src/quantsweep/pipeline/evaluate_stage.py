@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from quantsweep.backends import Backend, get_backend
+from quantsweep.backends import Backend, Objective, get_backend
 from quantsweep.backends.timing import Timing, interleaved_latency
 from quantsweep.evaluate.recommend import recommend
 from quantsweep.evaluate.scoring import Accuracy, load_checked
@@ -75,10 +75,20 @@ def _time_models(
 
 
 def timing_pass(
-    backend: Backend, store: ResultStore, context: EvalContext, request: EvalRequest, *, step, executor=None
+    backend: Backend,
+    store: ResultStore,
+    context: EvalContext,
+    request: EvalRequest,
+    *,
+    step,
+    executor=None,
+    only: set[str] | None = None,
 ) -> None:
-    """Time FP32 and every scored model of the target in one interleaved pass; record each."""
-    paths = {name: str(store.artifact_path(r)) for name, r in store.all().items()}
+    """Time FP32 and every scored model of the target (or those in ``only``) in one interleaved
+    pass; record each."""
+    paths = {
+        name: str(store.artifact_path(r)) for name, r in store.all().items() if only is None or name in only
+    }
     worker = None
     if executor is None:
         timings = _time_models(paths, target=backend.name, context=context, request=request, step=step)
@@ -109,15 +119,20 @@ def evaluate_target(
         _accuracy_pass(backend, artifacts, context, store, step=step, executor=executor)
         if search is not None:
             search(backend, store)
-        if not store.timed():
-            timing_pass(backend, store, context, run.request, step=step, executor=executor)
-    return recommend(
-        backend,
-        store,
-        reference=context.reference_score,
-        metric=context.metric,
-        target=run.request.accuracy_target,
-    )
+        choose = partial(
+            recommend,
+            backend,
+            store,
+            reference=context.reference_score,
+            metric=context.metric,
+            target=run.request.accuracy_target,
+        )
+        only = None
+        if backend.objective is Objective.SIZE:  # chosen by size: time FP32 and the choice only
+            only = {"fp32", choose()["recommended"] or "fp32"}
+        if not store.timed(only):
+            timing_pass(backend, store, context, run.request, step=step, executor=executor, only=only)
+    return choose()
 
 
 def evaluate_candidates(
