@@ -19,14 +19,13 @@ import json
 import tempfile
 from pathlib import Path
 
-import yaml
-
 from quantsweep.backends import get_backend
 from quantsweep.backends.openvino_cpu import OpenVinoRunner
 from quantsweep.backends.timing import interleaved_latency
 from quantsweep.data.images import resolve_images
 from quantsweep.evaluate.scoring import accuracy, detections_of, output_convention
 from quantsweep.metrics.detections import pseudo_labels
+from quantsweep.models.ultralytics_adapter import UltralyticsExport, export_int8
 from quantsweep.pipeline.common import read_sweep_config
 from quantsweep.pipeline.eval_context import load_eval_batch
 from quantsweep.runs import cpu_line
@@ -34,28 +33,14 @@ from quantsweep.runs import cpu_line
 
 def _exports(model: str, calib_paths: list[Path], *, imgsz: int, out: Path) -> dict[str, Path | str]:
     """Ultralytics' INT8 exports of ``model`` calibrated on ``calib_paths``; a failure is its message."""
-    from ultralytics import YOLO  # noqa: PLC0415
-
-    listing = out / "calib.txt"
-    listing.write_text("\n".join(str(p.resolve()) for p in calib_paths) + "\n")
-    names = YOLO(model).names
-    data = out / "calib.yaml"
-    data.write_text(
-        yaml.safe_dump({"path": str(out), "train": str(listing), "val": str(listing), "names": names})
-    )
     found: dict[str, Path | str] = {}
-    for fmt in ("onnx", "openvino"):
-        work = out / fmt
-        work.mkdir()
-        copy = work / Path(model).name
-        copy.write_bytes(Path(model).read_bytes())
-        try:
-            exported = Path(
-                YOLO(str(copy)).export(format=fmt, int8=True, data=str(data), imgsz=imgsz, batch=1)
+    for fmt in UltralyticsExport:
+        try:  # the same export the openvino and ort-cpu targets make as their baseline
+            found[fmt.value] = export_int8(
+                model, fmt=fmt, calib_paths=calib_paths, imgsz=imgsz, work_dir=out / fmt.value
             )
-            found[fmt] = next(exported.glob("*.xml")) if exported.is_dir() else exported
         except Exception as exc:  # an exporter that cannot run here is a row that says so
-            found[fmt] = f"{type(exc).__name__}: {exc}"[:200]
+            found[fmt.value] = f"{type(exc).__name__}: {exc}"[:200]
     return found
 
 

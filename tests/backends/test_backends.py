@@ -14,9 +14,9 @@ from quantsweep.backends.calibration import RangeCache
 from quantsweep.backends.sessions import SessionOptions, ort_session
 from quantsweep.config import ActDtype, WeightDtype
 from quantsweep.errors import InputError
+from quantsweep.evaluate.artifact_checks import relative_l2
 from quantsweep.export.inspect import precision_counts
 from quantsweep.export.onnx_model import export_fp32
-from quantsweep.export.verify import relative_l2
 from quantsweep.schemes.records import Precision
 from tests.conftest import tiny_model
 

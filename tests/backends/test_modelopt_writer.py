@@ -15,8 +15,8 @@ from quantsweep.backends.modelopt_writer import plan_deviations, quantize_mode, 
 from quantsweep.backends.sessions import ort_session
 from quantsweep.config import ActDtype, WeightDtype
 from quantsweep.errors import InputError
+from quantsweep.evaluate.artifact_checks import relative_l2
 from quantsweep.export.inspect import node_precisions, precision_counts
-from quantsweep.export.verify import relative_l2
 from quantsweep.schemes.records import Precision
 
 INT8 = Precision(WeightDtype.INT8, ActDtype.INT8)

@@ -19,8 +19,8 @@ from quantsweep.backends.placement import Placement, apply_placement
 from quantsweep.backends.qdq_graph import QdqEditor
 from quantsweep.backends.sessions import ort_session
 from quantsweep.config import ActDtype, Granularity, QuantFormat, WeightDtype
+from quantsweep.evaluate.artifact_checks import relative_l2
 from quantsweep.export.onnx_model import WEIGHTED_OPS, export_fp32
-from quantsweep.export.verify import relative_l2
 from quantsweep.quant.numerics import quantize_weight_codes
 from quantsweep.quant.weights import QuantizedWeight
 from quantsweep.schemes.records import Precision

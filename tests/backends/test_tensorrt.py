@@ -23,8 +23,8 @@ from quantsweep.backends.calibration import RangeCache
 from quantsweep.backends.sessions import ort_session
 from quantsweep.config import ActDtype, WeightDtype
 from quantsweep.errors import InputError
+from quantsweep.evaluate.artifact_checks import relative_l2
 from quantsweep.export.inspect import node_precisions, precision_counts
-from quantsweep.export.verify import relative_l2
 from quantsweep.pipeline.materialize_stage import match_targets
 from quantsweep.pipeline.search_stage import _Measure
 from quantsweep.records import JsonLines

@@ -26,9 +26,9 @@ from quantsweep.backends.calibration import RangeCache
 from quantsweep.config import ActDtype, CalibConfig, WeightDtype
 from quantsweep.data.images import load_batch, resolve_images
 from quantsweep.data.shapes import generate_split
+from quantsweep.evaluate.artifact_checks import torch_export_output
 from quantsweep.evaluate.runtime_check import check_on_runtime, deployed_agrees
 from quantsweep.export.onnx_model import export_fp32, map_layers
-from quantsweep.export.verify import torch_export_output
 from quantsweep.models.network import enumerate_layers
 from quantsweep.models.ultralytics_adapter import LoadedModel, load_model
 from quantsweep.quant.apply import calibrate_inputs

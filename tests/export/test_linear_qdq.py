@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from quantsweep.config import ActDtype, CalibConfig, Granularity, QuantFormat, WeightDtype
+from quantsweep.evaluate.artifact_checks import relative_l2, run_onnx, torch_export_output
 from quantsweep.export.inspect import precision_counts
 from quantsweep.export.onnx_model import export_fp32, map_layers
-from quantsweep.export.verify import relative_l2, run_onnx, torch_export_output
 from quantsweep.models.network import StagedNetwork, enumerate_layers
 from quantsweep.quant.apply import calibrate_inputs
 from tests.conftest import NodePlan, qdq_artifact

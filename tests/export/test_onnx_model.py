@@ -4,8 +4,8 @@ import onnx
 import pytest
 import torch
 
+from quantsweep.evaluate.artifact_checks import run_onnx, torch_export_output
 from quantsweep.export.onnx_model import MappingError, export_fp32, map_layers
-from quantsweep.export.verify import run_onnx, torch_export_output
 from quantsweep.models.network import enumerate_layers
 from quantsweep.models.ultralytics_adapter import load_model
 from tests.conftest import TINY_IMGSZ, tiny_model

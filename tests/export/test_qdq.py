@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from quantsweep.config import ActDtype, CalibConfig, Granularity, QuantFormat, WeightDtype
+from quantsweep.evaluate.artifact_checks import relative_l2, run_onnx, torch_export_output
 from quantsweep.export.inspect import average_weight_bits, node_precisions, precision_counts
 from quantsweep.export.onnx_model import export_fp32, map_layers
-from quantsweep.export.verify import relative_l2, run_onnx, torch_export_output
 from quantsweep.models.network import enumerate_layers
 from quantsweep.quant.apply import calibrate_inputs
 from tests.conftest import TINY_IMGSZ, NodePlan, qdq_artifact, tiny_model

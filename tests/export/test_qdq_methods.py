@@ -17,9 +17,9 @@ from quantsweep.config import (
     WeightMethod,
     WeightQuantConfig,
 )
+from quantsweep.evaluate.artifact_checks import relative_l2, run_onnx, torch_export_output
 from quantsweep.export.inspect import precision_counts
 from quantsweep.export.onnx_model import export_fp32, map_layers
-from quantsweep.export.verify import relative_l2, run_onnx, torch_export_output
 from quantsweep.models.network import enumerate_layers
 from quantsweep.quant.apply import calibrate_inputs
 from quantsweep.quant.scheme import quantize_scheme

@@ -23,7 +23,7 @@ import torch
 from quantsweep.backends.base import Backend, Runner, onnx_source
 from quantsweep.backends.ort_cpu import OrtRunner
 from quantsweep.backends.sessions import SessionOptions
-from quantsweep.export.verify import canonical_rows, relative_l2
+from quantsweep.evaluate.artifact_checks import canonical_rows, relative_l2
 
 # a load path passes when each output part's error against Torch is at most FACTOR times ONNX
 # Runtime's (as written) or below FLOOR. Measured: faithful runtimes stay within 1.1x of ONNX

@@ -27,9 +27,9 @@ from quantsweep.backends.modelopt_writer import check_writer, plan_deviations, w
 from quantsweep.backends.placement import shared_calls
 from quantsweep.config import QuantFormat
 from quantsweep.errors import InputError
+from quantsweep.evaluate.artifact_checks import torch_export_output, verify_artifact
 from quantsweep.evaluate.runtime_check import check_on_runtime, deployed_agrees, summary_line
 from quantsweep.export.candidates import FP32_FILE, Artifact, CandidatesIndex, TargetCandidates
-from quantsweep.export.verify import torch_export_output, verify_artifact
 from quantsweep.models.network import enumerate_layers
 from quantsweep.models.ultralytics_adapter import LoadedModel
 from quantsweep.pipeline.common import ProgressFactory, RunCache, calibrate, calibration_set, no_progress
