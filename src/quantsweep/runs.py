@@ -19,8 +19,12 @@ _PACKAGES = ("torch", "torchvision", "ultralytics", "numpy", "opencv-python-head
 
 
 def new_run_dir(out: Path, *, model_name: str, stage: str) -> Path:
-    """Create ``out/<model>_<stage>/<timestamp>``, adding a suffix rather than reusing a directory."""
-    parent = Path(out) / f"{model_name}_{stage}"
+    """Create ``out/<model>_<stage>/<timestamp>``, adding a suffix rather than reusing a directory.
+
+    The path is absolute: records name files inside it (the recommended artifact, a run's data),
+    and a relative name would only resolve from the directory the run was started in.
+    """
+    parent = Path(out).resolve() / f"{model_name}_{stage}"
     stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     for attempt in range(1000):
         candidate = parent / (stamp if attempt == 0 else f"{stamp}_{attempt}")
