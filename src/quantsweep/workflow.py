@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quantsweep.backends import ConvKind, get_backend
-from quantsweep.config import SweepConfig
+from quantsweep.config import QuantFormat, SweepConfig, WeightDtype
 from quantsweep.data.shapes import generate_split
 from quantsweep.errors import InputError
 from quantsweep.evaluate.target import AccuracyTarget
@@ -61,18 +61,18 @@ def _default_data(run_dir: Path, config: RunConfig) -> tuple[str, str]:
     return str(calib), str(val)
 
 
-def _reports(sweep_dir: Path, config: SweepConfig) -> list[Path]:
-    paths = [sweep_dir / fmt.name / f"{REPORT_NAME}.json" for fmt in config.formats]
-    found = [path for path in paths if path.is_file()]
+def _reports(sweep_dir: Path, config: SweepConfig) -> list[tuple[QuantFormat, Path]]:
+    paths = [(fmt, sweep_dir / fmt.name / f"{REPORT_NAME}.json") for fmt in config.formats]
+    found = [(fmt, path) for fmt, path in paths if path.is_file()]
     if not found:
         raise InputError(f"the sweep in {sweep_dir} produced no report")
     return found
 
 
-def _schemes_request(request: SchemesRequest, report: Path) -> SchemesRequest:
+def _schemes_request(request: SchemesRequest, report: Path, fmt: QuantFormat) -> SchemesRequest:
     """The run's schemes for one combination: the bit budget and the reference schemes (random,
     first+head) where they mean something and the run can afford them, on INT4 weights only."""
-    int4 = "int4" in report.parent.parent.name
+    int4 = fmt.weight is WeightDtype.INT4
     return dataclasses.replace(
         request,
         report=report,
@@ -168,8 +168,8 @@ def run_job(
         return shared if share_loads else RunCache()
 
     schemes_dirs = tuple(
-        make_schemes(_schemes_request(config.schemes, report), out=run_dir, cache=cache())
-        for report in _reports(sweep_dir, sweep_config)
+        make_schemes(_schemes_request(config.schemes, report, fmt), out=run_dir, cache=cache())
+        for fmt, report in _reports(sweep_dir, sweep_config)
     )
     candidates_dir = materialize_candidates(
         MaterializeRequest(schemes_dirs, config.targets), out=run_dir, progress=progress, cache=cache()
