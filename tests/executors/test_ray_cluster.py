@@ -229,6 +229,9 @@ def test_candidates_scored_one_ray_task_each(tiny_checkpoint, tiny_data, tmp_pat
         here = json.loads((local / models / name).read_text())
         there = json.loads((remote / models / name).read_text())
         assert there["accuracy"] == here["accuracy"]  # same artifact, same images, same runtime
-        # the timing pass ran as one task: every model of the target timed on the same worker
-        assert there["latency"]["worker"]["host"] == socket.gethostname() and "worker" not in here
+        # the timing pass ran as one task: every model it timed (a size target times FP32 and its
+        # choice only) on the same worker
+        assert ("latency" in there) == ("latency" in here)
+        if "latency" in there:
+            assert there["latency"]["worker"]["host"] == socket.gethostname() and "worker" not in here
         assert there["worker"]["device"].startswith("cpu")  # each accuracy was a task of its own
