@@ -6,6 +6,7 @@ Imports under ``if TYPE_CHECKING:`` are annotations, not dependencies, and are n
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,7 @@ def _type_checking_lines(tree: ast.AST) -> set[int]:
     return lines
 
 
+@functools.cache
 def imports() -> list[tuple[str, str, str]]:
     """(file, importing package, imported package) for every runtime import inside quantsweep."""
     found = []

@@ -91,6 +91,7 @@ def local_run(tiny_checkpoint, tiny_data, tmp_path_factory) -> Path:
         torch.set_num_threads(before)
 
 
+@pytest.mark.slow  # two sweeps, one on a Ray cluster
 def test_ray_sweep_equals_local(cluster, local_run, tiny_checkpoint, tiny_data, tmp_path, one_thread) -> None:
     run = sweep(_config(tiny_checkpoint, tiny_data), out=tmp_path, executor=RAY)
     assert _reports(run) == _reports(local_run)
@@ -117,6 +118,7 @@ def _worker_pids() -> list[int]:
     return pids
 
 
+@pytest.mark.slow  # a worker killed mid-sweep
 @pytest.mark.usefixtures("cluster", "one_thread")
 def test_killed_worker_has_its_shard_retried(local_run, tiny_checkpoint, tiny_data, tmp_path, caplog) -> None:
     killed = []
@@ -144,6 +146,7 @@ def _cli(args: list[str]) -> subprocess.Popen:
     return cli_process(args, OMP_NUM_THREADS="1")
 
 
+@pytest.mark.slow  # a driver killed and resumed in subprocesses
 def test_killed_driver_resumes_to_the_same_report(
     cluster, local_run, tiny_checkpoint, tiny_data, tmp_path
 ) -> None:
