@@ -26,7 +26,7 @@ import onnx
 import torch
 
 from quantsweep.backends import get_backend
-from quantsweep.backends.placement import Placement, apply_placement
+from quantsweep.backends.placement import Placement, apply_placement, input_ranges
 from quantsweep.config import (
     ActDtype,
     CalibConfig,
@@ -115,10 +115,9 @@ class Scorer:
             self.nodes[n]: Precision(f.weight, f.act, f.granularity, f.int4_block_size)
             for n, f in assignment.items()
         }
-        readers = {node.name: node.input[0] for node in self.fp32.graph.node if node.input}
-        found = {
-            readers[self.nodes[n]]: ranges[n] for n, f in assignment.items() if f.act is not ActDtype.FP16
-        }
+        found = input_ranges(
+            self.fp32, {self.nodes[n]: ranges[n] for n, f in assignment.items() if f.act is not ActDtype.FP16}
+        )
         weights = {self.nodes[n]: r for n, r in (records or {}).items() if n in assignment}
         path = self.directory / "trial.onnx"
         written = apply_placement(  # the writer that ships, Q/DQ on inputs and weights

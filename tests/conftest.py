@@ -21,7 +21,7 @@ os.environ.setdefault(
 )
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-from quantsweep.backends.placement import Placement, apply_placement, shared_calls
+from quantsweep.backends.placement import Placement, apply_placement, input_ranges
 from quantsweep.config import ActDtype, CalibConfig, HeadMode, QuantFormat
 from quantsweep.data.images import Batch, load_batch, resolve_images
 from quantsweep.data.shapes import generate_split
@@ -195,15 +195,12 @@ def qdq_artifact(
 ) -> onnx.ModelProto:
     """``model`` written by the writer that ships (``apply_placement`` + ``QdqEditor``), Q/DQ on
     inputs and weights only; UINT8 activations asymmetric, as ONNX Runtime's placement has them."""
-    readers = {node.name: node.input[0] for node in model.graph.node if node.input}
-    preset = {}
+    node_ranges = {}
     for name, plan in plans.items():
         found = plan.act_range if plan.act_range is not None else plan.act_amax
-        if found is not None and name in readers:
-            preset[readers[name]] = found if isinstance(found, ActRange) else ActRange.symmetric(found)
-
-    by_node = {n: preset[readers[n]] for n in plans if n in readers and readers[n] in preset}
-    preset |= {readers[call]: by_node[owner] for call, owner in shared_calls(model, by_node).items()}
+        if found is not None:
+            node_ranges[name] = found if isinstance(found, ActRange) else ActRange.symmetric(found)
+    preset = input_ranges(model, node_ranges)
 
     def ranges(tensors: set[str]) -> dict[str, ActRange]:
         missing = sorted(set(tensors) - set(preset))

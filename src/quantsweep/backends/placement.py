@@ -72,22 +72,6 @@ def silu_after(fp32: onnx.ModelProto, convs: Sequence[str]) -> list[tuple[str, s
 _WEIGHTED = ("Conv", "Gemm", "MatMul")
 
 
-def _shared_owner(fp32: onnx.ModelProto, plan: Iterable[str]) -> dict[str, str]:
-    """Weighted node -> the first planned node that reads the same weight initializer."""
-    first: dict[str, str] = {}
-    for node in fp32.graph.node:
-        if node.name in plan and node.op_type in _WEIGHTED and len(node.input) > 1:
-            first.setdefault(node.input[1], node.name)
-    return {
-        node.name: first[node.input[1]]
-        for node in fp32.graph.node
-        if node.op_type in _WEIGHTED
-        and len(node.input) > 1
-        and node.input[1] in first
-        and first[node.input[1]] != node.name
-    }
-
-
 def shared_calls(fp32: onnx.ModelProto, planned: Iterable[str]) -> dict[str, str]:
     """Other calls of a planned layer -> the planned node: nodes outside ``planned`` that read the
     weight initializer a planned node reads (RT-DETR's query_pos_head is one Linear called twice).
@@ -96,7 +80,27 @@ def shared_calls(fp32: onnx.ModelProto, planned: Iterable[str]) -> dict[str, str
     also quantizes every call's input, so with quantized activations each call's input gets Q/DQ.
     """
     planned = set(planned)
-    return {n: o for n, o in _shared_owner(fp32, planned).items() if n not in planned}
+    owner: dict[str, str] = {}
+    for node in fp32.graph.node:
+        if node.name in planned and node.op_type in _WEIGHTED and len(node.input) > 1:
+            owner.setdefault(node.input[1], node.name)
+    return {
+        node.name: owner[node.input[1]]
+        for node in fp32.graph.node
+        if node.name not in planned
+        and node.op_type in _WEIGHTED
+        and len(node.input) > 1
+        and node.input[1] in owner
+    }
+
+
+def input_ranges(fp32: onnx.ModelProto, node_ranges: Mapping[str, ActRange]) -> dict[str, ActRange]:
+    """Tensor -> range for the inputs of nodes with a calibrated input range (the Torch layer's),
+    other calls of the same layer included: Torch quantizes every call with the layer's range."""
+    readers = {node.name: node.input[0] for node in fp32.graph.node if node.input}
+    known = {n: r for n, r in node_ranges.items() if n in readers}
+    calls = shared_calls(fp32, known)
+    return {readers[n]: r for n, r in known.items()} | {readers[c]: known[o] for c, o in calls.items()}
 
 
 def apply_placement(

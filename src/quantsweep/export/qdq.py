@@ -12,19 +12,14 @@ import ml_dtypes
 import numpy as np
 import onnx
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
-from quantsweep.config import ActDtype, Granularity, QuantFormat, WeightDtype
+from quantsweep.config import Granularity, QuantFormat, WeightDtype
 from quantsweep.quant.numerics import quantize_weight_codes
 from quantsweep.quant.weights import QuantizedWeight
 
 _NUMPY_CODES = {WeightDtype.INT8: np.int8, WeightDtype.INT4: ml_dtypes.int4}
 _NUMPY_UNSIGNED = {WeightDtype.INT8: np.uint8, WeightDtype.INT4: ml_dtypes.uint4}
-_ACT_ZERO = {
-    ActDtype.INT8: TensorProto.INT8,
-    ActDtype.UINT8: TensorProto.UINT8,
-    ActDtype.FP8: TensorProto.FLOAT8E4M3FN,
-}
 
 
 def _codes_array(codes: torch.Tensor, weight: WeightDtype, *, unsigned: bool = False) -> np.ndarray:

@@ -24,7 +24,7 @@ from quantsweep.backends import Backend, backend_names, get_backend
 from quantsweep.backends.base import BaselineInputs, conv_kinds, onnx_source
 from quantsweep.backends.calibration import RangeCache
 from quantsweep.backends.modelopt_writer import check_writer, plan_deviations, write_modelopt
-from quantsweep.backends.placement import shared_calls
+from quantsweep.backends.placement import input_ranges
 from quantsweep.config import QuantFormat
 from quantsweep.errors import InputError
 from quantsweep.evaluate.artifact_checks import torch_export_output, verify_artifact
@@ -110,11 +110,7 @@ class _Writer:
         self.kinds = conv_kinds(self.fp32)
         self.fp32_bytes = fp32_path.stat().st_size
         # the tensors quantized layers read get the Torch calibrator's ranges (MSE, percentile, ...)
-        readers = {node.name: node.input[0] for node in self.fp32.graph.node if node.input}
-        inputs = {readers[nodes[n]]: r for n, r in act_ranges.items() if n in nodes}
-        # another call of a layer (one weight, several nodes) reads its input with the layer's range
-        by_node = {nodes[n]: r for n, r in act_ranges.items() if n in nodes}
-        inputs |= {readers[call]: by_node[owner] for call, owner in shared_calls(self.fp32, by_node).items()}
+        inputs = input_ranges(self.fp32, {nodes[n]: r for n, r in act_ranges.items() if n in nodes})
         self.ranges = RangeCache(self.fp32, images, preset=inputs)
         # GPTQ / MSE codes and corrected biases: one sequential pass per format (quant.scheme)
         self.records: SchemeRecords = records
