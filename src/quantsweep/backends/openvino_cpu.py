@@ -104,7 +104,8 @@ class OpenVinoBackend(Backend):
     runtime = "openvino"
     objective = Objective.SPEED
     description = "OpenVINO CPU: INT8 W8A8, Q/DQ on conv inputs and weights, shipped as IR"
-    placement = Placement()  # signed INT8 on conv inputs and weights only
+    # signed INT8 on conv inputs and weights; Concat inputs that are quantized next carry the codes
+    placement = Placement(carry_codes=True)
 
     def sweep_formats(self) -> tuple[QuantFormat, ...]:
         return (W8A8,)

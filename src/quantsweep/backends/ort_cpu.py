@@ -70,7 +70,7 @@ class OrtCpuBackend(Backend):
     runtime = "onnxruntime"
     objective = Objective.SPEED
     description = "ONNX Runtime CPU: INT8 W8A8 fused into QLinearConv (UINT8 activations)"
-    placement = Placement(asymmetric=True, output_q=True, int32_bias=True, fuse_silu=True)
+    placement = Placement(asymmetric=True, output_q=True, int32_bias=True, fuse_silu=True, carry_codes=True)
 
     def sweep_formats(self) -> tuple[QuantFormat, ...]:
         return (W8A8,)

@@ -13,6 +13,7 @@ import onnx
 
 from quantsweep.backends.calibration import RangeSource
 from quantsweep.backends.qdq_graph import QdqEditor, TensorQuant
+from quantsweep.backends.qdq_propagation import carry_codes_through_movers
 from quantsweep.config import ActDtype
 from quantsweep.quant.numerics import ActRange
 from quantsweep.quant.weights import QuantizedWeight
@@ -35,6 +36,9 @@ class Placement:
     # SiLU (Sigmoid, then Mul with its input) after an output-quantized conv also in Q/DQ, so the
     # runtime runs it as QLinearSigmoid + QLinearMul instead of dequantizing to float and back
     fuse_silu: bool = False
+    # a Q/DQ of the input's parameters after ops that only move values (Split, MaxPool, ...) and on
+    # the inputs of a Concat that is quantized next, so those run on codes; exact (qdq_propagation)
+    carry_codes: bool = False
 
     def quant(self, found: ActRange, act: ActDtype) -> TensorQuant:
         """Per-tensor parameters for a calibrated range."""
@@ -151,4 +155,5 @@ def apply_placement(
     for name in planned:
         if name not in with_acts:  # weight-only nodes
             editor.quantize_weight(editor.node(name), plan[name].as_format(), weights.get(name))
-    return editor.build()
+    model = editor.build()
+    return carry_codes_through_movers(model) if placement.carry_codes else model
