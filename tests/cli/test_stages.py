@@ -117,6 +117,13 @@ def test_evaluation_search_timing_and_recommendation_per_target(chain) -> None:
             assert rec["closest"] == max(ours, key=lambda n: ours[n]["score"])
         search = json.loads((eval_dir / "search" / target / "search.json").read_text())
         assert 0 < len(search["evaluations"]) <= 4
+        # nothing kept is the k0 candidate, already scored: the search reads its score, scores no copy
+        assert (
+            search["evaluations"][0]["kept"] == []
+            and search["evaluations"][0]["score"] == models["k0"]["score"]
+        )
+        log = (eval_dir / "search" / target / "evaluations.jsonl").read_text().splitlines()
+        assert [] not in [json.loads(line)["kept"] for line in log if line.strip()]
         # the passing kept sets the search found are timed beside the candidates
         assert set(search["finalists"]) <= set(models) and bool(search["finalists"]) == search["target_met"]
     if not torch.cuda.is_available():

@@ -125,6 +125,12 @@ class TargetSearch:
             self._ranges = recorded_ranges(self.candidates_dir, images)
         ranges = self._ranges
         measure = _Measure(backend, scheme_set, ranges, self.context, log, records=records)
+        # a top-K scheme already scored is the trial of its kept set (K=0: nothing kept), written
+        # the same way from the same records: the search reads its score instead of scoring it again
+        for record in store.all().values():
+            if record.get("policy") == "top_k" and record.get("accuracy"):
+                kept = tuple(sorted(record.get("kept_layers") or ()))
+                measure.known.setdefault(kept, Accuracy(**record["accuracy"]).value(self.context.metric))
         reference = self.context.reference_score
         threshold = self.eval_request.accuracy_target.threshold(reference)
         with self.progress(self.request.max_evals, f"search {backend.name}") as step:
