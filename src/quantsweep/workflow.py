@@ -71,13 +71,17 @@ def _reports(sweep_dir: Path, config: SweepConfig) -> list[tuple[QuantFormat, Pa
 
 def _schemes_request(request: SchemesRequest, report: Path, fmt: QuantFormat) -> SchemesRequest:
     """The run's schemes for one combination: the bit budget and the reference schemes (random,
-    first+head) where they mean something and the run can afford them, on INT4 weights only."""
+    first+head) where they mean something and the run can afford them: on INT4 weights only, at the
+    smallest K > 0 (each reference costs a materialized artifact and a scoring pass: the default
+    run's two at K=10 took 19 s of its 5.8 minutes; ``quantsweep schemes`` makes them at every K)."""
     int4 = fmt.weight is WeightDtype.INT4
+    smallest = min((k for k in request.ks if k > 0), default=None)
     return dataclasses.replace(
         request,
         report=report,
         target_bits=request.target_bits if int4 else None,
         references=request.references and int4,
+        reference_ks=() if smallest is None else (smallest,),
     )
 
 

@@ -246,3 +246,28 @@ def test_bad_evaluation_inputs_exit_2(chain, tiny_checkpoint, tiny_data, tmp_pat
     # what finished before the bad artifact is kept, ready for --resume
     (failed,) = (tmp_path / "runs").glob("*_evaluate/*")
     assert (failed / "results" / "size" / "models" / "fp32.json").is_file()
+
+
+def test_fp32_is_scored_once_for_the_targets_that_run_it_alike(
+    chain, tiny_data, tmp_path, monkeypatch
+) -> None:
+    from quantsweep.pipeline import eval_context  # noqa: PLC0415
+
+    scored: list[tuple[str, str]] = []
+    original = eval_context.EvalContext.score
+
+    def counting(self, backend, path):
+        scored.append((backend.name, Path(path).name))
+        return original(self, backend, path)
+
+    monkeypatch.setattr(eval_context.EvalContext, "score", counting)
+    argv = [a if a != str(chain["out"]) else str(tmp_path) for a in chain["evaluate"]]
+    _ok([*argv, "--target", "ort-cpu,openvino,size"])
+    # the reference run (ONNX Runtime, CPU, f32) is ort-cpu's and size's FP32: neither scores it again
+    assert ("ort-cpu", "fp32.onnx") not in scored and ("size", "fp32.onnx") not in scored
+    assert ("openvino", "fp32.onnx") in scored  # another runtime runs it its own way
+    run = next(tmp_path.glob("*_evaluate/*"))
+    fp32 = [
+        json.loads((run / "results" / t / "models" / "fp32.json").read_text()) for t in ("ort-cpu", "size")
+    ]
+    assert fp32[0]["accuracy"] == fp32[1]["accuracy"] and fp32[0]["score"] == fp32[1]["score"]

@@ -178,6 +178,11 @@ class Backend(abc.ABC):
         onnx.save(model, str(path))
         return path
 
+    def float_run_key(self) -> str:
+        """Targets that return the same key run an FP32 model identically (runtime, device, float
+        precision and every setting that matters for a float graph): its score is measured once."""
+        return self.name
+
     def artifact_bytes(self, artifact: Path) -> int:
         """What the deployed artifact weighs on disk (every file of it)."""
         return Path(artifact).stat().st_size

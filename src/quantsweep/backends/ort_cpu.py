@@ -32,6 +32,8 @@ from quantsweep.backends.ultralytics_baseline import ULTRALYTICS_INT8, write_ult
 from quantsweep.config import ActDtype, Granularity, QuantFormat, WeightDtype
 from quantsweep.models.ultralytics_adapter import UltralyticsExport
 
+ORT_CPU_FLOAT_RUN = "onnxruntime-cpu"  # how ort-cpu and size run a float graph: the same way
+
 W8A8 = QuantFormat(WeightDtype.INT8, ActDtype.INT8, Granularity.PER_CHANNEL)
 
 
@@ -88,6 +90,10 @@ class OrtCpuBackend(Backend):
     def baselines(self) -> dict[str, BaselineWriter]:
         """Ultralytics' ``format='onnx', int8=True`` export (ONNX Runtime ``quantize_static``)."""
         return {ULTRALYTICS_INT8: partial(write_ultralytics_int8, fmt=UltralyticsExport.ONNX)}
+
+    def float_run_key(self) -> str:
+        # ONNX Runtime's CPU EP at its defaults; the size target's disable_quant_qdq only touches Q/DQ
+        return ORT_CPU_FLOAT_RUN
 
     def load(self, path: Path) -> Runner:
         return OrtRunner(path, self.session_options())

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from quantsweep.backends.base import Availability, Backend, ConvKind, Objective, Runner
-from quantsweep.backends.ort_cpu import OrtRunner
+from quantsweep.backends.ort_cpu import ORT_CPU_FLOAT_RUN, OrtRunner
 from quantsweep.backends.placement import Placement
 from quantsweep.backends.sessions import SessionOptions
 from quantsweep.config import ActDtype, Granularity, QuantFormat, WeightDtype
@@ -42,6 +42,10 @@ class SizeBackend(Backend):
     def session_options(self) -> SessionOptions:
         """Q/DQ folded into float weights at load time (measured faster than dequantizing per run)."""
         return SessionOptions(disable_quant_qdq=True)
+
+    def float_run_key(self) -> str:
+        # ONNX Runtime's CPU EP at its defaults; the size target's disable_quant_qdq only touches Q/DQ
+        return ORT_CPU_FLOAT_RUN
 
     def load(self, path: Path) -> Runner:
         return OrtRunner(path, self.session_options())

@@ -57,6 +57,8 @@ class EvalContext:
     pseudo: list[np.ndarray]
     reference: Accuracy  # the FP32 model's, in ONNX Runtime on CPU
     inputs: dict  # what the evaluation was measured on (pipeline.eval_inputs), checked on --resume
+    # Backend.float_run_key -> the FP32 model's accuracy run that way: measured once per run
+    float_scores: dict[str, Accuracy] = field(default_factory=dict)
 
     @property
     def metric(self) -> str:
@@ -136,12 +138,14 @@ def prepare_context(candidates_dir: Path, request: EvalRequest) -> tuple[EvalCon
         eval_images=request.max_images,
         batch=batch,
     )
+    reference = accuracy(detections, batch=batch, pseudo=pseudo)
     context = EvalContext(
         config=config,
         batch=batch,
         detect=config.detect,
         pseudo=pseudo,
-        reference=accuracy(detections, batch=batch, pseudo=pseudo),
+        reference=reference,
         inputs=inputs,
+        float_scores={get_backend(REFERENCE_TARGET).float_run_key(): reference},
     )
     return context, index

@@ -44,9 +44,18 @@ def _accuracy_pass(
     for artifact in artifacts:
         if artifact not in missing:
             step(f"{backend.name} {artifact.name} (done before)")
+    known = context.float_scores.get(backend.float_run_key())
+    for artifact in [a for a in missing if a.policy == "fp32" and known is not None]:
+        # the same file run the same way for another target (or as the run's reference)
+        store.write_accuracy(artifact, known)
+        missing.remove(artifact)
+        step(f"{backend.name} {artifact.name} (as run before)")
     if executor is None:
         for artifact in missing:
-            store.write_accuracy(artifact, context.score(backend, store.candidates_dir / artifact.file))
+            acc = context.score(backend, store.candidates_dir / artifact.file)
+            store.write_accuracy(artifact, acc)
+            if artifact.policy == "fp32":
+                context.float_scores[backend.float_run_key()] = acc
             step(f"{backend.name} {artifact.name}")
         return
     paths = [str(store.candidates_dir / a.file) for a in missing]

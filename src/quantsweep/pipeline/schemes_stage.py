@@ -77,6 +77,7 @@ class SchemesRequest:
     target_bits: float | None = None
     seed: int = 0
     references: bool = True  # random and first+head schemes at each K, to show what the ranking buys
+    reference_ks: tuple[int, ...] | None = None  # the Ks that get them (None: every K > 0)
 
 
 def precisions(fmt: QuantFormat, *, low: LowPrecision, high: HighPrecision) -> tuple[Precision, Precision]:
@@ -165,7 +166,8 @@ def make_schemes(request: SchemesRequest, *, out: Path, cache: RunCache | None =
     low, high = precisions(fmt, low=request.low, high=request.high)
     space = SchemeSpace(ranked=_ranked_layers(report, layers), onnx_nodes=mapping.nodes, low=low, high=high)
     schemes = [top_k(space, k) for k in request.ks]
-    for k in sorted({k for k in request.ks if k > 0} if request.references else ()):
+    reference_ks = request.ks if request.reference_ks is None else request.reference_ks
+    for k in sorted({k for k in reference_ks if k > 0 and k in request.ks} if request.references else ()):
         schemes += [random_k(space, k, seed=request.seed), first_and_head(space, k)]
     if request.target_bits is not None:
         try:
