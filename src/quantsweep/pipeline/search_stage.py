@@ -51,7 +51,12 @@ class _Measure:
         self.context, self.log = context, log
         self.records = records  # format name -> {layer: quantizer record}, from the materialize stage
         self.kinds = conv_kinds(ranges.model)
-        self.known = {tuple(sorted(r["kept"])): r["score"] for r in log.read()}
+        logged = log.read()
+        self.known = {tuple(sorted(r["kept"])): r["score"] for r in logged}
+        # the accuracy of every kept set this search scored: a finalist is that trial, not scored again
+        self.accuracies = {
+            tuple(sorted(r["kept"])): Accuracy(**r["accuracy"]) for r in logged if "accuracy" in r
+        }
 
     @property
     def ranking(self) -> list[str]:
@@ -82,6 +87,7 @@ class _Measure:
             path = self.backend.save(self.model(kept), Path(tmp) / "trial.onnx")
             acc = self.context.score(self.backend, path)
         score = acc.value(self.context.metric)
+        self.accuracies[key] = acc
         self.log.append({"kept": list(key), "score": score, "accuracy": acc.to_dict()})
         self.known[key] = score
         return score
@@ -179,7 +185,7 @@ class TargetSearch:
             if not store.has(name):
                 model = measure.model(kept)
                 path = backend.save(model, search_dir / f"{name}.onnx")
-                acc: Accuracy = self.context.score(backend, path)
+                acc = measure.accuracies.get(tuple(sorted(kept))) or self.context.score(backend, path)
                 record = {
                     "name": name,
                     "file": str(path),
