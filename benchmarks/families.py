@@ -1,16 +1,19 @@
 """Every stage on an s-size model of every detector family, random weights, at 320 px (issue 17).
 
-For YOLOv8s, YOLOv9s, YOLOv10s, YOLO11s, YOLO12s and RT-DETR-L, built from Ultralytics' own
-YAMLs (random weights: this checks that every stage works and that every artifact agrees with Torch
-on its own runtime, not accuracy), the script runs ``sweep`` (fast method, 4 calibration images)
--> ``schemes`` (k0 and k5 per combination) -> ``materialize`` (every CPU target) -> ``evaluate``
-(8 images, 2 short timing rounds), each stage in its own process so that its wall time and peak
-resident memory are its own. It prints one table row per family and target: quantized convs and
-Linear layers, mapping coverage (layers the schemes map to an ONNX node), whether the written
-precision counts match the plan, the runtime check of every artifact against Torch, and each
-stage's time and peak memory; a stage that fails is named with its one-line error.
+For YOLOv8s, YOLOv9s, YOLOv10s, YOLO11s, YOLO12s and RT-DETR-L, built from Ultralytics' own YAMLs
+with random weights (fan-in scaled, class biases zeroed so that the FP32 model detects something to
+be judged against, as the tests build them: this checks that every stage works and that every
+artifact agrees with Torch on its own runtime, not accuracy), the script runs ``sweep`` (fast
+method, 4 calibration images) -> ``schemes`` (k0 and k5 per combination) -> ``materialize`` (every
+CPU target) -> ``evaluate`` (8 images, 2 short timing rounds), each stage in its own process so that
+its wall time and peak resident memory are its own. It prints one table row per family and target:
+quantized convs and Linear layers, mapping coverage (layers the schemes map to an ONNX node),
+whether the written precision counts match the plan, the runtime check of every artifact against
+Torch, and each stage's time and peak memory; a stage that fails is named with its one-line error.
 
     python benchmarks/families.py [--families yolov8s,rtdetr-l] [--imgsz 320] [--out DIR]
+
+It builds the models with ``tests/conftest.py::tiny_model``, so it runs from a checkout.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' model builder
 
 FAMILIES = ("yolov8s", "yolov9s", "yolov10s", "yolo11s", "yolo12s", "rtdetr-l")
 TARGETS = ("ort-cpu", "openvino", "size")
@@ -58,7 +65,10 @@ def newest(folder: Path, pattern: str) -> Path:
 
 def family_rows(family: str, *, images: Path, data: Path, imgsz: int, out: Path) -> list[dict]:
     """Run the four stages on ``family`` and return one row per target."""
-    model = f"{family}.yaml"
+    from tests.conftest import tiny_model  # noqa: PLC0415 (the tests' random detector, at s size)
+
+    model = str(out / f"{family}.pt")
+    torch.save({"model": tiny_model(f"{family}.yaml").network.module}, model)
     stages: dict[str, dict] = {}
     targets = ",".join(TARGETS)
     sweep = ["sweep", "--model", model, "--images", str(images), "--imgsz", str(imgsz)]

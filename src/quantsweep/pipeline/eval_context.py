@@ -114,6 +114,19 @@ def _num_classes(output: np.ndarray) -> int:
     return int(output.shape[1]) - 4
 
 
+def check_judgeable(reference: Accuracy, *, images: int, detect: DetectConfig) -> None:
+    """Refuse, in one line, an evaluation whose FP32 reference gives nothing to judge by: no mAP
+    against the labels and no detection confident enough to be a pseudo-label."""
+    judged = reference.value(reference.judging_metric())
+    if judged is None or not judged > 0:  # NaN: no pseudo-label to score against
+        raise InputError(
+            f"the FP32 model detects nothing on the {images} evaluation images "
+            f"(mAP50-95 {reference.map50_95_gt or 0:.3f} against the labels, no detection at confidence "
+            f">= {detect.pseudo_label_conf}): accuracy cannot be judged; check that --data holds "
+            "images of what the model was trained on (a model built from a YAML has random weights)"
+        )
+
+
 def prepare_context(candidates_dir: Path, request: EvalRequest) -> tuple[EvalContext, CandidatesIndex]:
     """The candidates index, the evaluation images and the FP32 reference detections."""
     index = read_candidates(candidates_dir)
@@ -139,6 +152,7 @@ def prepare_context(candidates_dir: Path, request: EvalRequest) -> tuple[EvalCon
         batch=batch,
     )
     reference = accuracy(detections, batch=batch, pseudo=pseudo)
+    check_judgeable(reference, images=len(batch.images), detect=config.detect)
     context = EvalContext(
         config=config,
         batch=batch,
