@@ -163,3 +163,16 @@ def test_a_second_command_in_the_same_process_does_not_write_into_the_first_runs
     assert "second command's failure" in second.read_text()
     assert str(second.parent) in second.read_text()  # "sweeping ... into <its run dir>"
     assert str(first.parent) in first.read_text() and str(second.parent) not in first.read_text()
+
+
+def test_a_target_that_cannot_run_the_swept_schemes_stops_before_any_work(capsys, tmp_path) -> None:
+    line = _error(
+        capsys, ["run", "--target", "ort-cpu", "--weights", "int4", "--acts", "fp16", "--out", str(tmp_path)]
+    )
+    assert "target ort-cpu runs int8-int8, int8-uint8 only" in line and "int4-fp16/per_channel" in line
+    assert not list(tmp_path.iterdir())  # no run directory was started
+    # and the size target runs INT4 weight-only only
+    line = _error(
+        capsys, ["run", "--target", "size", "--weights", "int8", "--acts", "int8", "--out", str(tmp_path)]
+    )
+    assert "target size runs" in line
