@@ -83,9 +83,9 @@ def _private_dq(graph: _Graph, dq: onnx.NodeProto, reader: onnx.NodeProto) -> No
 
 def carry_codes_through_movers(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` (a Q/DQ graph) with a Q/DQ of the input's parameters on every output of each
-    value-moving op that reads a dequantized activation, and a private DQ for every such op and
-    every Concat whose inputs are all dequantized; numerically the same graph (see the module
-    docstring). Edits ``model`` in place and returns it."""
+    value-moving op that reads a dequantized activation, and, for every Concat that only a
+    QuantizeLinear reads, that Q's parameters on its float inputs and a private DQ on each input;
+    numerically the same graph (see the module docstring). Edits ``model`` in place, returns it."""
     graph = _Graph(model)
     for node in list(model.graph.node):  # topological: a carried output makes its readers eligible
         if _moves_values(node):
@@ -98,6 +98,24 @@ def carry_codes_through_movers(model: onnx.ModelProto) -> onnx.ModelProto:
         del model.graph.node[:]
         model.graph.node.extend(nodes)
     return model
+
+
+def _requantize(
+    graph: _Graph, tensor: str, params: list[str], readers: list[onnx.NodeProto], *, tag: str
+) -> None:
+    """One QuantizeLinear of ``tensor`` with ``params`` (scale, zero point), and a DequantizeLinear
+    of it for each of ``readers``, which read that instead of ``tensor``."""
+    q = helper.make_node("QuantizeLinear", [tensor, *params], [f"{tensor}/{tag}_q"], name=f"{tensor}/{tag}_Q")
+    graph.add(q)
+    for reader in readers:
+        back = helper.make_node(
+            "DequantizeLinear",
+            [q.output[0], *params],
+            [f"{tensor}/{tag}_dq_{reader.name}"],
+            name=f"{tensor}/{tag}_DQ_{reader.name}",
+        )
+        graph.add(back)
+        graph.rewire(reader, tensor, back.output[0])
 
 
 def _quantize_concat_inputs(graph: _Graph, node: onnx.NodeProto) -> None:
@@ -116,43 +134,18 @@ def _quantize_concat_inputs(graph: _Graph, node: onnx.NodeProto) -> None:
         dq = graph.activation_dq(name)
         if dq is not None:
             _private_dq(graph, dq, node)
-            continue
-        if name in graph.inits or name not in graph.producer:
-            continue
-        q = helper.make_node(
-            "QuantizeLinear", [name, *params], [f"{name}/to_{node.name}_q"], name=f"{name}/to_{node.name}_Q"
-        )
-        back = helper.make_node(
-            "DequantizeLinear",
-            [q.output[0], *params],
-            [f"{name}/to_{node.name}_dq"],
-            name=f"{name}/to_{node.name}_DQ",
-        )
-        graph.add(q)
-        graph.add(back)
-        graph.rewire(node, name, back.output[0])
+        elif name not in graph.inits and name in graph.producer:
+            _requantize(graph, name, params, [node], tag=f"to_{node.name}")
 
 
 def _carry(graph: _Graph, node: onnx.NodeProto) -> None:
+    """A value-moving op reading a dequantized activation: its outputs re-quantized on the same grid."""
     dq = graph.activation_dq(node.input[0])
     if dq is None or any(out in graph.outputs for out in node.output):
         return
     _private_dq(graph, dq, node)
-    params = list(dq.input[1:])
+    params = list(dq.input[1:])  # activation DQs are per tensor: no axis attribute to copy
     for out in node.output:
         readers = list(graph.readers[out])
-        if not readers:
-            continue
-        q = helper.make_node("QuantizeLinear", [out, *params], [f"{out}/carried_q"], name=f"{out}/carried_Q")
-        q.attribute.extend(a for a in dq.attribute if a.name == "axis")
-        graph.add(q)
-        for reader in readers:
-            back = helper.make_node(
-                "DequantizeLinear",
-                [q.output[0], *params],
-                [f"{out}/carried_dq_{reader.name}"],
-                name=f"{out}/carried_DQ_{reader.name}",
-            )
-            back.attribute.extend(a for a in dq.attribute if a.name == "axis")
-            graph.add(back)
-            graph.rewire(reader, out, back.output[0])
+        if readers:
+            _requantize(graph, out, params, readers, tag="carried")
