@@ -113,3 +113,17 @@ def test_size_target_writes_int4_weights_that_onnx_runtime_folds(tiny_onnx, tmp_
     image = tiny_onnx["images"][:1].numpy()
     plain = ort_session(path).run(None, {"images": image})[0]
     np.testing.assert_allclose(backend.load(path)(image), plain, rtol=1e-4, atol=1e-4)
+
+
+def test_a_node_kind_a_target_runs_in_no_low_precision_stays_float() -> None:
+    kinds = {"conv": ConvKind.REGULAR, "linear": ConvKind.LINEAR}
+    plan = {"conv": W8A8, "linear": W8A8}
+    # ONNX Runtime runs no INT8 Linear fast (RT-DETR's decoder): written float, and the plan then fits
+    ort = get_backend("ort-cpu")
+    adapted = ort.adapt_plan(plan, kinds)
+    assert adapted == {"conv": W8A8, "linear": FLOAT}
+    ort.check_plan(adapted, kinds)
+    with pytest.raises(InputError, match="cannot run int8-int8 on linear node linear"):
+        ort.check_plan(plan, kinds)
+    # OpenVINO runs INT8 Linear layers: nothing moves
+    assert get_backend("openvino").adapt_plan(plan, kinds) == plan

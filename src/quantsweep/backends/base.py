@@ -211,13 +211,19 @@ class Backend(abc.ABC):
     def adapt_plan(
         self, plan: Mapping[str, Precision], kinds: Mapping[str, ConvKind]
     ) -> dict[str, Precision]:
-        """The plan as this target writes it (the same by default).
+        """The plan as this target writes it.
 
-        A scheme's low precision is uniform; a target whose kernels for some node kinds exist in
-        another precision only (TensorRT: no FP8 depthwise convs) moves those nodes there. Stages
-        call it before :meth:`check_plan` and :meth:`write`, and verify against its result.
+        A scheme's low precision is uniform; a node of a kind this target runs in no low precision
+        at all (ONNX Runtime's Linear layers) stays float, and a target whose kernels for some node
+        kinds exist in another precision only (TensorRT: no FP8 depthwise convs) moves those nodes
+        there. Stages call it before :meth:`check_plan` and :meth:`write`, and verify against its
+        result.
         """
-        return dict(plan)
+        adapted = dict(plan)
+        for node, precision in plan.items():
+            if precision.weight is not None and not self.fast_precisions(kinds.get(node, ConvKind.REGULAR)):
+                adapted[node] = Precision(None)
+        return adapted
 
     def check_plan(self, plan: Mapping[str, Precision], kinds: Mapping[str, ConvKind]) -> None:
         """Refuse, in one line, a plan with precisions this target cannot run."""

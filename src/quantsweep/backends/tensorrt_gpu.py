@@ -200,8 +200,8 @@ class TensorRtBackend(Backend):
         self, plan: Mapping[str, Precision], kinds: Mapping[str, ConvKind]
     ) -> dict[str, Precision]:
         """FP8 nodes of a kind without FP8 kernels (first, grouped, depthwise) are written at INT8."""
-        adapted = dict(plan)
-        for node, precision in plan.items():
+        adapted = super().adapt_plan(plan, kinds)
+        for node, precision in adapted.items():
             if precision.label == FP8_LABEL and kinds.get(node, ConvKind.REGULAR) not in FP8_KINDS:
                 adapted[node] = Precision(WeightDtype.INT8, ActDtype.INT8, precision.granularity)
         return adapted
