@@ -105,7 +105,7 @@ def _row(family: str, target: str, stages: dict[str, dict], out: Path) -> dict:
     if inputs:
         layers = json.loads(inputs[-1].read_text())["layers"]
         row["layers"] = len(layers)
-        row["linear"] = sum(layer["kind"] == "linear" for layer in layers)
+        row["linear"] = sum(layer["kind"] == "Linear" for layer in layers)
     mappings = sorted(out.glob("*_schemes/*/mapping.json"))
     if mappings and "layers" in row:
         row["mapped"] = len(json.loads(mappings[-1].read_text())["nodes"])
