@@ -51,11 +51,10 @@ class _Measure:
         self.context, self.log = context, log
         self.records = records  # format name -> {layer: quantizer record}, from the materialize stage
         self.kinds = conv_kinds(ranges.model)
-        logged = log.read()
-        self.known = {tuple(sorted(r["kept"])): r["score"] for r in logged}
-        # the accuracy of every kept set this search scored: a finalist is that trial, not scored again
+        # every kept set scored so far (a resumed search's log, candidates already scored): a trial
+        # or finalist with one of these kept sets is not scored again
         self.accuracies = {
-            tuple(sorted(r["kept"])): Accuracy(**r["accuracy"]) for r in logged if "accuracy" in r
+            tuple(sorted(r["kept"])): Accuracy(**r["accuracy"]) for r in log.read() if "accuracy" in r
         }
 
     @property
@@ -81,16 +80,15 @@ class _Measure:
 
     def __call__(self, kept: tuple[str, ...]) -> float:
         key = tuple(sorted(kept))
-        if key in self.known:
-            return self.known[key]
-        with tempfile.TemporaryDirectory() as tmp:
-            path = self.backend.save(self.model(kept), Path(tmp) / "trial.onnx")
-            acc = self.context.score(self.backend, path)
-        score = acc.value(self.context.metric)
-        self.accuracies[key] = acc
-        self.log.append({"kept": list(key), "score": score, "accuracy": acc.to_dict()})
-        self.known[key] = score
-        return score
+        if key not in self.accuracies:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = self.backend.save(self.model(kept), Path(tmp) / "trial.onnx")
+                acc = self.context.score(self.backend, path)
+            self.accuracies[key] = acc
+            self.log.append(
+                {"kept": list(key), "score": acc.value(self.context.metric), "accuracy": acc.to_dict()}
+            )
+        return self.accuracies[key].value(self.context.metric)
 
 
 def recorded_ranges(candidates_dir: Path, images: torch.Tensor) -> RangeCache:
@@ -136,7 +134,7 @@ class TargetSearch:
         for record in store.all().values():
             if record.get("policy") == "top_k" and record.get("accuracy"):
                 kept = tuple(sorted(record.get("kept_layers") or ()))
-                measure.known.setdefault(kept, Accuracy(**record["accuracy"]).value(self.context.metric))
+                measure.accuracies.setdefault(kept, Accuracy(**record["accuracy"]))
         reference = self.context.reference_score
         threshold = self.eval_request.accuracy_target.threshold(reference)
         with self.progress(self.request.max_evals, f"search {backend.name}") as step:
