@@ -25,6 +25,7 @@ from quantsweep.backends.placement import Placement, apply_placement, input_rang
 from quantsweep.config import ActDtype, CalibConfig, HeadMode, QuantFormat
 from quantsweep.data.images import Batch, load_batch, resolve_images
 from quantsweep.data.shapes import generate_split
+from quantsweep.hardware import cpu_int8_weights
 from quantsweep.models.network import LayerInfo, StagedNetwork, enumerate_layers
 from quantsweep.models.ultralytics_adapter import LoadedModel, load_model
 from quantsweep.quant.apply import calibrate_inputs
@@ -48,6 +49,10 @@ FAMILIES = {
 REPO = Path(__file__).resolve().parent.parent
 TESTBED = REPO.parent / "shared" / "testbed" / "yolov10m-shapes.pt"
 BUNDLED = REPO / "src" / "quantsweep" / "assets" / "yolov10m-shapes.pt"
+# INT8 W8A8 as this CPU's integer kernels run it exactly (7-bit weight codes on x86 without VNNI):
+# what the CPU targets sweep and write here, and what a runtime-vs-Torch comparison must use
+CPU_INT8 = cpu_int8_weights().value
+CPU_W8A8 = Precision(cpu_int8_weights(), ActDtype.INT8)
 
 
 @pytest.fixture(autouse=True)

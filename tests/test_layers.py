@@ -18,6 +18,7 @@ RANKS = {
     "config": 1,
     "records": 1,
     "runs": 1,
+    "hardware": 2,
     "models": 2,
     "data": 2,
     "quant": 3,

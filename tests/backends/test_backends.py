@@ -18,9 +18,9 @@ from quantsweep.evaluate.artifact_checks import relative_l2
 from quantsweep.export.inspect import precision_counts
 from quantsweep.export.onnx_model import export_fp32
 from quantsweep.schemes.records import Precision
-from tests.conftest import tiny_model
+from tests.conftest import CPU_INT8, CPU_W8A8, tiny_model
 
-W8A8 = Precision(WeightDtype.INT8, ActDtype.INT8)
+W8A8 = CPU_W8A8  # run by the CPU runtimes here: the weight type they execute exactly
 FLOAT = Precision(None)
 
 
@@ -52,7 +52,7 @@ def test_a_plan_the_target_cannot_run_is_refused_in_one_line(tiny_onnx) -> None:
     node = next(iter(tiny_onnx["nodes"].values()))
     with pytest.raises(InputError, match="target ort-cpu cannot run fp8-fp8"):
         get_backend("ort-cpu").check_plan({node: Precision(WeightDtype.FP8, ActDtype.FP8)}, kinds)
-    with pytest.raises(InputError, match="target size cannot run int8-int8"):
+    with pytest.raises(InputError, match=f"target size cannot run {W8A8.label}"):
         get_backend("size").check_plan({node: W8A8}, kinds)
     get_backend("openvino").check_plan({node: W8A8, "other": FLOAT}, kinds)
 
@@ -68,7 +68,7 @@ def test_ort_cpu_fuses_every_planned_conv_into_qlinearconv(tiny_onnx, tmp_path) 
     plan = _plan(tiny_onnx, kept=3)
     backend, path = _write(tiny_onnx, "ort-cpu", plan, tmp_path)
     planned = sum(p.weight is not None for p in plan.values())
-    assert precision_counts(onnx.load(str(path))) == {"float": 3, "int8-uint8": planned}
+    assert precision_counts(onnx.load(str(path))) == {"float": 3, f"{CPU_INT8}-uint8": planned}
     optimized = tmp_path / "optimized.onnx"
     ort_session(path, SessionOptions(optimized_model_path=optimized))
     ops = Counter(node.op_type for node in onnx.load(str(optimized)).graph.node)
@@ -123,7 +123,7 @@ def test_a_node_kind_a_target_runs_in_no_low_precision_stays_float() -> None:
     adapted = ort.adapt_plan(plan, kinds)
     assert adapted == {"conv": W8A8, "linear": FLOAT}
     ort.check_plan(adapted, kinds)
-    with pytest.raises(InputError, match="cannot run int8-int8 on linear node linear"):
+    with pytest.raises(InputError, match=f"cannot run {W8A8.label} on linear node linear"):
         ort.check_plan(plan, kinds)
     # OpenVINO runs INT8 Linear layers: nothing moves
     assert get_backend("openvino").adapt_plan(plan, kinds) == plan

@@ -24,7 +24,7 @@ from quantsweep.export.onnx_model import WEIGHTED_OPS, export_fp32
 from quantsweep.quant.numerics import quantize_weight_codes
 from quantsweep.quant.weights import QuantizedWeight
 from quantsweep.schemes.records import Precision
-from tests.conftest import tiny_model
+from tests.conftest import CPU_W8A8, tiny_model
 
 INT8 = QuantFormat(WeightDtype.INT8, ActDtype.FP16, Granularity.PER_CHANNEL)
 INT4 = QuantFormat(WeightDtype.INT4, ActDtype.FP16, Granularity.PER_CHANNEL)
@@ -140,7 +140,7 @@ def test_a_reader_outside_the_plan_reads_the_planned_nodes_weight() -> None:
 @pytest.mark.parametrize("order", [("first", "second"), ("second", "first")])
 def test_integer_placement_of_a_shared_weight_and_bias(order) -> None:
     fp32 = _two_readers("Conv", order)  # apply_placement walks the graph's order
-    plan = dict.fromkeys(order, Precision(WeightDtype.INT8, ActDtype.INT8))
+    plan = dict.fromkeys(order, CPU_W8A8)  # run by ONNX Runtime on this CPU: its exact weight type
     images = torch.from_numpy(np.random.default_rng(2).normal(size=(4, CHANNELS, 2, 2)).astype(np.float32))
     model = apply_placement(fp32, plan, ranges=RangeCache(fp32, images), placement=ORT_LIKE)
     assert not {"w", "b"} & _initializers(model)  # both readers read INT32 bias codes

@@ -124,7 +124,7 @@ def test_adapt_plan_is_the_identity_elsewhere_and_for_int8(tiny_v10_onnx) -> Non
     assert get_backend("ort-cpu").adapt_plan(plan, tiny_v10_onnx["kinds"]) == plan
     int8 = dict.fromkeys(tiny_v10_onnx["kinds"], INT8)
     assert get_backend("tensorrt").adapt_plan(int8, tiny_v10_onnx["kinds"]) == int8
-    assert get_backend("tensorrt").runs() == {"int8-int8", "fp8-fp8"}
+    assert get_backend("tensorrt").runs() == {"int8-int8", "int7-int8", "fp8-fp8"}
 
 
 def test_materialize_matches_an_fp8_scheme_to_tensorrt_only(tiny_v10_onnx) -> None:
@@ -134,7 +134,7 @@ def test_materialize_matches_an_fp8_scheme_to_tensorrt_only(tiny_v10_onnx) -> No
     fp8_set = SimpleNamespace(schemes=(scheme,), combination="fp8-fp8/per_channel", low=FP8)
     matched = match_targets([fp8_set], (), tiny_v10_onnx["kinds"])
     assert set(matched) == {"tensorrt"}
-    with pytest.raises(InputError, match="target openvino runs int8-int8 only"):
+    with pytest.raises(InputError, match="target openvino runs int7-int8, int8-int8 only"):
         match_targets([fp8_set], ("openvino",), tiny_v10_onnx["kinds"])
 
 

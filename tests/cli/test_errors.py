@@ -9,6 +9,8 @@ from quantsweep.cli.main import main
 
 BASE = ["sweep", "--imgsz", "96", "--max-images", "4"]
 
+ORT_CPU_RUNS = "target ort-cpu runs int7-int8, int7-uint8, int8-int8, int8-uint8 only"
+
 
 def _error(capsys, argv: list[str]) -> str:
     assert main(argv) == 2
@@ -49,7 +51,7 @@ def test_empty_image_set(capsys, tiny_checkpoint, tmp_path) -> None:
     ("extra", "expected"),
     [
         (["--imgsz", "100"], "not a positive multiple of 32"),
-        (["--weights", "int2"], "valid: int8, int4, fp8"),
+        (["--weights", "int2"], "valid: int8, int7, int4, fp8"),
         (["--acts", "bf16"], "valid: fp16, int8, fp8"),
         (["--granularity", "per_group"], "valid: per_layer, per_channel"),
         (["--weights", "fp8", "--acts", "int8"], "no requested combination can be quantized"),
@@ -90,7 +92,7 @@ def test_a_target_that_cannot_run_the_request_stops_before_any_work(
     line = _error(
         capsys, [*run, "--imgsz", "96", "--target", "ort-cpu", "--low", "fp8", "--out", str(tmp_path)]
     )
-    assert "target ort-cpu runs int8-int8, int8-uint8 only" in line and "--low fp8" in line
+    assert ORT_CPU_RUNS in line and "--low fp8" in line
     assert "unknown target 'gpu'" in _error(capsys, [*run, "--target", "gpu", "--out", str(tmp_path)])
     assert not list(tmp_path.iterdir())  # refused before a run directory was made
 
@@ -169,7 +171,7 @@ def test_a_target_that_cannot_run_the_swept_schemes_stops_before_any_work(capsys
     line = _error(
         capsys, ["run", "--target", "ort-cpu", "--weights", "int4", "--acts", "fp16", "--out", str(tmp_path)]
     )
-    assert "target ort-cpu runs int8-int8, int8-uint8 only" in line and "int4-fp16/per_channel" in line
+    assert ORT_CPU_RUNS in line and "int4-fp16/per_channel" in line
     assert not list(tmp_path.iterdir())  # no run directory was started
     # and the size target runs INT4 weight-only only
     line = _error(

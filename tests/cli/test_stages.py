@@ -14,6 +14,7 @@ import torch
 from quantsweep.cli.main import main
 from quantsweep.export.onnx_model import export_fp32
 from quantsweep.models.ultralytics_adapter import load_model
+from tests.conftest import CPU_INT8
 
 pytestmark = pytest.mark.slow  # every stage through the CLI, Ultralytics exports included: minutes
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -34,7 +35,7 @@ def chain(tiny_checkpoint, tiny_data, tmp_path_factory):
         ]
     )
     reports = sorted(out.glob("*_layer_sensitivity/*/*/per_channel/layer-sensitivity-report.json"))
-    assert [r.parent.parent.name for r in reports] == ["int4-fp16", "int8-int8"]
+    assert [r.parent.parent.name for r in reports] == ["int4-fp16", f"{CPU_INT8}-int8"]
     for report in reports:
         budget = ["--target-bits", "5"] if "int4" in str(report) else []
         _ok(["schemes", "--report", str(report), "--ks", "0,3", *budget, "--out", str(out)])
@@ -72,7 +73,12 @@ def test_each_target_gets_its_artifacts_in_its_own_placement(chain) -> None:
     index = json.loads((chain["candidates"] / "candidates.json").read_text())
     # tensorrt artifacts are written and checked on any machine; only its engines need a GPU
     assert set(index["targets"]) == {"ort-cpu", "openvino", "size", "tensorrt"}
-    written = {"ort-cpu": "int8-uint8", "openvino": "int8-int8", "size": "int4-fp16", "tensorrt": "int8-int8"}
+    written = {
+        "ort-cpu": f"{CPU_INT8}-uint8",
+        "openvino": f"{CPU_INT8}-int8",
+        "size": "int4-fp16",
+        "tensorrt": f"{CPU_INT8}-int8",
+    }
     for target, label in written.items():
         by_name = {a["name"]: a for a in index["targets"][target]["artifacts"]}
         assert {"fp32", "k0", "k3", "random_k3"} <= set(by_name)
@@ -143,7 +149,7 @@ def test_evaluation_search_timing_and_recommendation_per_target(chain) -> None:
         assert listed["name"] == "ultralytics_int8" and listed["map50_95"] == base["score"]
         card = summary[summary.index(f"### {target}") :]
         assert "- Baseline `ultralytics_int8`: mAP50-95" in card.split("\n### ")[0]
-    for plot in ("map_vs_bits_size", "sensitivity_heatmap", "sensitivity_int8-int8_per_channel"):
+    for plot in ("map_vs_bits_size", "sensitivity_heatmap", f"sensitivity_{CPU_INT8}-int8_per_channel"):
         assert (eval_dir / "plots" / f"{plot}.png").stat().st_size > 5000
 
 
@@ -182,7 +188,7 @@ def test_materialize_refuses_a_target_that_cannot_run_the_schemes(chain, tmp_pat
     argv = ["materialize", "--schemes", str(int4), "--target", "ort-cpu", "--out", str(tmp_path)]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "target ort-cpu runs int8-int8, int8-uint8 only" in err[0]
+    assert len(err) == 1 and "target ort-cpu runs int7-int8, int7-uint8, int8-int8, int8-uint8 only" in err[0]
     assert not list(tmp_path.glob("*_candidates"))
 
 

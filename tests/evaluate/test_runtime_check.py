@@ -25,20 +25,21 @@ from quantsweep.backends import get_backend
 from quantsweep.backends.base import ConvKind, conv_kinds
 from quantsweep.backends.calibration import RangeCache
 from quantsweep.backends.placement import Placement, apply_placement
-from quantsweep.config import ActDtype, CalibConfig, WeightDtype
+from quantsweep.config import CalibConfig
 from quantsweep.data.images import load_batch, resolve_images
 from quantsweep.data.shapes import generate_split
 from quantsweep.evaluate.artifact_checks import torch_export_output
 from quantsweep.evaluate.runtime_check import check_on_runtime, deployed_agrees
 from quantsweep.export.onnx_model import export_fp32, map_layers
+from quantsweep.hardware import int8_products_saturate
 from quantsweep.models.network import enumerate_layers
 from quantsweep.models.ultralytics_adapter import LoadedModel, load_model
 from quantsweep.quant.apply import calibrate_inputs
 from quantsweep.schemes.records import Precision
-from tests.conftest import FAMILIES, tiny_model
+from tests.conftest import CPU_W8A8, FAMILIES, tiny_model
 
 IMGSZ = 64
-W8A8 = Precision(WeightDtype.INT8, ActDtype.INT8)
+W8A8 = CPU_W8A8  # 7-bit weight codes where this CPU's INT8 products saturate (quantsweep.hardware)
 # the YOLOv10 NMS-free head's top-k over near-tied random scores is not continuous (see
 # tests/cli/test_families.py); its NMS head runs the same convs
 AGREEMENT_FAMILIES = [name for name in FAMILIES if name != "yolov10-end2end"]
@@ -67,7 +68,7 @@ def k0_checks(loaded: LoadedModel, images: torch.Tensor, out: Path, *, targets=S
     for name in targets:
         backend = get_backend(name)
         runs = {
-            node: "int8-int8" in backend.fast_precisions(kinds.get(node, ConvKind.REGULAR))
+            node: W8A8.label in backend.fast_precisions(kinds.get(node, ConvKind.REGULAR))
             for node in nodes.values()
         }
         plan = {node: W8A8 if runs[node] else Precision(None) for node in nodes.values()}
@@ -94,7 +95,12 @@ def test_k0_artifacts_run_on_their_runtime_as_torch_simulates(family, shapes_ima
             if check.deployed:
                 assert check.passed, (family, target, check)
         assert deployed_agrees(checks)
-    # the other runtime, where it loads the same file: OpenVINO runs ONNX Runtime's placement too
+    # the other runtime, where it loads the same file: OpenVINO runs ONNX Runtime's placement too.
+    # Not RT-DETR: it picks its queries by top-k over near-tied random encoder scores, so two
+    # runtimes' last-bit differences can swap a query (seen on an AVX2-only EPYC: 2 of 12 queries on
+    # 1 of 4 images, every other value within 4e-5); its own-runtime checks above still hold
+    if family == "rtdetr":
+        return
     artifact, _ = results["ort-cpu"]
     images = shapes_images[:4]
     as_ov = check_on_runtime(
@@ -169,11 +175,14 @@ def test_openvino_direct_onnx_path_departs_at_a_conv_reading_a_concat_the_shippe
         assert not direct.passed, direct
         assert direct.first_departing_node == "conv"
     # the shipped placement quantizes the Concat's inputs with the conv input's parameters (exact):
-    # both load paths then run it as ONNX Runtime does
+    # the deployed IR then runs it as ONNX Runtime does, and so does the direct path where INT8
+    # products do not saturate. On an AVX2-only EPYC the direct path still departs (0.30) with 7-bit
+    # weights while the IR is exact: recorded in the verify record as a load path not to use
     shipped = _load_checks(
         backend, backend.write(fp32, {"conv": W8A8}, ranges=cache), tmp_path / "k0.onnx", images
     )
-    assert shipped["ir"].passed and shipped["onnx_direct"].passed, shipped
+    assert shipped["ir"].passed, shipped
+    assert shipped["onnx_direct"].passed or int8_products_saturate(), shipped
 
 
 @pytest.mark.slow

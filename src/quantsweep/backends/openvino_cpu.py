@@ -34,7 +34,7 @@ from quantsweep.backends.base import (
     Runner,
     onnx_source,
 )
-from quantsweep.backends.ort_cpu import W8A8
+from quantsweep.backends.ort_cpu import CPU_INT8_WEIGHTS, cpu_w8a8
 from quantsweep.backends.placement import Placement
 from quantsweep.backends.ultralytics_baseline import ULTRALYTICS_INT8, write_ultralytics_int8
 from quantsweep.config import QuantFormat
@@ -108,10 +108,10 @@ class OpenVinoBackend(Backend):
     placement = Placement(carry_codes=True)
 
     def sweep_formats(self) -> tuple[QuantFormat, ...]:
-        return (W8A8,)
+        return (cpu_w8a8(),)
 
     def fast_precisions(self, kind: ConvKind) -> frozenset[str]:
-        return frozenset({"int8-int8"})
+        return frozenset(f"{w.value}-int8" for w in CPU_INT8_WEIGHTS)
 
     def availability(self) -> Availability:
         if importlib.util.find_spec("openvino") is None:

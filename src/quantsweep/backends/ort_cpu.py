@@ -30,11 +30,20 @@ from quantsweep.backends.placement import Placement
 from quantsweep.backends.sessions import SessionOptions, ort_session, with_outputs
 from quantsweep.backends.ultralytics_baseline import ULTRALYTICS_INT8, write_ultralytics_int8
 from quantsweep.config import ActDtype, Granularity, QuantFormat, WeightDtype
+from quantsweep.hardware import cpu_int8_weights
 from quantsweep.models.ultralytics_adapter import UltralyticsExport
 
 ORT_CPU_FLOAT_RUN = "onnxruntime-cpu"  # how ort-cpu and size run a float graph: the same way
 
 W8A8 = QuantFormat(WeightDtype.INT8, ActDtype.INT8, Granularity.PER_CHANNEL)
+# both weight types run in the integer kernels; which one this CPU executes exactly: cpu_w8a8
+CPU_INT8_WEIGHTS = (WeightDtype.INT8, WeightDtype.INT7)
+
+
+def cpu_w8a8() -> QuantFormat:
+    """W8A8 per channel as this CPU's integer kernels execute it exactly (``hardware``): 7-bit
+    weight codes where UINT8 x INT8 products saturate (x86 without VNNI), else full INT8."""
+    return QuantFormat(cpu_int8_weights(), ActDtype.INT8, Granularity.PER_CHANNEL)
 
 
 class OrtRunner(Runner):
@@ -75,10 +84,12 @@ class OrtCpuBackend(Backend):
     placement = Placement(asymmetric=True, output_q=True, int32_bias=True, fuse_silu=True, carry_codes=True)
 
     def sweep_formats(self) -> tuple[QuantFormat, ...]:
-        return (W8A8,)
+        return (cpu_w8a8(),)
 
     def fast_precisions(self, kind: ConvKind) -> frozenset[str]:
-        return frozenset() if kind is ConvKind.LINEAR else frozenset({"int8-int8", "int8-uint8"})
+        if kind is ConvKind.LINEAR:
+            return frozenset()
+        return frozenset(f"{w.value}-{a}" for w in CPU_INT8_WEIGHTS for a in ("int8", "uint8"))
 
     def availability(self) -> Availability:
         return Availability(True)

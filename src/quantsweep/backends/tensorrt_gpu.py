@@ -37,6 +37,7 @@ from quantsweep.schemes.records import Precision
 
 LOG = logging.getLogger(__name__)
 INT8_LABEL = "int8-int8"
+INT7_LABEL = "int7-int8"
 FP8_LABEL = "fp8-fp8"
 # node kinds with fast FP8 kernels (GEMMs have them too; a YOLO has none)
 FP8_KINDS = frozenset({ConvKind.REGULAR, ConvKind.LINEAR})
@@ -194,7 +195,9 @@ class TensorRtBackend(Backend):
         return (W8A8,)
 
     def fast_precisions(self, kind: ConvKind) -> frozenset[str]:
-        return frozenset({INT8_LABEL, FP8_LABEL}) if kind in FP8_KINDS else frozenset({INT8_LABEL})
+        # 7-bit codes (a sweep made on a CPU whose INT8 products saturate) are INT8 to TensorRT
+        int8 = frozenset({INT8_LABEL, INT7_LABEL})
+        return int8 | {FP8_LABEL} if kind in FP8_KINDS else int8
 
     def adapt_plan(
         self, plan: Mapping[str, Precision], kinds: Mapping[str, ConvKind]

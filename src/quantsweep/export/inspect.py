@@ -7,7 +7,7 @@ from collections import Counter
 
 import numpy as np
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 
 from quantsweep.export.onnx_model import UNQUANTIZED_KEY, WEIGHTED_OPS
 
@@ -19,7 +19,28 @@ _LABELS = {
 }
 # asymmetric (unsigned, zero-point) weights are still int4/int8 weights: the dtype a scheme names
 _WEIGHT_LABELS = {**_LABELS, TensorProto.UINT4: "int4", TensorProto.UINT8: "int8"}
-_BITS = {"int4": 4, "int8": 8, "uint8": 8, "fp8": 8, "float": 32}
+_BITS = {"int4": 4, "int7": 8, "int8": 8, "uint8": 8, "fp8": 8, "float": 32}
+_INT7 = (-64, 63)  # 7-bit codes in INT8 storage (config.WeightDtype.INT7)
+
+
+def _stored_weight_label(
+    stored: onnx.TensorProto, zero_point: onnx.TensorProto | None, *, axis: int = 1
+) -> str:
+    """The weight type a stored tensor is: INT8 storage whose codes (less their zero point, per
+    ``axis`` as DequantizeLinear reads it) all lie in -64..63 is ``int7`` (a full-range INT8 grid
+    always puts some channel's maximum past 63)."""
+    label = _WEIGHT_LABELS.get(stored.data_type, "other")
+    if label != "int8":
+        return label
+    codes = numpy_helper.to_array(stored).astype(np.int32)
+    if zero_point is not None:
+        zero = numpy_helper.to_array(zero_point).astype(np.int32)
+        if zero.ndim == 1 and codes.ndim > 1:
+            shape = [1] * codes.ndim
+            shape[axis] = -1
+            zero = zero.reshape(shape)
+        codes = codes - zero
+    return "int7" if codes.size and codes.min() >= _INT7[0] and codes.max() <= _INT7[1] else "int8"
 
 
 def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
@@ -41,7 +62,9 @@ def _weight_initializer(node: onnx.NodeProto, producers, inits) -> tuple[str, st
     producer = producers.get(source)
     if producer is not None and producer.op_type == "DequantizeLinear" and producer.input[0] in inits:
         stored = inits[producer.input[0]]
-        return stored.name, _WEIGHT_LABELS.get(stored.data_type, "other")
+        zero = inits.get(producer.input[2]) if len(producer.input) > 2 else None
+        axis = next((a.i for a in producer.attribute if a.name == "axis"), 1)
+        return stored.name, _stored_weight_label(stored, zero, axis=axis)
     return None
 
 

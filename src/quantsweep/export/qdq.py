@@ -18,8 +18,8 @@ from quantsweep.config import Granularity, QuantFormat, WeightDtype
 from quantsweep.quant.numerics import quantize_weight_codes
 from quantsweep.quant.weights import QuantizedWeight
 
-_NUMPY_CODES = {WeightDtype.INT8: np.int8, WeightDtype.INT4: ml_dtypes.int4}
-_NUMPY_UNSIGNED = {WeightDtype.INT8: np.uint8, WeightDtype.INT4: ml_dtypes.uint4}
+_NUMPY_CODES = {WeightDtype.INT8: np.int8, WeightDtype.INT7: np.int8, WeightDtype.INT4: ml_dtypes.int4}
+_NUMPY_UNSIGNED = {WeightDtype.INT8: np.uint8, WeightDtype.INT7: np.uint8, WeightDtype.INT4: ml_dtypes.uint4}
 
 
 def _codes_array(codes: torch.Tensor, weight: WeightDtype, *, unsigned: bool = False) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 Weights here are symmetric, as TensorRT and QDQ Conv weights use them (``quant.weights`` adds
 asymmetric grids and searched scales): INT8 ``amax/127``,
-INT4 ``amax/7`` (values -8..7), FP8 E4M3 ``amax/448``. Weights get one scale per tensor, per output
+INT7 ``amax/63`` (INT8 storage,
+-64..63), INT4 ``amax/7`` (values -8..7), FP8 E4M3 ``amax/448``. Weights get one scale per tensor,
+per output
 channel, or (INT4) per block of input channels, matching ONNX DequantizeLinear's ``axis`` and
 ``block_size`` semantics so the ONNX artifacts dequantize to the same numbers.
 """
@@ -15,7 +17,11 @@ import torch
 
 from quantsweep.config import ActDtype, Granularity, QuantFormat, WeightDtype
 
-INT_LIMITS = {WeightDtype.INT8: (-128, 127, 127.0), WeightDtype.INT4: (-8, 7, 7.0)}
+INT_LIMITS = {
+    WeightDtype.INT8: (-128, 127, 127.0),
+    WeightDtype.INT7: (-64, 63, 63.0),  # INT8 storage, 7-bit codes
+    WeightDtype.INT4: (-8, 7, 7.0),
+}
 FP8_MAX = 448.0
 _TINY = 1e-12
 

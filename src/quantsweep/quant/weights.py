@@ -20,7 +20,7 @@ from quantsweep.config import Granularity, QuantFormat, WeightDtype, WeightSymme
 from quantsweep.quant.numerics import FP8_MAX, INT_LIMITS, weight_scale
 
 _TINY = 1e-12
-UNSIGNED_MAX = {WeightDtype.INT8: 255, WeightDtype.INT4: 15}
+UNSIGNED_MAX = {WeightDtype.INT8: 255, WeightDtype.INT7: 127, WeightDtype.INT4: 15}
 # MSE search: clipping ratios below the maximum, and scales that put the maximum on code q < qmax
 # (they represent integer-valued weights such as the DFL conv's 0..15 exactly: 15/120 = 1/8).
 _CLIP_RATIOS = torch.linspace(0.4, 1.0, 31).tolist()
@@ -186,7 +186,7 @@ def candidate_grids(
     }[symmetry]
     if fmt.weight is WeightDtype.FP8:
         symmetric_options = (True,)  # FP8 has no zero point
-    elif fmt.weight is WeightDtype.INT8 and symmetry is WeightSymmetry.AUTO:
+    elif fmt.weight in (WeightDtype.INT8, WeightDtype.INT7) and symmetry is WeightSymmetry.AUTO:
         # INT8 kernels (TensorRT, ONNX Runtime's QLinearConv) take symmetric weights, and at 8 bits
         # a searched symmetric scale already represents integer weights such as the DFL's exactly
         symmetric_options = (True,)
