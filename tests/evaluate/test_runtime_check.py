@@ -174,6 +174,17 @@ def test_openvino_direct_onnx_path_departs_at_a_conv_reading_a_concat_the_shippe
     if not _has_amx():
         assert not direct.passed, direct
         assert direct.first_departing_node == "conv"
+        # materialize locates a non-deployed path once per target; the verdict stays on every artifact
+        artifact = tmp_path / "old.xml"
+        unlocated = check_on_runtime(
+            backend,
+            artifact,
+            images=images,
+            torch_output=_ort(tmp_path / "old.onnx", images),
+            locate_undeployed=False,
+        )
+        (again,) = [c for c in unlocated if c.load_path == "onnx_direct"]
+        assert not again.passed and again.first_departing_node is None
     # the shipped placement quantizes the Concat's inputs with the conv input's parameters (exact):
     # the deployed IR then runs it as ONNX Runtime does, and so does the direct path where INT8
     # products do not saturate. On an AVX2-only EPYC the direct path still departs (0.30) with 7-bit
@@ -195,5 +206,7 @@ def test_yolov10s_openvino_k0_agrees_on_the_deployed_ir(shapes_images, tmp_path)
     by_path = {c.load_path: c for c in checks}
     assert by_path["ir"].passed, by_path["ir"]
     # compiled straight from the .onnx too: with the Concat inputs quantized (carry_codes), the
-    # C2f output conv where the old conv-inputs-only file departed runs right
-    assert by_path["onnx_direct"].passed, by_path["onnx_direct"]
+    # C2f output conv where the old conv-inputs-only file departed runs right, except on a CPU
+    # whose INT8 products saturate (AVX2-only EPYC: 0.91, first at /model.2/cv2/conv/Conv, even
+    # with 7-bit weights; docs/decisions.md), where only the deployed IR is right
+    assert by_path["onnx_direct"].passed or int8_products_saturate(), by_path["onnx_direct"]

@@ -114,6 +114,9 @@ class _Writer:
         self.ranges = RangeCache(self.fp32, images, preset=inputs)
         # GPTQ / MSE codes and corrected biases: one sequential pass per format (quant.scheme)
         self.records: SchemeRecords = records
+        # targets whose non-deployed load paths were already located node by node: once per target
+        # says where that path departs for the placement; every artifact still gets its verdict
+        self.located: set[str] = set()
 
     def verify(
         self, path: Path, *, assignment: Mapping[str, QuantFormat], expected, backend: Backend | None = None
@@ -145,7 +148,15 @@ class _Writer:
             checked["runtime"] = {"target": backend.name, "unavailable": available.reason}
             checked["runtime_summary"] = f"not run: {available.reason}"
             return checked
-        checks = check_on_runtime(backend, path, images=sample, torch_output=reference)
+        checks = check_on_runtime(
+            backend,
+            path,
+            images=sample,
+            torch_output=reference,
+            locate_undeployed=backend.name not in self.located,
+        )
+        if any(not c.deployed and not c.passed for c in checks):
+            self.located.add(backend.name)
         checked["runtime"] = {"target": backend.name, "loads": [c.to_dict() for c in checks]}
         checked["runtime_agrees"] = deployed_agrees(checks)
         checked["runtime_summary"] = summary_line(checks)
