@@ -101,10 +101,6 @@ class LowPrecision(enum.StrEnum):
 
     AUTO = "auto"
     INT8 = "int8"
-    # INT8 storage with codes -64..63: x86 CPUs without VNNI multiply UINT8 x INT8 in pairs summed
-    # in saturating 16 bits (vpmaddubsw), which full-range INT8 weights overflow; 7-bit codes cannot
-    # (255 * 64 * 2 < 32767). See docs/decisions.md, "INT8 on CPUs without VNNI".
-    INT7 = "int7"
     INT4 = "int4"
     FP8 = "fp8"
 
