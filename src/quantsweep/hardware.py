@@ -1,4 +1,4 @@
-"""What this CPU's integer kernels can do, read once from its instruction-set flags.
+"""What this CPU's integer kernels can do, read from its instruction-set flags (``runs.cpu_flags``).
 
 x86 CPUs without VNNI (AVX2 or AVX-512 only; AMD Zen 1-3, Intel before Cascade Lake) multiply
 UINT8 x INT8 with ``vpmaddubsw``, which adds neighbouring products in saturating 16-bit lanes:
@@ -12,27 +12,13 @@ accumulation) and AMX do not saturate; neither do ARM's dot-product instructions
 
 from __future__ import annotations
 
-import functools
 import platform
-from pathlib import Path
 
 from quantsweep.config import WeightDtype
+from quantsweep.runs import cpu_flags
 
 # any of these gives 32-bit accumulation of UINT8 x INT8 products
 _EXACT_INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "avx_vnni_int8"})
-
-
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The ``flags`` line of /proc/cpuinfo (empty where there is none)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.is_file():
-        return frozenset()
-    for line in cpuinfo.read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return frozenset(value.split())
-    return frozenset()
 
 
 def int8_products_saturate(flags: frozenset[str] | None = None) -> bool:

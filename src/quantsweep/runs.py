@@ -78,9 +78,9 @@ def latest_run_log() -> Path | None:
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
 
 
-def cpu_info() -> dict[str, Any]:
-    """The CPU figures were measured on: model, logical cores, and the flags runtimes pick kernels by."""
-    model, flags = platform.processor() or platform.machine(), set()
+def _cpuinfo() -> tuple[str, frozenset[str]]:
+    """Model name and the ``flags`` line of /proc/cpuinfo (the platform's name and no flags elsewhere)."""
+    model, flags = platform.processor() or platform.machine(), frozenset()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         for line in cpuinfo.read_text().splitlines():
@@ -88,7 +88,18 @@ def cpu_info() -> dict[str, Any]:
             if key.strip() == "model name":
                 model = value.strip()
             elif key.strip() == "flags":
-                flags = set(value.split())
+                flags = frozenset(value.split())
+    return model, flags
+
+
+def cpu_flags() -> frozenset[str]:
+    """Every instruction-set flag of this CPU (what ``hardware`` decides kernels' behaviour by)."""
+    return _cpuinfo()[1]
+
+
+def cpu_info() -> dict[str, Any]:
+    """The CPU figures were measured on: model, logical cores, and the flags runtimes pick kernels by."""
+    model, flags = _cpuinfo()
     return {
         "model": model,
         "logical_cores": os.cpu_count(),
