@@ -51,8 +51,8 @@ TESTBED = REPO.parent / "shared" / "testbed" / "yolov10m-shapes.pt"
 BUNDLED = REPO / "src" / "quantsweep" / "assets" / "yolov10m-shapes.pt"
 # INT8 W8A8 as this CPU's integer kernels run it exactly (7-bit weight codes on x86 without VNNI):
 # what the CPU targets sweep and write here, and what a runtime-vs-Torch comparison must use
-CPU_INT8 = cpu_int8_weights().value
 CPU_W8A8 = Precision(cpu_int8_weights(), ActDtype.INT8)
+CPU_INT8 = CPU_W8A8.weight.value
 
 
 @pytest.fixture(autouse=True)

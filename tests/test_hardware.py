@@ -11,9 +11,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quantsweep.config import WeightDtype
 from quantsweep.hardware import cpu_int8_weights, int8_products_saturate
+from quantsweep.quant.numerics import INT_LIMITS
 
 CHANNELS = 64
-_LIMITS = {WeightDtype.INT8: 127, WeightDtype.INT7: 63}
 
 
 def _qdq_conv(weight_max: int) -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
@@ -87,7 +87,7 @@ def test_the_weight_type_chosen_here_runs_exactly_and_full_int8_departs_only_whe
     runtime, tmp_path
 ) -> None:
     def error(weight: WeightDtype) -> float:
-        model, x, exact = _qdq_conv(_LIMITS[weight])
+        model, x, exact = _qdq_conv(INT_LIMITS[weight][1])
         out = _ort(model, x) if runtime == "onnxruntime" else _openvino(model, x, tmp_path)
         return _relative_error(out, exact)
 

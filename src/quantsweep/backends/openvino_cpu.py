@@ -37,8 +37,9 @@ from quantsweep.backends.base import (
 from quantsweep.backends.ort_cpu import CPU_INT8_WEIGHTS, cpu_w8a8
 from quantsweep.backends.placement import Placement
 from quantsweep.backends.ultralytics_baseline import ULTRALYTICS_INT8, write_ultralytics_int8
-from quantsweep.config import QuantFormat
+from quantsweep.config import ActDtype, QuantFormat
 from quantsweep.models.ultralytics_adapter import UltralyticsExport
+from quantsweep.schemes.records import Precision
 
 DEPLOY_CONFIG = {"PERFORMANCE_HINT": "LATENCY"}  # float ops at the runtime's default precision
 EXACT_CONFIG = {**DEPLOY_CONFIG, "INFERENCE_PRECISION_HINT": "f32"}  # what Torch simulates
@@ -111,7 +112,7 @@ class OpenVinoBackend(Backend):
         return (cpu_w8a8(),)
 
     def fast_precisions(self, kind: ConvKind) -> frozenset[str]:
-        return frozenset(f"{w.value}-int8" for w in CPU_INT8_WEIGHTS)
+        return frozenset(Precision(w, ActDtype.INT8).label for w in CPU_INT8_WEIGHTS)
 
     def availability(self) -> Availability:
         if importlib.util.find_spec("openvino") is None:

@@ -32,6 +32,7 @@ from quantsweep.backends.ultralytics_baseline import ULTRALYTICS_INT8, write_ult
 from quantsweep.config import ActDtype, Granularity, QuantFormat, WeightDtype
 from quantsweep.hardware import cpu_int8_weights
 from quantsweep.models.ultralytics_adapter import UltralyticsExport
+from quantsweep.schemes.records import Precision
 
 ORT_CPU_FLOAT_RUN = "onnxruntime-cpu"  # how ort-cpu and size run a float graph: the same way
 
@@ -89,7 +90,8 @@ class OrtCpuBackend(Backend):
     def fast_precisions(self, kind: ConvKind) -> frozenset[str]:
         if kind is ConvKind.LINEAR:
             return frozenset()
-        return frozenset(f"{w.value}-{a}" for w in CPU_INT8_WEIGHTS for a in ("int8", "uint8"))
+        acts = (ActDtype.INT8, ActDtype.UINT8)
+        return frozenset(Precision(w, a).label for w in CPU_INT8_WEIGHTS for a in acts)
 
     def availability(self) -> Availability:
         return Availability(True)

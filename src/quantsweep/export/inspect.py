@@ -9,7 +9,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from quantsweep.config import WeightDtype
 from quantsweep.export.onnx_model import UNQUANTIZED_KEY, WEIGHTED_OPS
+from quantsweep.quant.numerics import INT_LIMITS
 
 _LABELS = {
     TensorProto.INT4: "int4",
@@ -20,7 +22,6 @@ _LABELS = {
 # asymmetric (unsigned, zero-point) weights are still int4/int8 weights: the dtype a scheme names
 _WEIGHT_LABELS = {**_LABELS, TensorProto.UINT4: "int4", TensorProto.UINT8: "int8"}
 _BITS = {"int4": 4, "int7": 8, "int8": 8, "uint8": 8, "fp8": 8, "float": 32}
-_INT7 = (-64, 63)  # 7-bit codes in INT8 storage (config.WeightDtype.INT7)
 
 
 def _stored_weight_label(
@@ -40,7 +41,8 @@ def _stored_weight_label(
             shape[axis] = -1
             zero = zero.reshape(shape)
         codes = codes - zero
-    return "int7" if codes.size and codes.min() >= _INT7[0] and codes.max() <= _INT7[1] else "int8"
+    low, high, _ = INT_LIMITS[WeightDtype.INT7]
+    return "int7" if codes.size and codes.min() >= low and codes.max() <= high else "int8"
 
 
 def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:

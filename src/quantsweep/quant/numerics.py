@@ -1,11 +1,9 @@
 """Fake quantization (quantize, then dequantize in float) for INT8, INT4 and FP8 E4M3.
 
 Weights here are symmetric, as TensorRT and QDQ Conv weights use them (``quant.weights`` adds
-asymmetric grids and searched scales): INT8 ``amax/127``,
-INT7 ``amax/63`` (INT8 storage,
+asymmetric grids and searched scales): INT8 ``amax/127``, INT7 ``amax/63`` (INT8 storage, codes
 -64..63), INT4 ``amax/7`` (values -8..7), FP8 E4M3 ``amax/448``. Weights get one scale per tensor,
-per output
-channel, or (INT4) per block of input channels, matching ONNX DequantizeLinear's ``axis`` and
+per output channel, or (INT4) per block of input channels, matching ONNX DequantizeLinear's ``axis`` and
 ``block_size`` semantics so the ONNX artifacts dequantize to the same numbers.
 """
 
