@@ -40,6 +40,11 @@ def _result(default_run, name: str, target: str = "size") -> dict:
     return json.loads((default_run["eval"] / "results" / target / "models" / f"{name}.json").read_text())
 
 
+def _skipped(default_run, target: str) -> dict[str, str]:
+    path = default_run["eval"] / "results" / target / "skipped.json"
+    return json.loads(path.read_text())["models"] if path.is_file() else {}
+
+
 def _recommendation(default_run, target: str) -> dict:
     return json.loads((default_run["eval"] / "results" / target / "recommendation.json").read_text())
 
@@ -54,9 +59,16 @@ def test_sweep_ranks_all_118_convs_and_top10_recovers_int4(default_run) -> None:
     # INT4, so it is no longer sensitive; the first conv and a box-regression output still are
     assert {"model.0.conv", "model.23.cv2.0.2"} <= set(report["top_layers"][:10])
     assert "model.23.dfl.conv" not in report["top_layers"][:10]
-    # keeping the top 10 unquantized, rest INT4 per-channel (default method), first 100 val images
-    k10 = _result(default_run, "k10")["accuracy"]["map50_95_gt"]
-    assert k10 >= 0.933
+    # keeping the top 10 unquantized, rest INT4 per-channel (default method), first 100 val images;
+    # evaluate does not score k10 where a top-K with fewer float layers already meets the target
+    skipped = _skipped(default_run, "size")
+    k10 = None
+    if "k10" in skipped:
+        spared_by = skipped["k10"].split("`")[1]
+        assert _result(default_run, spared_by)["accuracy"]["map50_95_gt"] >= 0.99 * 0.9399
+    else:
+        k10 = _result(default_run, "k10")["accuracy"]["map50_95_gt"]
+        assert k10 >= 0.933
     # the same check in PyTorch fake quantization, independent of the ONNX path
     config = json.loads((default_run["run"] / "run_config.json").read_text())
     loaded = load_model(config["sweep"]["model"])
@@ -75,7 +87,7 @@ def test_sweep_ranks_all_118_convs_and_top10_recovers_int4(default_run) -> None:
         weights=load_records(records_path(default_run["candidates"] / WEIGHTS_DIR, fmt)),
     )
     assert torch_k10.map50_95 >= 0.933
-    assert abs(torch_k10.map50_95 - k10) < 2e-3
+    assert k10 is None or abs(torch_k10.map50_95 - k10) < 2e-3
 
 
 def test_candidates_are_exact_valid_and_small(default_run) -> None:

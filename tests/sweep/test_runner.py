@@ -113,7 +113,7 @@ def test_killed_sweep_resumes_to_the_same_report(tiny_data, tiny_checkpoint, tmp
         "--weights",
         "int4,int8",
         "--imgsz",
-        "160",
+        str(TINY_IMGSZ),
     ]
     whole_proc = _cli([*args, "--out", str(tmp_path / "whole")])
     assert whole_proc.wait() == 0, whole_proc.stderr.read().decode()[-2000:]

@@ -65,6 +65,10 @@ def _outputs(runner: Runner, images: torch.Tensor) -> np.ndarray:
     return np.concatenate([runner(image[None].numpy()) for image in images])
 
 
+def _as_written(source: Path) -> OrtRunner:
+    return OrtRunner(source, SessionOptions(graph_as_written=True))
+
+
 def _errors(output: np.ndarray, torch_output: np.ndarray, model: onnx.ModelProto) -> dict[str, float]:
     test, reference = output_parts(output, model), output_parts(torch_output, model)
     return {part: relative_l2(test[part], reference[part]) for part in reference}
@@ -96,17 +100,21 @@ def check_on_runtime(
     images: torch.Tensor,
     torch_output: np.ndarray,
     locate_undeployed: bool = True,
+    as_written_output: np.ndarray | None = None,
 ) -> list[LoadCheck]:
     """Every load path of ``artifact`` in ``backend``'s runtime against Torch's ``torch_output``.
 
     Where a path departs, the first departing node is found by comparing every conv output (a
     second pair of runs with every intermediate as an output: seconds per artifact on a detector);
     ``locate_undeployed=False`` skips that for load paths the target does not deploy.
+    ``as_written_output``: ONNX Runtime's output of the graph as written on ``images``, where the
+    caller has it already.
     """
     source = onnx_source(artifact)
     model = onnx.load(str(source), load_external_data=False)
-    as_written = OrtRunner(source, SessionOptions(graph_as_written=True))
-    reference = _errors(_outputs(as_written, images), torch_output, model)
+    if as_written_output is None:
+        as_written_output = _outputs(_as_written(source), images)
+    reference = _errors(as_written_output, torch_output, model)
     checks = []
     for name, load in backend.verification_loads(artifact).items():
         runner = load.load()
@@ -115,7 +123,8 @@ def check_on_runtime(
         node, departure = (None, None)
         note = load.note
         if not passed and (load.deployed or locate_undeployed):
-            node, departure = first_departing_node(runner, as_written, model, images[0][None].numpy())
+            first = images[0][None].numpy()
+            node, departure = first_departing_node(runner, _as_written(source), model, first)
             if node is None and runner.intermediates(images[0][None].numpy(), []) is None:
                 note = (note + "; " if note else "") + "this runtime cannot expose intermediate outputs"
         checks.append(

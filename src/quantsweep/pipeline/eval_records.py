@@ -25,6 +25,7 @@ RESULT_KIND = "candidate_result"
 TIMING_KIND = "timing_pass"
 RECOMMENDATION_KIND = "recommendation"
 UNAVAILABLE_KIND = "target_unavailable"
+SKIPPED_KIND = "models_not_scored"
 # the recorded settings a resumed run must share with the interrupted one, besides its inputs
 # (candidates, data and its content: pipeline.eval_inputs)
 RESUME_KEYS = ("targets", "latency", "accuracy_target")
@@ -82,6 +83,16 @@ class ResultStore:
         record = read_json(self.path(name), RESULT_KIND)
         record["latency"] = {**timing.to_dict(), **({"worker": worker} if worker else {})}
         write_json(self.path(name), RESULT_KIND, record)
+
+    def write_skipped(self, name: str, reason: str) -> None:
+        """Record that model ``name`` was not scored, and why (``skipped.json``, read by the report)."""
+        skipped = self.skipped() | {name: reason}
+        write_json(self.directory / "skipped.json", SKIPPED_KIND, {"models": dict(sorted(skipped.items()))})
+
+    def skipped(self) -> dict[str, str]:
+        """Models not scored, with the reason."""
+        path = self.directory / "skipped.json"
+        return read_json(path, SKIPPED_KIND)["models"] if path.is_file() else {}
 
     def mark_timed(self, names: list[str]) -> None:
         """Record that one pass timed ``names`` together."""

@@ -37,10 +37,45 @@ def _score_path(path: str, *, target: str, context: EvalContext) -> dict[str, An
     return context.score(get_backend(target), Path(path)).to_dict()
 
 
+REFERENCE_POLICIES = ("random", "first_head")  # schemes a top-K scheme is compared with at its K
+
+
+def _dominated(artifact: Artifact, artifacts: list[Artifact], passing: list[Artifact]) -> str | None:
+    """Why a top-K artifact need not be scored: a top-K artifact of the same placement with fewer
+    float layers already meets the accuracy target, so this one can be neither faster (each float
+    layer adds its float kernel and Q/DQ around it) nor smaller. A top-K artifact a reference
+    scheme is compared with at the same K is always scored."""
+    if artifact.policy != "top_k" or artifact.kept is None:
+        return None
+    if any(a.policy in REFERENCE_POLICIES and a.kept == artifact.kept for a in artifacts):
+        return None
+    fewer = [a for a in passing if a.policy == "top_k" and a.kept is not None and a.kept < artifact.kept]
+    if not fewer:
+        return None
+    best = min(fewer, key=lambda a: a.kept)
+    return f"`{best.name}` meets the accuracy target with fewer float layers ({best.kept})"
+
+
+def _scoring_order(artifact: Artifact) -> tuple:
+    """FP32 first, then top-K by kept layers (so a passing one can spare the larger), then the rest."""
+    return (artifact.policy != "fp32", artifact.policy != "top_k", artifact.kept or 0)
+
+
 def _accuracy_pass(
-    backend: Backend, artifacts: list[Artifact], context: EvalContext, store: ResultStore, *, step, executor
+    backend: Backend,
+    artifacts: list[Artifact],
+    context: EvalContext,
+    store: ResultStore,
+    *,
+    step,
+    executor,
+    meets=None,
 ) -> None:
+    """Score every artifact not scored yet; ``meets(score)`` (the accuracy target) lets the sequential
+    pass skip top-K artifacts a passing one dominates (recorded with the reason, see _dominated)."""
     missing = [a for a in artifacts if not store.has(a.name)]
+    records = store.all()
+    passing = [a for a in artifacts if meets and a.name in records and meets(records[a.name]["score"])]
     for artifact in artifacts:
         if artifact not in missing:
             step(f"{backend.name} {artifact.name} (done before)")
@@ -51,9 +86,16 @@ def _accuracy_pass(
         missing.remove(artifact)
         step(f"{backend.name} {artifact.name} (as run before)")
     if executor is None:
-        for artifact in missing:
+        for artifact in sorted(missing, key=_scoring_order):
+            reason = _dominated(artifact, artifacts, passing)
+            if reason is not None:
+                store.write_skipped(artifact.name, reason)
+                step(f"{backend.name} {artifact.name} (not needed)")
+                continue
             acc = context.score(backend, store.candidates_dir / artifact.file)
             store.write_accuracy(artifact, acc)
+            if meets is not None and meets(acc.value(context.metric)):
+                passing.append(artifact)
             if artifact.policy == "fp32":
                 context.float_scores[backend.float_run_key()] = acc
             step(f"{backend.name} {artifact.name}")
@@ -64,6 +106,10 @@ def _accuracy_pass(
         worker = {"host": done.host, "device": done.device, "elapsed_s": done.elapsed_s}
         store.write_accuracy(missing[done.index], Accuracy(**done.value), worker=worker)
         step(f"{backend.name} {missing[done.index].name}")
+
+
+def _meets(score: float, *, target, reference: float) -> bool:
+    return target.met(score, reference)
 
 
 def _time_models(
@@ -125,7 +171,9 @@ def evaluate_target(
     store = run.store(backend.name)
     artifacts = run.index.targets[backend.name].artifacts
     with progress(len(artifacts) + run.request.latency_rounds, f"evaluate {backend.name}") as step:
-        _accuracy_pass(backend, artifacts, context, store, step=step, executor=executor)
+        target = run.request.accuracy_target
+        meets = partial(_meets, target=target, reference=context.reference_score)
+        _accuracy_pass(backend, artifacts, context, store, step=step, executor=executor, meets=meets)
         if search is not None:
             search(backend, store)
         choose = partial(

@@ -132,7 +132,7 @@ class _Writer:
             weights=self.records.for_assignment(assignment),
         )
         source = onnx_source(path)
-        checked = verify_artifact(
+        checked, as_written = verify_artifact(
             source,
             expected_counts=expected,
             images=sample,
@@ -154,6 +154,7 @@ class _Writer:
             images=sample,
             torch_output=reference,
             locate_undeployed=backend.name not in self.located,
+            as_written_output=as_written,
         )
         if any(not c.deployed and not c.passed for c in checks):
             self.located.add(backend.name)

@@ -101,12 +101,13 @@ def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
     for extra in (0.0, 0.1, 1.0, 10.0):
         eye = torch.eye(h.shape[-1], dtype=h.dtype, device=h.device)
         diag_mean = torch.diagonal(h, dim1=-2, dim2=-1).mean(dim=-1)[:, None, None]
-        factor, info = torch.linalg.cholesky_ex(h + extra * diag_mean * eye)
+        # With J the order-reversing permutation, J H J = L L^T gives H = U U^T for the upper
+        # U = J L J, so H^-1 = U^-T U^-1 and U^-1 (upper, positive diagonal) is the upper Cholesky
+        # factor of H^-1: one factorization and one triangular solve instead of forming H^-1 and
+        # factoring it again (half the flops; cholesky_inverse is 20x slower still on CPU)
+        factor, info = torch.linalg.cholesky_ex((h + extra * diag_mean * eye).flip(-2, -1))
         if not bool(info.any()):
-            # cholesky_solve, not cholesky_inverse: the same H^-1 (within 1e-6), but
-            # cholesky_inverse takes 20x as long on CPU from K ~ 2000 columns (7.8 s vs 0.4 s)
-            inverse = torch.cholesky_solve(eye.expand_as(h), factor)
-            return torch.linalg.cholesky(inverse, upper=True)
+            return torch.linalg.solve_triangular(factor, eye.expand_as(h), upper=False).flip(-2, -1)
     raise RuntimeError(f"Hessian not positive definite even with dampening {damp} + 10")
 
 

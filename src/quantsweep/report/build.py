@@ -126,6 +126,8 @@ def _target_section(report: TargetReport, plots_dir: Path) -> tuple[list[str], l
     if report.recommendation is not None:
         lines += [f"mAP50-95 here is {METRICS[report.recommendation['metric']]}.", ""]
     lines += [*markdown_table(report.rows), ""]
+    for name, reason in (report.skipped or {}).items():
+        lines += [f"Not scored: `{name}`: {reason}; it can be neither faster nor smaller.", ""]
     comparison = _reference_comparison(report.rows)
     if comparison:
         lines += ["Sensitivity ranking against the reference schemes at the same number of kept layers:", ""]

@@ -11,6 +11,7 @@ from quantsweep.pipeline.eval_records import (
     CONFIG_KIND,
     RECOMMENDATION_KIND,
     RESULT_KIND,
+    SKIPPED_KIND,
     UNAVAILABLE_KIND,
 )
 from quantsweep.records import read_json
@@ -55,6 +56,7 @@ class TargetReport:
     recommendation: dict[str, Any] | None
     unavailable: str | None
     search: dict[str, Any] | None
+    skipped: dict[str, str] | None = None  # models not scored, with the reason
 
 
 def _row(record: dict[str, Any], recommended: str | None) -> Row:
@@ -92,7 +94,9 @@ def load_target(eval_dir: Path, target: str) -> TargetReport:
     search_path = eval_dir / "search" / target / "search.json"
     search = read_json(search_path, "scheme_search") if search_path.is_file() else None
     rows.sort(key=lambda r: (POLICY_ORDER.get(r.kind, 9), r.kept or 0, r.name))
-    return TargetReport(target, rows, recommendation, None, search)
+    skipped_path = directory / "skipped.json"
+    skipped = read_json(skipped_path, SKIPPED_KIND)["models"] if skipped_path.is_file() else None
+    return TargetReport(target, rows, recommendation, None, search, skipped)
 
 
 def load_targets(eval_dir: Path) -> list[TargetReport]:
