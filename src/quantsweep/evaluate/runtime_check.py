@@ -125,7 +125,7 @@ def check_on_runtime(
         if not passed and (load.deployed or locate_undeployed):
             first = images[0][None].numpy()
             node, departure = first_departing_node(runner, _as_written(source), model, first)
-            if node is None and runner.intermediates(images[0][None].numpy(), []) is None:
+            if node is None and runner.intermediates(first, []) is None:
                 note = (note + "; " if note else "") + "this runtime cannot expose intermediate outputs"
         checks.append(
             LoadCheck(
