@@ -25,8 +25,10 @@ from quantsweep.schemes.records import Precision
 
 
 @dataclass(frozen=True)
-class BaselineInputs:
-    """What a third-party tool needs to make its artifact of the run's model, as a user would."""
+class ModelSource:
+    """The run's model as more than a Q/DQ graph: what a third-party tool needs to make its artifact
+    as a user would, and what a target whose runtime loads another format (made from the Torch
+    model, not from the ONNX) needs to write its artifacts."""
 
     fp32_path: Path  # the FP32 ONNX quantsweep exported
     images: torch.Tensor  # the calibration images, letterboxed
@@ -37,7 +39,7 @@ class BaselineInputs:
 
 # writes a third-party baseline artifact at (or beside) the given ``.onnx`` path; returns the
 # file a deployer loads
-BaselineWriter = Callable[[BaselineInputs, Path], Path]
+BaselineWriter = Callable[[ModelSource, Path], Path]
 
 
 class ConvKind(enum.StrEnum):
@@ -169,11 +171,12 @@ class Backend(abc.ABC):
         """The artifact loaded in this target's runtime, with the settings it is measured and deployed
         with (float parts at the runtime's default precision on this machine)."""
 
-    def save(self, model: onnx.ModelProto, path: Path) -> Path:
+    def save(self, model: onnx.ModelProto, path: Path, *, source: ModelSource | None = None) -> Path:
         """Write ``model`` (a Q/DQ ONNX) as this target's artifact; return the file a deployer loads.
 
         ``path`` ends in ``.onnx``; the Q/DQ ONNX is always written there (see :func:`onnx_source`),
-        and a target whose runtime loads another format converts it beside it.
+        and a target whose runtime loads another format makes it beside it, from the ONNX or, with
+        ``source`` (every stage passes it), from the run's model and calibration images.
         """
         onnx.save(model, str(path))
         return path

@@ -30,6 +30,7 @@ from quantsweep.backends.base import (
     BaselineWriter,
     ConvKind,
     LoadPath,
+    ModelSource,
     Objective,
     Runner,
     onnx_source,
@@ -119,7 +120,7 @@ class OpenVinoBackend(Backend):
             return Availability(False, "the openvino package is not installed (pip install openvino)")
         return Availability(True)
 
-    def save(self, model: onnx.ModelProto, path: Path) -> Path:
+    def save(self, model: onnx.ModelProto, path: Path, *, source: ModelSource | None = None) -> Path:
         """The Q/DQ ONNX at ``path`` and, beside it, the IR ``ov.convert_model`` makes of it."""
         import openvino as ov  # noqa: PLC0415
 

@@ -11,13 +11,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from quantsweep.backends.base import BaselineInputs
+from quantsweep.backends.base import ModelSource
 from quantsweep.models.ultralytics_adapter import UltralyticsExport, export_int8
 
 ULTRALYTICS_INT8 = "ultralytics_int8"
 
 
-def write_ultralytics_int8(inputs: BaselineInputs, path: Path, *, fmt: UltralyticsExport) -> Path:
+def write_ultralytics_int8(inputs: ModelSource, path: Path, *, fmt: UltralyticsExport) -> Path:
     """Export with Ultralytics into a scratch folder; move the artifact to ``path`` (``.onnx``) or,
     for OpenVINO, to the IR beside it (``.xml``/``.bin``); return the file a deployer loads."""
     with tempfile.TemporaryDirectory(prefix="qs-ultralytics-") as tmp:

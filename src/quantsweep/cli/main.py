@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from quantsweep import __version__
+from quantsweep.backends import backend_names
 from quantsweep.cli.failure import failure_line
 from quantsweep.config import (
     ActDtype,
@@ -124,7 +125,7 @@ def _add_target_arg(parser: argparse.ArgumentParser, *, default: str | None) -> 
     parser.add_argument(
         "--target",
         default=default,
-        help="deployment targets, comma-separated: ort-cpu, openvino, size, tensorrt"
+        help=f"deployment targets, comma-separated: {', '.join(backend_names())}"
         + (f" (default {default})" if default else ""),
     )
 

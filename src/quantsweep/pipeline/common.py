@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from quantsweep.backends.base import ModelSource
 from quantsweep.config import SweepConfig
 from quantsweep.data.images import Batch, load_batch, resolve_images
 from quantsweep.errors import InputError
@@ -107,3 +108,16 @@ def calibration_set(config: SweepConfig):
 def calibration_batch(config: SweepConfig) -> Batch:
     """The sweep's calibration images, the same seeded subset it used."""
     return load_batch(calibration_set(config), imgsz=config.imgsz)
+
+
+def model_source(config: SweepConfig, fp32_path: Path, *, images: torch.Tensor | None = None) -> ModelSource:
+    """The run's checkpoint, FP32 ONNX and calibration images (loaded unless given), for targets
+    and baselines that make their artifacts from the model."""
+    files = calibration_set(config)
+    return ModelSource(
+        fp32_path=fp32_path,
+        images=load_batch(files, imgsz=config.imgsz).images if images is None else images,
+        model=Path(config.model),
+        calib_paths=tuple(files.paths),
+        imgsz=config.imgsz,
+    )

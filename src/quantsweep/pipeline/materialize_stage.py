@@ -21,7 +21,7 @@ import onnx
 import torch
 
 from quantsweep.backends import Backend, backend_names, get_backend
-from quantsweep.backends.base import BaselineInputs, conv_kinds, onnx_source
+from quantsweep.backends.base import ModelSource, conv_kinds, onnx_source
 from quantsweep.backends.calibration import RangeCache
 from quantsweep.backends.modelopt_writer import check_writer, plan_deviations, write_modelopt
 from quantsweep.backends.placement import input_ranges
@@ -32,7 +32,7 @@ from quantsweep.evaluate.runtime_check import check_on_runtime, deployed_agrees,
 from quantsweep.export.candidates import FP32_FILE, Artifact, CandidatesIndex, TargetCandidates
 from quantsweep.models.network import enumerate_layers
 from quantsweep.models.ultralytics_adapter import LoadedModel
-from quantsweep.pipeline.common import ProgressFactory, RunCache, calibrate, calibration_set, no_progress
+from quantsweep.pipeline.common import ProgressFactory, RunCache, calibrate, model_source, no_progress
 from quantsweep.pipeline.schemes_stage import FP32_ONNX, SchemeSet, read_scheme_set
 from quantsweep.quant.calibrators import ranges_record, read_ranges
 from quantsweep.quant.numerics import ActRange
@@ -117,6 +117,8 @@ class _Writer:
         # targets whose non-deployed load paths were already located node by node: once per target
         # says where that path departs for the placement; every artifact still gets its verdict
         self.located: set[str] = set()
+        # the checkpoint and calibration images, for targets that make their artifact from the model
+        self.source: ModelSource | None = None
 
     def verify(
         self, path: Path, *, assignment: Mapping[str, QuantFormat], expected, backend: Backend | None = None
@@ -177,7 +179,8 @@ class _Writer:
         if self.writer == "modelopt":
             write_modelopt(self.fp32_path, path, plan=plan, images=self.images)
         else:
-            path = backend.save(backend.write(self.fp32, plan, ranges=self.ranges, weights=weights), path)
+            model = backend.write(self.fp32, plan, ranges=self.ranges, weights=weights)
+            path = backend.save(model, path, source=self.source)
         seconds = time.perf_counter() - start
         expected = backend.written_counts(dict(Counter(p.label for p in written.values())))
         checked = self.verify(path, assignment=assignment, expected=expected, backend=backend)
@@ -204,7 +207,7 @@ def _artifact(name: str, path: Path, policy: str, kept, checked: dict[str, Any])
 
 
 def _baselines(
-    backend: Backend, entry: TargetCandidates, target_dir: Path, *, inputs: BaselineInputs, fp32_bytes: int
+    backend: Backend, entry: TargetCandidates, target_dir: Path, *, inputs: ModelSource, fp32_bytes: int
 ) -> None:
     """Each third-party baseline of the target (Ultralytics' INT8 export), or why it is missing."""
     for name, make in backend.baselines().items():
@@ -294,13 +297,8 @@ def materialize_candidates(
     writer = _prepare_writer(scheme_sets, run_dir, cache or RunCache())
     writer.writer = request.writer
     index = CandidatesIndex(sweep_dir=str(scheme_sets[0].sweep_dir), imgsz=config.imgsz)
-    baseline_inputs = BaselineInputs(
-        fp32_path=writer.fp32_path,
-        images=writer.images,
-        model=Path(config.model),
-        calib_paths=tuple(calibration_set(config).paths),
-        imgsz=config.imgsz,
-    )
+    source = model_source(config, writer.fp32_path, images=writer.images)
+    writer.source = source
     with progress(1 + sum(len(s.schemes) + 1 for _, s in matched.values()), "materialize") as step:
         checked = writer.verify(writer.fp32_path, assignment={}, expected=None)
         fp32 = _artifact("fp32", writer.fp32_path, "fp32", None, checked)
@@ -314,7 +312,7 @@ def materialize_candidates(
                 entry.artifacts.append(writer.scheme(backend, scheme, target_dir / f"{scheme.name}.onnx"))
                 index.write(run_dir)
                 step(f"{name} {scheme.name}")
-            _baselines(backend, entry, target_dir, inputs=baseline_inputs, fp32_bytes=writer.fp32_bytes)
+            _baselines(backend, entry, target_dir, inputs=source, fp32_bytes=writer.fp32_bytes)
             index.write(run_dir)
             step(f"{name} baselines")
     write_json(run_dir / "tensor_ranges.json", "tensor_ranges", {"ranges": writer.ranges.to_dict()})

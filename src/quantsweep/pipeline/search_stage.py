@@ -24,7 +24,7 @@ from quantsweep.evaluate.scoring import Accuracy
 from quantsweep.evaluate.search import search
 from quantsweep.export.candidates import FP32_FILE
 from quantsweep.export.inspect import average_weight_bits
-from quantsweep.pipeline.common import ProgressFactory, calibration_batch, no_progress
+from quantsweep.pipeline.common import ProgressFactory, model_source, no_progress
 from quantsweep.pipeline.eval_context import EvalContext, EvalRequest
 from quantsweep.pipeline.eval_records import ResultStore
 from quantsweep.pipeline.schemes_stage import SchemeSet, read_scheme_set
@@ -46,8 +46,11 @@ class SearchRequest:
 class _Measure:
     """Writes a kept set in the target's placement, scores it on its runtime, logs every score."""
 
-    def __init__(self, backend: Backend, scheme_set: SchemeSet, ranges: RangeCache, context, log, *, records):
+    def __init__(
+        self, backend: Backend, scheme_set: SchemeSet, ranges: RangeCache, context, log, *, records, source
+    ):
         self.backend, self.scheme_set, self.ranges = backend, scheme_set, ranges
+        self.source = source  # the checkpoint and calibration images, for targets that need them
         self.context, self.log = context, log
         self.records = records  # format name -> {layer: quantizer record}, from the materialize stage
         self.kinds = conv_kinds(ranges.model)
@@ -82,7 +85,7 @@ class _Measure:
         key = tuple(sorted(kept))
         if key not in self.accuracies:
             with tempfile.TemporaryDirectory() as tmp:
-                path = self.backend.save(self.model(kept), Path(tmp) / "trial.onnx")
+                path = self.backend.save(self.model(kept), Path(tmp) / "trial.onnx", source=self.source)
                 acc = self.context.score(self.backend, path)
             self.accuracies[key] = acc
             self.log.append(
@@ -118,6 +121,7 @@ class TargetSearch:
         self.candidates_dir = Path(eval_request.candidates_dir)
         self.progress: ProgressFactory = no_progress
         self._ranges: RangeCache | None = None  # one FP32 graph and calibration batch for every target
+        self._source = None
 
     def __call__(self, backend: Backend, store: ResultStore) -> dict:
         scheme_set = read_scheme_set(Path(self.index.targets[backend.name].schemes_dir))
@@ -125,10 +129,11 @@ class TargetSearch:
         log = JsonLines(search_dir / "evaluations.jsonl")
         records = _records(self.candidates_dir, scheme_set)
         if self._ranges is None:
-            images = calibration_batch(self.context.config).images
-            self._ranges = recorded_ranges(self.candidates_dir, images)
-        ranges = self._ranges
-        measure = _Measure(backend, scheme_set, ranges, self.context, log, records=records)
+            self._source = model_source(self.context.config, self.candidates_dir / FP32_FILE)
+            self._ranges = recorded_ranges(self.candidates_dir, self._source.images)
+        measure = _Measure(
+            backend, scheme_set, self._ranges, self.context, log, records=records, source=self._source
+        )
         # a top-K scheme already scored is the trial of its kept set (K=0: nothing kept), written
         # the same way from the same records: the search reads its score instead of scoring it again
         for record in store.all().values():
@@ -182,7 +187,7 @@ class TargetSearch:
             name = f"search_k{len(kept)}" + (f"_{same + 1}" if same else "")
             if not store.has(name):
                 model = measure.model(kept)
-                path = backend.save(model, search_dir / f"{name}.onnx")
+                path = backend.save(model, search_dir / f"{name}.onnx", source=measure.source)
                 acc = measure.accuracies.get(tuple(sorted(kept))) or self.context.score(backend, path)
                 record = {
                     "name": name,
