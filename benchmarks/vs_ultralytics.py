@@ -25,7 +25,7 @@ from quantsweep.backends.timing import interleaved_latency
 from quantsweep.data.images import resolve_images
 from quantsweep.evaluate.scoring import accuracy, detections_of, output_convention
 from quantsweep.metrics.detections import pseudo_labels
-from quantsweep.models.ultralytics_adapter import UltralyticsExport, export_int8
+from quantsweep.models.ultralytics_adapter import ONNX_INT8, OPENVINO_INT8, export_int8
 from quantsweep.pipeline.common import read_sweep_config
 from quantsweep.pipeline.eval_context import load_eval_batch
 from quantsweep.runs import cpu_line
@@ -34,13 +34,13 @@ from quantsweep.runs import cpu_line
 def _exports(model: str, calib_paths: list[Path], *, imgsz: int, out: Path) -> dict[str, Path | str]:
     """Ultralytics' INT8 exports of ``model`` calibrated on ``calib_paths``; a failure is its message."""
     found: dict[str, Path | str] = {}
-    for fmt in UltralyticsExport:
+    for fmt in (ONNX_INT8, OPENVINO_INT8):
         try:  # the same export the openvino and ort-cpu targets make as their baseline
-            found[fmt.value] = export_int8(
-                model, fmt=fmt, calib_paths=calib_paths, imgsz=imgsz, work_dir=out / fmt.value
+            found[fmt.format] = export_int8(
+                model, fmt=fmt, calib_paths=calib_paths, imgsz=imgsz, work_dir=out / fmt.format
             )
         except Exception as exc:  # an exporter that cannot run here is a row that says so
-            found[fmt.value] = f"{type(exc).__name__}: {exc}"[:200]
+            found[fmt.format] = f"{type(exc).__name__}: {exc}"[:200]
     return found
 
 

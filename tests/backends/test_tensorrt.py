@@ -160,7 +160,7 @@ def test_search_trials_are_written_as_the_target_adapts_them(tiny_v10_onnx, tmp_
     scheme_set = SimpleNamespace(ranking=ranking, high=FLOAT, low=FP8)
     ranges = RangeCache(tiny_v10_onnx["model"], tiny_v10_onnx["images"])
     log = JsonLines(tmp_path / "evaluations.jsonl")
-    measure = _Measure(get_backend("tensorrt"), scheme_set, ranges, None, log, records={})
+    measure = _Measure(get_backend("tensorrt"), scheme_set, ranges, None, log, records={}, source=None)
     counts = precision_counts(measure.model(()))
     depthwise = sum(kind in (ConvKind.DEPTHWISE, ConvKind.FIRST, ConvKind.GROUPED) for kind in kinds.values())
     assert depthwise > 0 and counts.get("int8-int8") == depthwise

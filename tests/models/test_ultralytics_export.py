@@ -10,7 +10,7 @@ import onnx
 import torch
 
 from quantsweep.data.images import resolve_images
-from quantsweep.models.ultralytics_adapter import UltralyticsExport, export_int8
+from quantsweep.models.ultralytics_adapter import ONNX_INT8, export_int8
 
 
 def test_importing_the_adapter_does_not_set_omp_threads_for_child_processes() -> None:
@@ -25,9 +25,7 @@ def test_onnx_int8_export_keeps_torch_threads(tiny_checkpoint, tiny_data, tmp_pa
     torch.set_num_threads(2)
     try:
         calib = resolve_images(str(tiny_data)).paths[:2]
-        path = export_int8(
-            tiny_checkpoint, fmt=UltralyticsExport.ONNX, calib_paths=calib, imgsz=64, work_dir=tmp_path
-        )
+        path = export_int8(tiny_checkpoint, fmt=ONNX_INT8, calib_paths=calib, imgsz=64, work_dir=tmp_path)
         # Ultralytics sets min(8, cores - 1) threads while it exports; quantsweep's later passes
         # must get the threads back
         assert torch.get_num_threads() == 2

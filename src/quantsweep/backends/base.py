@@ -18,7 +18,7 @@ import torch
 
 from quantsweep.backends.calibration import RangeSource
 from quantsweep.backends.placement import Placement, apply_placement
-from quantsweep.config import QuantFormat
+from quantsweep.config import HeadMode, QuantFormat
 from quantsweep.errors import InputError
 from quantsweep.quant.weights import QuantizedWeight
 from quantsweep.schemes.records import Precision
@@ -35,6 +35,7 @@ class ModelSource:
     model: Path  # the checkpoint (or YAML) the user gave
     calib_paths: tuple[Path, ...]  # the same calibration images, as files
     imgsz: int
+    head: HeadMode = HeadMode.AUTO  # the detection branch the FP32 ONNX was exported with
 
 
 # writes a third-party baseline artifact at (or beside) the given ``.onnx`` path; returns the

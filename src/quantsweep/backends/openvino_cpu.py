@@ -39,7 +39,7 @@ from quantsweep.backends.ort_cpu import CPU_INT8_WEIGHTS, cpu_w8a8
 from quantsweep.backends.placement import Placement
 from quantsweep.backends.ultralytics_baseline import ULTRALYTICS_INT8, write_ultralytics_int8
 from quantsweep.config import ActDtype, QuantFormat
-from quantsweep.models.ultralytics_adapter import UltralyticsExport
+from quantsweep.models.ultralytics_adapter import OPENVINO_INT8
 from quantsweep.schemes.records import Precision
 
 DEPLOY_CONFIG = {"PERFORMANCE_HINT": "LATENCY"}  # float ops at the runtime's default precision
@@ -151,7 +151,7 @@ class OpenVinoBackend(Backend):
 
     def baselines(self) -> dict[str, BaselineWriter]:
         """Ultralytics' ``format='openvino', int8=True`` export (NNCF), as IR."""
-        return {ULTRALYTICS_INT8: partial(write_ultralytics_int8, fmt=UltralyticsExport.OPENVINO)}
+        return {ULTRALYTICS_INT8: partial(write_ultralytics_int8, fmt=OPENVINO_INT8)}
 
     def deploy_hint(self, path: Path) -> str:
         return (

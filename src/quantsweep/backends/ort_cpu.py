@@ -31,7 +31,7 @@ from quantsweep.backends.sessions import SessionOptions, ort_session, with_outpu
 from quantsweep.backends.ultralytics_baseline import ULTRALYTICS_INT8, write_ultralytics_int8
 from quantsweep.config import ActDtype, Granularity, QuantFormat, WeightDtype
 from quantsweep.hardware import cpu_int8_weights
-from quantsweep.models.ultralytics_adapter import UltralyticsExport
+from quantsweep.models.ultralytics_adapter import ONNX_INT8
 from quantsweep.schemes.records import Precision
 
 ORT_CPU_FLOAT_RUN = "onnxruntime-cpu"  # how ort-cpu and size run a float graph: the same way
@@ -102,7 +102,7 @@ class OrtCpuBackend(Backend):
 
     def baselines(self) -> dict[str, BaselineWriter]:
         """Ultralytics' ``format='onnx', int8=True`` export (ONNX Runtime ``quantize_static``)."""
-        return {ULTRALYTICS_INT8: partial(write_ultralytics_int8, fmt=UltralyticsExport.ONNX)}
+        return {ULTRALYTICS_INT8: partial(write_ultralytics_int8, fmt=ONNX_INT8)}
 
     def float_run_key(self) -> str:
         # ONNX Runtime's CPU EP at its defaults; the size target's disable_quant_qdq only touches Q/DQ

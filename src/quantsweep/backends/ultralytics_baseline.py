@@ -18,8 +18,9 @@ ULTRALYTICS_INT8 = "ultralytics_int8"
 
 
 def write_ultralytics_int8(inputs: ModelSource, path: Path, *, fmt: UltralyticsExport) -> Path:
-    """Export with Ultralytics into a scratch folder; move the artifact to ``path`` (``.onnx``) or,
-    for OpenVINO, to the IR beside it (``.xml``/``.bin``); return the file a deployer loads."""
+    """Export with Ultralytics into a scratch folder; move the artifact to ``path`` (``.onnx``) or
+    beside it with its own suffix (OpenVINO's ``.xml`` with its ``.bin``, ``.tflite``); return the
+    file a deployer loads."""
     with tempfile.TemporaryDirectory(prefix="qs-ultralytics-") as tmp:
         exported = export_int8(
             inputs.model, fmt=fmt, calib_paths=inputs.calib_paths, imgsz=inputs.imgsz, work_dir=Path(tmp)
@@ -29,5 +30,6 @@ def write_ultralytics_int8(inputs: ModelSource, path: Path, *, fmt: UltralyticsE
             return path
         target = path.with_suffix(exported.suffix)
         shutil.move(exported, target)
-        shutil.move(exported.with_suffix(".bin"), target.with_suffix(".bin"))
+        if exported.with_suffix(".bin").is_file():  # OpenVINO IR weights
+            shutil.move(exported.with_suffix(".bin"), target.with_suffix(".bin"))
         return target

@@ -6,7 +6,6 @@ named (or the bundled checkpoint) are ever loaded.
 
 from __future__ import annotations
 
-import enum
 import importlib.util
 import json
 import logging
@@ -233,20 +232,35 @@ def _head_output(head: Detect, out: Any) -> HeadOutput:
     return HeadOutput.from_raw(decoded, boxes_are_xywh=True)
 
 
-class UltralyticsExport(enum.StrEnum):
-    """Ultralytics' one-line INT8 exports (``model.export(format=..., int8=True)``) used as baselines."""
+@dataclass(frozen=True)
+class UltralyticsExport:
+    """One of Ultralytics' one-line quantized exports, ``model.export(format=..., quantize=...)``,
+    used as a target's baseline. ``format`` is Ultralytics' own format name; ``needs``: the module
+    its exporter imports (checked first: quantsweep never lets Ultralytics install packages)."""
 
-    ONNX = "onnx"  # ONNX Runtime quantize_static on Conv/Gemm/MatMul, everything else float
-    OPENVINO = "openvino"  # NNCF, MIXED preset, the head's last ops ignored; needs the nncf package
+    format: str
+    quantize: int | str = 8
+    needs: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"format='{self.format}', quantize={self.quantize!r}"
+
+
+# ONNX Runtime quantize_static on Conv/Gemm/MatMul, everything else float
+ONNX_INT8 = UltralyticsExport("onnx")
+# NNCF, MIXED preset, the head's last ops ignored
+OPENVINO_INT8 = UltralyticsExport("openvino", needs="nncf")
+_DEPLOYED_SUFFIXES = (".xml", ".tflite", ".onnx")  # what a deployer loads from an export folder
 
 
 def int8_export_unavailable(model: str | Path, fmt: UltralyticsExport) -> str | None:
-    """Why Ultralytics' INT8 export of ``model`` cannot stand as a baseline here (None: it can)."""
+    """Why Ultralytics' quantized export of ``model`` cannot stand as a baseline here (None: it can)."""
     path = Path(model)
     if path.suffix in (".yaml", ".yml"):
         return "a model YAML has random weights, and Ultralytics' export would draw other ones"
-    if fmt is UltralyticsExport.OPENVINO and importlib.util.find_spec("nncf") is None:
-        return "Ultralytics' OpenVINO INT8 export needs the nncf package (pip install nncf)"
+    if fmt.needs and importlib.util.find_spec(fmt.needs) is None:
+        return f"Ultralytics' {fmt.label} export needs the {fmt.needs} package"
     return None
 
 
@@ -258,8 +272,10 @@ def export_int8(
     imgsz: int,
     work_dir: Path,
 ) -> Path:
-    """Ultralytics' own INT8 export of the checkpoint ``model`` (a path the user gave), calibrated
-    on ``calib_paths``; returns the ONNX file or the IR ``.xml`` it wrote under ``work_dir``.
+    """Ultralytics' own quantized export of the checkpoint ``model`` (a path the user gave), calibrated
+    on ``calib_paths``; returns the file a deployer loads (ONNX, IR ``.xml``, ``.tflite``) under
+    ``work_dir``. Ultralytics shuffles the calibration images with torch's seed: pinned, so that a
+    baseline is the same in every run.
 
     The checkpoint is copied into ``work_dir`` first because Ultralytics writes beside it.
     ONNX with ``simplify=False``: the simplifier (onnxslim) is not a dependency and sets no precision.
@@ -283,16 +299,25 @@ def export_int8(
     data.write_text(
         json.dumps({"path": str(work_dir), "train": str(listing), "val": str(listing), "names": names})
     )
-    extra = {"simplify": False} if fmt is UltralyticsExport.ONNX else {}
+    extra = {"simplify": False} if fmt.format == ONNX_INT8.format else {}
     # Ultralytics' device selection sets torch to min(8, cores - 1) threads (1 on 2 cores) for the
     # rest of the process: every later GPTQ pass ran at half speed (42 s instead of 25 s here)
     threads = torch.get_num_threads()
+    torch.manual_seed(0)
     try:
         exported = Path(
             yolo.export(
-                format=fmt.value, int8=True, data=str(data), imgsz=imgsz, batch=1, device="cpu", **extra
+                format=fmt.format,
+                quantize=fmt.quantize,
+                data=str(data),
+                imgsz=imgsz,
+                batch=1,
+                device="cpu",
+                **extra,
             )
         )
     finally:
         torch.set_num_threads(threads)
-    return next(exported.glob("*.xml")) if exported.is_dir() else exported
+    if not exported.is_dir():
+        return exported
+    return next(p for suffix in _DEPLOYED_SUFFIXES for p in sorted(exported.rglob(f"*{suffix}")))

@@ -120,4 +120,5 @@ def model_source(config: SweepConfig, fp32_path: Path, *, images: torch.Tensor |
         model=Path(config.model),
         calib_paths=tuple(files.paths),
         imgsz=config.imgsz,
+        head=config.head,
     )
