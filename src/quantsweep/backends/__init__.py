@@ -42,12 +42,13 @@ def parse_targets(text: str) -> tuple[str, ...]:
 
 
 def _register_builtin() -> None:
+    from quantsweep.backends.litert_cpu import LiteRtBackend  # noqa: PLC0415
     from quantsweep.backends.openvino_cpu import OpenVinoBackend  # noqa: PLC0415
     from quantsweep.backends.ort_cpu import OrtCpuBackend  # noqa: PLC0415
     from quantsweep.backends.size import SizeBackend  # noqa: PLC0415
     from quantsweep.backends.tensorrt_gpu import TensorRtBackend  # noqa: PLC0415
 
-    for backend in (OrtCpuBackend, OpenVinoBackend, SizeBackend, TensorRtBackend):
+    for backend in (OrtCpuBackend, OpenVinoBackend, SizeBackend, TensorRtBackend, LiteRtBackend):
         register(backend.name, backend)
 
 
