@@ -22,7 +22,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from quantsweep.backends import get_backend
-from quantsweep.backends.base import ConvKind, conv_kinds
+from quantsweep.backends.base import ConvKind, ModelSource, conv_kinds
 from quantsweep.backends.calibration import RangeCache
 from quantsweep.backends.placement import Placement, apply_placement
 from quantsweep.config import CalibConfig
@@ -42,8 +42,21 @@ W8A8 = CPU_W8A8  # 7-bit weight codes where this CPU's INT8 products saturate (q
 # the YOLOv10 NMS-free head's top-k over near-tied random scores is not continuous (see
 # tests/cli/test_families.py); its NMS head runs the same convs
 AGREEMENT_FAMILIES = [name for name in FAMILIES if name != "yolov10-end2end"]
-SPEED_TARGETS = ("ort-cpu", "openvino")
+# every CPU speed target; litert where its extra is installed (CI installs it)
+SPEED_TARGETS = ("ort-cpu", "openvino") + (
+    ("litert",) if get_backend("litert").availability().available else ()
+)
 YOLOV10S = Path(__file__).resolve().parents[3] / "shared" / "testbed" / "yolov10s-shapes.pt"
+
+
+def _model_source(loaded: LoadedModel, images: torch.Tensor, out: Path) -> ModelSource:
+    """The model saved as an Ultralytics-style checkpoint (litert converts it from the checkpoint)."""
+    checkpoint = out / "model.pt"
+    torch.save({"model": loaded.network.module}, checkpoint)
+    imgsz = images.shape[-1]
+    return ModelSource(
+        fp32_path=out / "fp32.onnx", images=images, model=checkpoint, calib_paths=(), imgsz=imgsz
+    )
 
 
 def k0_checks(loaded: LoadedModel, images: torch.Tensor, out: Path, *, targets=SPEED_TARGETS) -> dict:
@@ -66,13 +79,18 @@ def k0_checks(loaded: LoadedModel, images: torch.Tensor, out: Path, *, targets=S
     results = {}
     for name in targets:
         backend = get_backend(name)
+        fmt = backend.sweep_formats()[0]  # the CPU's W8A8 (INT7 weights where products saturate)
+        low = Precision(fmt.weight, fmt.act, fmt.granularity)
         runs = {
-            node: W8A8.label in backend.fast_precisions(kinds.get(node, ConvKind.REGULAR))
+            node: low.label in backend.fast_precisions(kinds.get(node, ConvKind.REGULAR))
             for node in nodes.values()
         }
-        plan = {node: W8A8 if runs[node] else Precision(None) for node in nodes.values()}
-        artifact = backend.save(backend.write(fp32, plan, ranges=cache), out / f"{name}_k0.onnx")
-        assignment = {layer: W8A8.as_format() for layer, node in nodes.items() if runs[node]}
+        plan = {node: low if runs[node] else Precision(None) for node in nodes.values()}
+        source = _model_source(loaded, images, out) if name == "litert" else None
+        artifact = backend.save(
+            backend.write(fp32, plan, ranges=cache), out / f"{name}_k0.onnx", source=source
+        )
+        assignment = {layer: low.as_format() for layer, node in nodes.items() if runs[node]}
         reference = torch_export_output(network, images, assignment=assignment, act_ranges=ranges)
         results[name] = (artifact, check_on_runtime(backend, artifact, images=images, torch_output=reference))
     return results

@@ -37,7 +37,6 @@ import re
 import warnings
 import zipfile
 from collections.abc import Mapping
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -355,13 +354,19 @@ class LiteRtBackend(Backend):
 
     def baselines(self) -> dict[str, BaselineWriter]:
         """Ultralytics' ``format='litert', quantize=8`` export (every op INT8 but graph input/output)."""
-        return {ULTRALYTICS_INT8: partial(write_ultralytics_int8, fmt=LITERT_INT8)}
+        return {ULTRALYTICS_INT8: _ultralytics_litert}
 
     def deploy_hint(self, path: Path) -> str:
         return (
             f"ai_edge_litert.interpreter.Interpreter(model_path='{path.name}', num_threads={threads()}) "
             "(XNNPACK, the default CPU delegate); float NCHW input, float output"
         )
+
+
+def _ultralytics_litert(inputs: ModelSource, path: Path) -> Path:
+    """Ultralytics' export, its converter's step log and quantizer's bars kept off the terminal."""
+    with _quiet():
+        return write_ultralytics_int8(inputs, path, fmt=LITERT_INT8)
 
 
 @functools.lru_cache(maxsize=4)
