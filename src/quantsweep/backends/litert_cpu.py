@@ -152,26 +152,26 @@ def _conv_digests(fp32: onnx.ModelProto) -> dict[str, set[str]]:
 
 
 class _FloatGraph:
-    """The float ``.tflite``'s ops: scope, kind, producers, and which op each ONNX conv became."""
+    """The float ``.tflite``'s ops: scope, producers, and which op each ONNX conv became."""
 
     def __init__(self, path: Path, fp32: onnx.ModelProto) -> None:
         utils, model = _tflite_model(path)
         graph = model.subgraphs[0]
-        self.scopes, self.kinds, self.inputs = [], [], []
+        self.scopes: list[str] = []
+        inputs: list[list[int]] = []
         producer: dict[int, int] = {}
         by_digest: dict[str, list[int]] = {}
         for index, op in enumerate(graph.operators):
-            kind = op_kind(model, index)
             self.scopes.append(utils.get_op_scope(op, graph.tensors))
-            self.kinds.append(kind)
-            self.inputs.append([int(t) for t in op.inputs if t >= 0])
+            inputs.append([int(t) for t in op.inputs if t >= 0])
             for out in op.outputs:
                 producer[int(out)] = index
-            if kind in _CONV_OPS:
+            if op_kind(model, index) in _CONV_OPS:
                 data = utils.get_tensor_data(graph.tensors[op.inputs[1]], model.buffers)
                 if data is not None:
                     by_digest.setdefault(_digest(np.asarray(data)), []).append(index)
-        self.producers = [[producer[t] for t in ins if t in producer] for ins in self.inputs]
+        # producers[i]: the ops whose outputs op i reads
+        self.producers = [[producer[t] for t in ins if t in producer] for ins in inputs]
         self.conv_op: dict[str, int] = {}
         for node, digests in _conv_digests(fp32).items():
             ops = sorted({i for d in digests for i in by_digest.get(d, [])})
@@ -338,8 +338,8 @@ class LiteRtBackend(Backend):
         onnx.save(model, str(path))
         base = float_tflite(source)
         graph = _graph(str(base), str(source.fp32_path))
-        plan = {node: weight != "float" for node, (weight, _) in node_precisions(model).items()}
-        plan = {node: q for node, q in plan.items() if node in _conv_digests_cached(str(source.fp32_path))}
+        convs = {node.name for node in model.graph.node if node.op_type == "Conv"}
+        plan = {node: w != "float" for node, (w, _) in node_precisions(model).items() if node in convs}
         scopes = [graph.scopes[i] for i in float_ops(graph, plan)]
         return quantize_tflite(base, path.with_suffix(SUFFIX), float_scopes=scopes, images=source.images)
 
@@ -372,8 +372,3 @@ def _ultralytics_litert(inputs: ModelSource, path: Path) -> Path:
 @functools.lru_cache(maxsize=4)
 def _graph(float_path: str, fp32_path: str) -> _FloatGraph:
     return _FloatGraph(Path(float_path), onnx.load(fp32_path))
-
-
-@functools.lru_cache(maxsize=4)
-def _conv_digests_cached(fp32_path: str) -> frozenset[str]:
-    return frozenset(_conv_digests(onnx.load(fp32_path)))
