@@ -127,3 +127,17 @@ def test_a_node_kind_a_target_runs_in_no_low_precision_stays_float() -> None:
         ort.check_plan(plan, kinds)
     # OpenVINO runs INT8 Linear layers: nothing moves
     assert get_backend("openvino").adapt_plan(plan, kinds) == plan
+
+
+def test_a_target_that_cannot_write_here_is_refused_by_name_else_left_out(monkeypatch, caplog) -> None:
+    from quantsweep.backends.base import Availability  # noqa: PLC0415
+    from quantsweep.backends.litert_cpu import LiteRtBackend  # noqa: PLC0415
+    from quantsweep.pipeline.materialize_stage import match_targets  # noqa: PLC0415
+
+    monkeypatch.setattr(LiteRtBackend, "writable", lambda self: Availability(False, "no litert-torch"))
+    with pytest.raises(InputError, match="target litert cannot write its artifacts here: no litert-torch"):
+        match_targets([], ("litert",), {})
+    # without --target every registered target that can write here is tried, and litert is not
+    with caplog.at_level("INFO"), pytest.raises(InputError, match="no deployment target can run"):
+        match_targets([], (), {})
+    assert "target litert left out: no litert-torch" in caplog.text

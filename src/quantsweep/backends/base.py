@@ -155,6 +155,11 @@ class Backend(abc.ABC):
     def availability(self) -> Availability:
         """Can this machine load and run the target's artifacts?"""
 
+    def writable(self) -> Availability:
+        """Can this machine write the target's artifacts? (TensorRT's are written anywhere and only
+        run on a GPU; a target whose converter is an optional extra needs it installed.)"""
+        return Availability(True)
+
     def write(
         self,
         fp32: onnx.ModelProto,

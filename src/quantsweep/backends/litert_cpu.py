@@ -17,9 +17,10 @@ Plan nodes are matched to TFLite ops by their weights (the FP32 ONNX's conv weig
 TFLite's layout, equals exactly one op's filter; names are not reliable: litert-torch drops the
 names of modules that are iterated rather than called). Activation ranges are the global min/max
 over the calibration images, each image calibrated alone (``Quantizer.calibrate`` over many
-images blends them with a moving average, which depends on their order). The weights are
-quantized by ai-edge-quantizer (per-channel min/max), not by the run's quantizer: the Q/DQ ONNX
-beside the ``.tflite`` is written in ``ort-cpu``'s placement (the same integer arithmetic: asymmetric
+images blends them with a moving average, which depends on their order). The weights are the
+run's quantizer's (GPTQ by default): ai-edge-quantizer rounds float filters itself, so its codes,
+scales and biases are replaced afterwards by the ones the Q/DQ ONNX stores. That Q/DQ ONNX, beside
+the ``.tflite``, is written in ``ort-cpu``'s placement (the same integer arithmetic: asymmetric
 8-bit activations, quantized conv outputs, INT32 bias) and is what the Torch simulation is checked
 against; the ``.tflite`` itself is checked against the same Torch output on LiteRT.
 """
@@ -32,6 +33,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import logging
 import os
 import re
 import warnings
@@ -58,10 +60,11 @@ from quantsweep.backends.sessions import SessionOptions, ort_session
 from quantsweep.backends.ultralytics_baseline import ULTRALYTICS_INT8, write_ultralytics_int8
 from quantsweep.config import ActDtype, Granularity, QuantFormat, WeightDtype
 from quantsweep.errors import InputError
-from quantsweep.export.inspect import node_precisions
+from quantsweep.export.inspect import dequantized_inputs, node_precisions, weight_codes
 from quantsweep.models.ultralytics_adapter import UltralyticsExport, load_model
 from quantsweep.schemes.records import Precision
 
+LOG = logging.getLogger(__name__)
 SUFFIX = ".tflite"
 W8A8 = QuantFormat(WeightDtype.INT8, ActDtype.INT8, Granularity.PER_CHANNEL)  # XNNPACK QS8: no saturation
 _CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
@@ -158,6 +161,7 @@ class _FloatGraph:
         utils, model = _tflite_model(path)
         graph = model.subgraphs[0]
         self.scopes: list[str] = []
+        self.depthwise: dict[int, bool] = {}  # conv op -> DEPTHWISE_CONV_2D (filter 1HWO, else OHWI)
         inputs: list[list[int]] = []
         producer: dict[int, int] = {}
         by_digest: dict[str, list[int]] = {}
@@ -167,6 +171,7 @@ class _FloatGraph:
             for out in op.outputs:
                 producer[int(out)] = index
             if op_kind(model, index) in _CONV_OPS:
+                self.depthwise[index] = op_kind(model, index) == "DEPTHWISE_CONV_2D"
                 data = utils.get_tensor_data(graph.tensors[op.inputs[1]], model.buffers)
                 if data is not None:
                     by_digest.setdefault(_digest(np.asarray(data)), []).append(index)
@@ -249,8 +254,69 @@ def _signature(path: Path) -> tuple[str, str]:
     return key, spec["inputs"][0]
 
 
-def quantize_tflite(float_path: Path, out: Path, *, float_scopes: list[str], images: torch.Tensor) -> Path:
-    """Static INT8 of ``float_path`` with the ops of ``float_scopes`` float, calibrated on ``images``."""
+def _set_buffer(tflite, tensor: int, value: np.ndarray) -> None:
+    """Overwrite the constant ``tensor`` of the first subgraph with ``value``'s bytes (same shape)."""
+    shape = tuple(int(d) for d in tflite.subgraphs[0].tensors[tensor].shape)
+    if shape != value.shape:
+        raise InputError(f"litert: a {value.shape} constant where the .tflite has {shape}")
+    buffer = tflite.buffers[tflite.subgraphs[0].tensors[tensor].buffer]
+    buffer.data = np.frombuffer(np.ascontiguousarray(value).tobytes(), dtype=np.uint8)
+    buffer.offset, buffer.size = 0, 0
+
+
+def _carry_conv(tflite, op, *, codes: np.ndarray, scale: np.ndarray, bias: np.ndarray | None, order) -> bool:
+    """One INT8 conv of the quantized ``tflite`` given the plan's codes, scales and bias."""
+    tensors = tflite.subgraphs[0].tensors
+    weight = tensors[op.inputs[1]]
+    if weight.quantization is None or len(weight.quantization.scale) != len(scale):
+        return False
+    _set_buffer(tflite, op.inputs[1], codes.transpose(order).astype(np.int8))
+    weight.quantization.scale = scale.astype(np.float32).tolist()
+    if bias is not None and len(op.inputs) > 2 and op.inputs[2] >= 0:
+        bias_scale = float(tensors[op.inputs[0]].quantization.scale[0]) * scale.astype(np.float64)
+        _set_buffer(tflite, op.inputs[2], np.round(bias / bias_scale).astype(np.int32))
+        tensors[op.inputs[2]].quantization.scale = bias_scale.astype(np.float32).tolist()
+    return True
+
+
+def carry_plan_codes(path: Path, graph: _FloatGraph, model: onnx.ModelProto, nodes) -> int:
+    """Put the run's quantizer's weight codes and scales (GPTQ by default) and its corrected biases,
+    as the Q/DQ ``model`` stores them, into the quantized ``.tflite`` at ``path`` for the conv
+    ``nodes``; return how many convs took them.
+
+    ai-edge-quantizer rounds float filters itself (per channel, ``max|w| / 127``), which is neither
+    the run's grid nor its rounding. Symmetric INT8 codes are TFLite's filter format, so they are
+    written as they are; the bias is requantized to the op's own input scale times the weight scale."""
+    from ai_edge_litert.tools import flatbuffer_utils  # noqa: PLC0415
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as utils  # noqa: PLC0415
+
+    tflite = flatbuffer_utils.read_model(str(path))
+    graph_ops = tflite.subgraphs[0].operators
+    by_scope = {utils.get_op_scope(op, tflite.subgraphs[0].tensors): op for op in graph_ops}
+    carried = 0
+    for node in nodes:
+        stored = weight_codes(model, node)
+        op = by_scope.get(graph.scopes[graph.conv_op[node]])
+        if stored is None or op is None or stored[0].dtype != np.int8 or np.any(stored[2] != 0):
+            continue  # symmetric INT8 only: TFLite's filter format
+        order = (1, 2, 3, 0) if graph.depthwise[graph.conv_op[node]] else (0, 2, 3, 1)  # OIHW -> OHWI / 1HWO
+        bias = dequantized_inputs(model, node).get(2)
+        carried += _carry_conv(tflite, op, codes=stored[0], scale=stored[1], bias=bias, order=order)
+    flatbuffer_utils.write_model(tflite, str(path))
+    return carried
+
+
+def quantize_tflite(
+    float_path: Path,
+    out: Path,
+    *,
+    float_scopes: list[str],
+    images: torch.Tensor,
+    ranges_of: Path | None = None,
+) -> Path:
+    """Static INT8 of ``float_path`` with the ops of ``float_scopes`` float, calibrated on ``images``
+    through ``ranges_of`` (a float model with the same tensors; default ``float_path`` itself): every
+    artifact of a run uses the float model's ranges, as the Torch simulation does."""
     from ai_edge_quantizer import qtyping, quantizer, recipe  # noqa: PLC0415
 
     arrays = tuple(images[i : i + 1].numpy().astype(np.float32) for i in range(len(images)))
@@ -331,6 +397,9 @@ class LiteRtBackend(Backend):
             )
         return Availability(True)
 
+    def writable(self) -> Availability:
+        return self.availability()  # the converter, the quantizer and the interpreter: one extra
+
     def save(self, model: onnx.ModelProto, path: Path, *, source: ModelSource | None = None) -> Path:
         """The Q/DQ ONNX at ``path`` and, beside it, the ``.tflite`` quantized op by op for its plan."""
         if source is None:
@@ -341,7 +410,17 @@ class LiteRtBackend(Backend):
         convs = {node.name for node in model.graph.node if node.op_type == "Conv"}
         plan = {node: w != "float" for node, (w, _) in node_precisions(model).items() if node in convs}
         scopes = [graph.scopes[i] for i in float_ops(graph, plan)]
-        return quantize_tflite(base, path.with_suffix(SUFFIX), float_scopes=scopes, images=source.images)
+        out = quantize_tflite(base, path.with_suffix(SUFFIX), float_scopes=scopes, images=source.images)
+        quantized = [node for node, q in plan.items() if q]
+        carried = carry_plan_codes(out, graph, model, quantized)
+        if carried < len(quantized):
+            LOG.info(
+                "litert %s: %d of %d convs kept ai-edge-quantizer's own weights",
+                out.name,
+                len(quantized) - carried,
+                len(quantized),
+            )
+        return out
 
     def load(self, path: Path) -> Runner:
         """A ``.tflite``; for an ``.onnx`` (the FP32 model every target shares) the float ``.tflite``

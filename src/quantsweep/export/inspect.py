@@ -139,3 +139,58 @@ def average_weight_bits(model: onnx.ModelProto) -> float:
             total += count
             bits += count * _BITS.get(weight[1], 8)
     return bits / max(total, 1)
+
+
+def _per_axis(values: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    """A 1-D per-channel array shaped to broadcast along ``axis`` of an ``ndim``-D tensor."""
+    if values.ndim != 1 or ndim <= 1:
+        return values
+    shape = [1] * ndim
+    shape[axis] = -1
+    return values.reshape(shape)
+
+
+def dequantized_inputs(model: onnx.ModelProto, node: str) -> dict[int, np.ndarray]:
+    """The constant inputs of ``node`` as it computes with them: an initializer as stored, a
+    per-tensor or per-channel ``DequantizeLinear`` of initializers as its float output (weights and
+    INT32 biases of a quantized conv). Inputs that are activations, or blocked, are left out."""
+    inits = {i.name: i for i in model.graph.initializer}
+    producers = _producers(model)
+    (target,) = [n for n in model.graph.node if n.name == node]
+    found = {}
+    for index, name in enumerate(target.input):
+        if name in inits:
+            found[index] = numpy_helper.to_array(inits[name])
+            continue
+        dq = producers.get(name)
+        if dq is None or dq.op_type != "DequantizeLinear" or any(i and i not in inits for i in dq.input):
+            continue
+        attrs = {a.name: a.i for a in dq.attribute}
+        if attrs.get("block_size"):
+            continue
+        codes = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float64)
+        axis = attrs.get("axis", 1) % max(codes.ndim, 1)
+        scale = _per_axis(numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64), codes.ndim, axis)
+        zero = 0.0
+        if len(dq.input) > 2 and dq.input[2]:
+            zero = _per_axis(numpy_helper.to_array(inits[dq.input[2]]).astype(np.float64), codes.ndim, axis)
+        found[index] = ((codes - zero) * scale).astype(np.float32)
+    return found
+
+
+def weight_codes(model: onnx.ModelProto, node: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(codes, scale, zero_point)`` of ``node``'s weight as stored behind its DequantizeLinear
+    (per channel along the DQ's axis), or None for a float or blocked weight."""
+    inits = {i.name: i for i in model.graph.initializer}
+    (target,) = [n for n in model.graph.node if n.name == node]
+    dq = _producers(model).get(target.input[1])
+    if dq is None or dq.op_type != "DequantizeLinear" or any(i and i not in inits for i in dq.input):
+        return None
+    if any(a.name == "block_size" and a.i for a in dq.attribute):
+        return None
+    codes = numpy_helper.to_array(inits[dq.input[0]])
+    scale = numpy_helper.to_array(inits[dq.input[1]])
+    zero = np.zeros_like(scale)
+    if len(dq.input) > 2 and dq.input[2]:
+        zero = numpy_helper.to_array(inits[dq.input[2]])
+    return codes, scale, zero

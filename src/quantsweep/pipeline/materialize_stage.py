@@ -76,6 +76,12 @@ def match_targets(
     matched = {}
     for name in names:
         backend = get_backend(name)
+        writable = backend.writable()
+        if not writable.available:
+            if targets:  # asked for by name: said before any work starts
+                raise InputError(f"target {name} cannot write its artifacts here: {writable.reason}")
+            LOG.info("target %s left out: %s", name, writable.reason)
+            continue
         found = next((s for s in scheme_sets if _runs(backend, s, kinds)), None)
         if found is not None:
             matched[name] = (backend, found)
