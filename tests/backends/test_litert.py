@@ -10,17 +10,20 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 
 from quantsweep.backends import get_backend
 from quantsweep.backends.base import ModelSource, conv_kinds
 from quantsweep.backends.calibration import RangeCache
-from quantsweep.backends.litert_cpu import op_kind
+from quantsweep.backends.litert_cpu import _graph, op_kind
 from quantsweep.config import ActDtype, CalibConfig, WeightDtype
 from quantsweep.data.images import load_batch, resolve_images
 from quantsweep.evaluate.artifact_checks import torch_export_output
 from quantsweep.evaluate.runtime_check import check_on_runtime
+from quantsweep.export.inspect import weight_codes
 from quantsweep.export.onnx_model import export_fp32, map_layers
 from quantsweep.models.network import enumerate_layers
 from quantsweep.models.ultralytics_adapter import load_model
@@ -72,13 +75,15 @@ def case(tiny_checkpoint, tiny_data, tmp_path_factory):
             "source": source, "images": images}  # fmt: skip
 
 
-def _artifact(case, name: str, *, kept: set[str]) -> tuple[Path, np.ndarray]:
+def _artifact(case, name: str, *, kept: set[str], edit=None) -> tuple[Path, np.ndarray]:
     """The plan (every conv INT8 but ``kept``, Torch names) as the target writes it, and Torch's output."""
     backend = get_backend("litert")
     kinds = conv_kinds(case["fp32"])
     plan = {node: Precision(None) if layer in kept else INT8 for layer, node in case["nodes"].items()}
     plan = backend.adapt_plan(plan, kinds)
     model = backend.write(case["fp32"], plan, ranges=case["cache"])
+    if edit is not None:
+        edit(model)
     artifact = backend.save(model, case["out"] / f"{name}.onnx", source=case["source"])
     layers = {node: layer for layer, node in case["nodes"].items()}
     assignment = {layers[node]: p.as_format() for node, p in plan.items() if p.weight is not None}
@@ -104,6 +109,38 @@ def test_k0_runs_int8_in_litert_as_torch_simulates(case) -> None:
     (check,) = check_on_runtime(backend, artifact, images=case["images"][:4], torch_output=reference[:4])
     assert check.deployed and check.passed, check
     assert check.float_precision == "f32"
+
+
+def test_the_tflite_carries_the_plans_weight_codes(case) -> None:
+    # ai-edge-quantizer rounds float filters itself; the artifact must hold the codes the Q/DQ ONNX
+    # (the run's quantizer: round-to-nearest here, GPTQ in a run) stores, conv by conv
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as utils  # noqa: PLC0415
+
+    def clip_codes(model: onnx.ModelProto) -> None:
+        # codes on another grid than round-to-nearest of the float weights (as GPTQ's are): every
+        # weight's codes clipped to -100..100, which the quantizer's own rounding would not give
+        for init in model.graph.initializer:
+            if init.data_type == onnx.TensorProto.INT8 and len(init.dims) == 4:
+                codes = numpy_helper.to_array(init)
+                init.CopyFrom(numpy_helper.from_array(np.clip(codes, -100, 100).astype(np.int8), init.name))
+
+    artifact, _ = _artifact(case, "codes", kept=set(), edit=clip_codes)
+    model = onnx.load(str(artifact.with_suffix(".onnx")))
+    graph = _graph(str(case["out"] / "fp32.tflite"), str(case["out"] / "fp32.onnx"))
+    tflite = utils.read_model(str(artifact))
+    tensors = tflite.subgraphs[0].tensors
+    by_scope = {utils.get_op_scope(op, tensors): op for op in tflite.subgraphs[0].operators}
+    compared = 0
+    for node, index in graph.conv_op.items():
+        codes, scale, _ = weight_codes(model, node)
+        order = (1, 2, 3, 0) if graph.depthwise[index] else (0, 2, 3, 1)
+        op = by_scope[graph.scopes[index]]
+        stored = np.asarray(utils.get_tensor_data(tensors[op.inputs[1]], tflite.buffers))
+        assert np.abs(codes).max() <= 100
+        np.testing.assert_array_equal(stored.reshape(codes.transpose(order).shape), codes.transpose(order))
+        np.testing.assert_allclose(tensors[op.inputs[1]].quantization.scale, scale, rtol=1e-6)
+        compared += 1
+    assert compared == len(case["nodes"])
 
 
 def test_a_kept_conv_stays_float_and_the_rest_int8(case) -> None:
