@@ -18,7 +18,7 @@ from onnx import numpy_helper
 from quantsweep.backends import get_backend
 from quantsweep.backends.base import ModelSource, conv_kinds
 from quantsweep.backends.calibration import RangeCache
-from quantsweep.backends.litert_cpu import _graph, op_kind
+from quantsweep.backends.litert_recipe import float_graph, op_kind
 from quantsweep.config import ActDtype, CalibConfig, WeightDtype
 from quantsweep.data.images import load_batch, resolve_images
 from quantsweep.evaluate.artifact_checks import torch_export_output
@@ -126,7 +126,7 @@ def test_the_tflite_carries_the_plans_weight_codes(case) -> None:
 
     artifact, _ = _artifact(case, "codes", kept=set(), edit=clip_codes)
     model = onnx.load(str(artifact.with_suffix(".onnx")))
-    graph = _graph(str(case["out"] / "fp32.tflite"), str(case["out"] / "fp32.onnx"))
+    graph = float_graph(str(case["out"] / "fp32.tflite"), str(case["out"] / "fp32.onnx"))
     tflite = utils.read_model(str(artifact))
     tensors = tflite.subgraphs[0].tensors
     by_scope = {utils.get_op_scope(op, tensors): op for op in tflite.subgraphs[0].operators}
