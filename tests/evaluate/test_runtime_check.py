@@ -42,10 +42,8 @@ W8A8 = CPU_W8A8  # 7-bit weight codes where this CPU's INT8 products saturate (q
 # the YOLOv10 NMS-free head's top-k over near-tied random scores is not continuous (see
 # tests/cli/test_families.py); its NMS head runs the same convs
 AGREEMENT_FAMILIES = [name for name in FAMILIES if name != "yolov10-end2end"]
-# every CPU speed target; litert where its extra is installed (CI installs it)
-SPEED_TARGETS = ("ort-cpu", "openvino") + (
-    ("litert",) if get_backend("litert").availability().available else ()
-)
+SPEED_TARGETS = ("ort-cpu", "openvino")  # litert: its own slow test below (a conversion per family)
+HAS_LITERT = get_backend("litert").availability().available
 YOLOV10S = Path(__file__).resolve().parents[3] / "shared" / "testbed" / "yolov10s-shapes.pt"
 
 
@@ -94,6 +92,16 @@ def k0_checks(loaded: LoadedModel, images: torch.Tensor, out: Path, *, targets=S
         reference = torch_export_output(network, images, assignment=assignment, act_ranges=ranges)
         results[name] = (artifact, check_on_runtime(backend, artifact, images=images, torch_output=reference))
     return results
+
+
+@pytest.mark.slow  # litert-torch converts each family (about 30 s each on 2 cores)
+@pytest.mark.skipif(not HAS_LITERT, reason="pip install '.[litert]' (CI installs it)")
+@pytest.mark.parametrize("family", AGREEMENT_FAMILIES)
+def test_litert_k0_artifacts_run_on_litert_as_torch_simulates(family, shapes_images, tmp_path) -> None:
+    yaml_name, head = FAMILIES[family]
+    results = k0_checks(tiny_model(yaml_name, head=head), shapes_images[:4], tmp_path, targets=("litert",))
+    _artifact, checks = results["litert"]
+    assert checks and all(c.passed for c in checks if c.deployed), (family, checks)
 
 
 @pytest.fixture(scope="module")
