@@ -35,12 +35,7 @@ def _stored_weight_label(
         return label
     codes = numpy_helper.to_array(stored).astype(np.int32)
     if zero_point is not None:
-        zero = numpy_helper.to_array(zero_point).astype(np.int32)
-        if zero.ndim == 1 and codes.ndim > 1:
-            shape = [1] * codes.ndim
-            shape[axis] = -1
-            zero = zero.reshape(shape)
-        codes = codes - zero
+        codes = codes - _per_axis(numpy_helper.to_array(zero_point).astype(np.int32), codes.ndim, axis)
     low, high, _ = INT_LIMITS[WeightDtype.INT7]
     return "int7" if codes.size and codes.min() >= low and codes.max() <= high else "int8"
 
@@ -150,6 +145,13 @@ def _per_axis(values: np.ndarray, ndim: int, axis: int) -> np.ndarray:
     return values.reshape(shape)
 
 
+def _constant_dq(node: onnx.NodeProto | None, inits) -> onnx.NodeProto | None:
+    """``node`` when it is a per-tensor or per-channel DequantizeLinear of initializers, else None."""
+    if node is None or node.op_type != "DequantizeLinear" or any(i and i not in inits for i in node.input):
+        return None
+    return None if any(a.name == "block_size" and a.i for a in node.attribute) else node
+
+
 def dequantized_inputs(model: onnx.ModelProto, node: str) -> dict[int, np.ndarray]:
     """The constant inputs of ``node`` as it computes with them: an initializer as stored, a
     per-tensor or per-channel ``DequantizeLinear`` of initializers as its float output (weights and
@@ -162,12 +164,10 @@ def dequantized_inputs(model: onnx.ModelProto, node: str) -> dict[int, np.ndarra
         if name in inits:
             found[index] = numpy_helper.to_array(inits[name])
             continue
-        dq = producers.get(name)
-        if dq is None or dq.op_type != "DequantizeLinear" or any(i and i not in inits for i in dq.input):
+        dq = _constant_dq(producers.get(name), inits)
+        if dq is None:
             continue
         attrs = {a.name: a.i for a in dq.attribute}
-        if attrs.get("block_size"):
-            continue
         codes = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float64)
         axis = attrs.get("axis", 1) % max(codes.ndim, 1)
         scale = _per_axis(numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64), codes.ndim, axis)
@@ -183,10 +183,8 @@ def weight_codes(model: onnx.ModelProto, node: str) -> tuple[np.ndarray, np.ndar
     (per channel along the DQ's axis), or None for a float or blocked weight."""
     inits = {i.name: i for i in model.graph.initializer}
     (target,) = [n for n in model.graph.node if n.name == node]
-    dq = _producers(model).get(target.input[1])
-    if dq is None or dq.op_type != "DequantizeLinear" or any(i and i not in inits for i in dq.input):
-        return None
-    if any(a.name == "block_size" and a.i for a in dq.attribute):
+    dq = _constant_dq(_producers(model).get(target.input[1]), inits)
+    if dq is None:
         return None
     codes = numpy_helper.to_array(inits[dq.input[0]])
     scale = numpy_helper.to_array(inits[dq.input[1]])
