@@ -100,7 +100,7 @@ def test_candidates_are_exact_valid_and_small(default_run) -> None:
         assert verify["counts_match"] and verify["checker"] == "passed"
         assert verify["ort_output_shape"] == fp32["ort_output_shape"]
         assert verify["torch_vs_onnx_rel_l2"] < 1e-5
-        for target, label in (("ort-cpu", f"{CPU_INT8}-uint8"), ("openvino", f"{CPU_INT8}-int8")):
+        for target, label in (("ort-cpu", f"{CPU_INT8}-uint8"), ("openvino", f"{CPU_INT8}-uint8")):
             verify = json.loads((candidates / target / f"k{k}.verify.json").read_text())
             assert verify["precision_counts"] == dict(
                 sorted({label: 118 - k, **({"float": k} if k else {})}.items())

@@ -95,8 +95,13 @@ def test_openvino_runs_every_planned_conv_in_int8(tiny_onnx, tmp_path) -> None:
     assert backend.availability().available
     runner = backend.load(backend.save(onnx.load(str(path)), path))  # the IR, as deployed
     executed = Counter(runner.executed_precisions().values())
-    assert executed["i8"] + executed["u8"] == sum(p.weight is not None for p in plan.values())
+    # UINT8 activations with a zero point: YOLOv10s k0 0.7568 against 0.7431 signed, same speed
+    assert executed["u8"] == sum(p.weight is not None for p in plan.values()), executed
     model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    quantizers = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    activation_types = {inits[n.input[2]].data_type for n in quantizers}
+    assert activation_types == {onnx.TensorProto.UINT8}
     producers = {out: node for node in model.graph.node for out in node.output}
     kept = [n for n in model.graph.node if plan.get(n.name) == FLOAT]
     assert kept and all(producers.get(n.input[0], n).op_type != "DequantizeLinear" for n in kept)
