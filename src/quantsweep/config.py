@@ -59,6 +59,22 @@ class WeightMethod(enum.StrEnum):
     GPTQ = "gptq"
 
 
+class Recovery(enum.StrEnum):
+    """What recovers accuracy with every layer kept quantized, after the sequential pass.
+
+    ``distill``: a label-free fine-tune of each quantized layer's bias and per-channel weight scale
+    (codes fixed) against the FP32 model's outputs on the calibration images (quant/distill.py),
+    applied to every artifact. ``auto``: the artifacts start without it; the search runs it for a
+    speed target whose nothing-kept model misses the accuracy target, before any float island,
+    and keeps it where it gains (a float island costs run time on every inference; recovery costs
+    seconds once).
+    """
+
+    NONE = "none"
+    DISTILL = "distill"
+    AUTO = "auto"
+
+
 class WeightSymmetry(enum.StrEnum):
     """Weight grids: signed symmetric, asymmetric (zero point per channel), or chosen per channel.
 
@@ -218,7 +234,8 @@ class WeightQuantConfig:
     """How weights are quantized (any method composes with INT8, INT4 and FP8 weights).
 
     ``gptq_damp`` is the dampening added to the Hessian diagonal, as a fraction of its mean;
-    ``act_order`` quantizes the columns with the largest Hessian diagonal first.
+    ``act_order`` quantizes the columns with the largest Hessian diagonal first. ``recovery`` runs
+    after the sequential pass, on the records the artifacts carry, for ``recovery_steps`` steps.
     """
 
     method: WeightMethod = WeightMethod.GPTQ
@@ -226,10 +243,21 @@ class WeightQuantConfig:
     bias_correction: bool = True
     gptq_damp: float = 0.01
     act_order: bool = True
+    recovery: Recovery = Recovery.AUTO
+    recovery_steps: int = 200
+
+    def __post_init__(self) -> None:
+        if self.recovery_steps < 1:
+            raise InputError(f"recovery steps must be at least 1 (got {self.recovery_steps})")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {**asdict(self), "method": self.method.value, "symmetry": self.symmetry.value}
+        return {
+            **asdict(self),
+            "method": self.method.value,
+            "symmetry": self.symmetry.value,
+            "recovery": self.recovery.value,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> WeightQuantConfig:
@@ -242,6 +270,8 @@ class WeightQuantConfig:
             bias_correction=data["bias_correction"],
             gptq_damp=data.get("gptq_damp", 0.01),
             act_order=data.get("act_order", True),
+            recovery=Recovery(data.get("recovery", Recovery.NONE.value)),
+            recovery_steps=data.get("recovery_steps", 200),
         )
 
 

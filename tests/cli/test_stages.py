@@ -79,7 +79,7 @@ def test_each_target_gets_its_artifacts_in_its_own_placement(chain) -> None:
     assert set(index["targets"]) == {"ort-cpu", "openvino", "size", "tensorrt"} | litert
     written = {
         "ort-cpu": f"{CPU_INT8}-uint8",
-        "openvino": f"{CPU_INT8}-int8",
+        "openvino": f"{CPU_INT8}-uint8",
         "size": "int4-fp16",
         "tensorrt": f"{CPU_INT8}-int8",
     }
@@ -127,13 +127,23 @@ def test_evaluation_search_timing_and_recommendation_per_target(chain) -> None:
             assert rec["closest"] == max(ours, key=lambda n: ours[n]["score"])
         search = json.loads((eval_dir / "search" / target / "search.json").read_text())
         assert 0 < len(search["evaluations"]) <= 4
+        # recovery before islands (--recovery auto, the default): on a speed target whose nothing-kept
+        # misses, and nowhere else; it starts from the k0 candidate's own score
+        recovery, nothing_kept = search["recovery"], models["k0"]["score"]
+        missed = nothing_kept < search["threshold"]
+        assert (recovery is not None) == (missed and target != "size"), (target, recovery)
+        if recovery is not None:
+            assert recovery["method"] == "distill" and recovery["k0_before"] == nothing_kept
+            recovered_log = (eval_dir / "search" / target / "evaluations_recovered.jsonl").read_text()
+            assert json.loads(recovered_log.splitlines()[0])["score"] == recovery["k0_after"]
+            if recovery["used"]:  # the islands then start from the recovered nothing-kept
+                nothing_kept = recovery["k0_after"]
+                assert all("_recovered" in name for name in search["finalists"])
         # nothing kept is the k0 candidate, already scored: the search reads its score, scores no copy
-        assert (
-            search["evaluations"][0]["kept"] == []
-            and search["evaluations"][0]["score"] == models["k0"]["score"]
-        )
-        log = (eval_dir / "search" / target / "evaluations.jsonl").read_text().splitlines()
-        assert [] not in [json.loads(line)["kept"] for line in log if line.strip()]
+        assert search["evaluations"][0]["kept"] == [] and search["evaluations"][0]["score"] == nothing_kept
+        if recovery is None or not recovery["used"]:
+            log = (eval_dir / "search" / target / "evaluations.jsonl").read_text().splitlines()
+            assert [] not in [json.loads(line)["kept"] for line in log if line.strip()]
         # the passing kept sets the search found are timed beside the candidates
         assert set(search["finalists"]) <= set(models) and bool(search["finalists"]) == search["target_met"]
     if not torch.cuda.is_available():

@@ -25,6 +25,7 @@ from quantsweep.config import (
     LowPrecision,
     QuantFormat,
     RankMetric,
+    Recovery,
     SweepConfig,
     SweepMethod,
     WeightDtype,
@@ -106,6 +107,19 @@ def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=defaults.bias_correction,
         help="fold the mean output shift on the calibration images into the bias",
+    )
+    parser.add_argument(
+        "--recovery",
+        default=defaults.recovery.value,
+        help="accuracy recovery with every layer quantized: auto (default: the search distills where "
+        "nothing-kept misses the target on a speed target), distill (every artifact), none; "
+        "distill is a label-free fine-tune of biases and weight scales (docs/quantizers.md)",
+    )
+    parser.add_argument(
+        "--recovery-steps",
+        type=int,
+        default=defaults.recovery_steps,
+        help="distill: optimizer steps of 4 calibration images each",
     )
     parser.add_argument(
         "--pseudo-conf",
@@ -257,6 +271,7 @@ def sweep_config_from_args(args: argparse.Namespace, *, images: str) -> SweepCon
     (method,) = parse_enum_list(args.method, SweepMethod, what="sweep method")
     (weight_method,) = parse_enum_list(args.weight_method, WeightMethod, what="weight method")
     (symmetry,) = parse_enum_list(args.weight_symmetry, WeightSymmetry, what="weight symmetry")
+    (recovery,) = parse_enum_list(args.recovery, Recovery, what="recovery method")
     (compute_dtype,) = parse_enum_list(args.compute_dtype or "float32", ComputeDtype, what="compute dtype")
     patterns = tuple(p.strip() for item in args.layers for p in item.split(",") if p.strip())
     return SweepConfig(
@@ -278,7 +293,11 @@ def sweep_config_from_args(args: argparse.Namespace, *, images: str) -> SweepCon
         detect=DetectConfig(pseudo_label_conf=args.pseudo_conf),
         image_root=args.image_root,
         quantizer=WeightQuantConfig(
-            method=weight_method, symmetry=symmetry, bias_correction=args.bias_correction
+            method=weight_method,
+            symmetry=symmetry,
+            bias_correction=args.bias_correction,
+            recovery=recovery,
+            recovery_steps=args.recovery_steps,
         ),
         compute_dtype=compute_dtype,
     )

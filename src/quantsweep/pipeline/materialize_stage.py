@@ -25,7 +25,7 @@ from quantsweep.backends.base import ModelSource, conv_kinds, onnx_source
 from quantsweep.backends.calibration import RangeCache
 from quantsweep.backends.modelopt_writer import check_writer, plan_deviations, write_modelopt
 from quantsweep.backends.placement import input_ranges
-from quantsweep.config import QuantFormat
+from quantsweep.config import ActDtype, QuantFormat
 from quantsweep.errors import InputError
 from quantsweep.evaluate.artifact_checks import torch_export_output, verify_artifact
 from quantsweep.evaluate.runtime_check import check_on_runtime, deployed_agrees, summary_line
@@ -36,7 +36,7 @@ from quantsweep.pipeline.common import ProgressFactory, RunCache, calibrate, mod
 from quantsweep.pipeline.schemes_stage import FP32_ONNX, SchemeSet, read_scheme_set
 from quantsweep.quant.calibrators import ranges_record, read_ranges
 from quantsweep.quant.numerics import ActRange
-from quantsweep.quant.scheme import WEIGHTS_DIR, SchemeRecords
+from quantsweep.quant.scheme import COSTS_KIND, COSTS_NAME, WEIGHTS_DIR, SchemeRecords
 from quantsweep.records import read_json, write_json
 from quantsweep.runs import environment, new_run_dir
 from quantsweep.schemes.records import Precision, Scheme
@@ -265,7 +265,16 @@ def _torch_ranges(scheme_set: SchemeSet, loaded, batch, layers) -> dict[str, Act
     return calibrate(loaded.network, batch, config, names)
 
 
-def _prepare_writer(scheme_sets: list[SchemeSet], run_dir: Path, cache: RunCache) -> _Writer:
+def asymmetric_acts(matched: Mapping[str, tuple[Backend, SchemeSet]]) -> bool:
+    """True when every target whose schemes quantize activations to INT8 writes them as UINT8
+    with a zero point: the one sequential pass per format then simulates that (recovery)."""
+    placements = [b.placement for b, s in matched.values() if s.low.act is ActDtype.INT8]
+    return bool(placements) and all(p.asymmetric for p in placements)
+
+
+def _prepare_writer(
+    scheme_sets: list[SchemeSet], run_dir: Path, cache: RunCache, *, asymmetric: bool
+) -> _Writer:
     config = scheme_sets[0].sweep_config
     loaded = cache.load(config)
     batch = cache.batch(config)
@@ -281,6 +290,7 @@ def _prepare_writer(scheme_sets: list[SchemeSet], run_dir: Path, cache: RunCache
         config.quantizer,
         act_ranges,
         layer_names=[layer.name for layer in layers],
+        asymmetric=asymmetric,
     )
     nodes = {a.torch_name: a.onnx_node for a in scheme_sets[0].schemes[0].layers}
     return _Writer(loaded, batch.images, act_ranges, run_dir / FP32_FILE, records=records, nodes=nodes)
@@ -300,7 +310,7 @@ def materialize_candidates(
     matched = match_targets(scheme_sets, request.targets, kinds)
     config = scheme_sets[0].sweep_config
     run_dir = new_run_dir(out, model_name=Path(config.model).stem, stage="candidates")
-    writer = _prepare_writer(scheme_sets, run_dir, cache or RunCache())
+    writer = _prepare_writer(scheme_sets, run_dir, cache or RunCache(), asymmetric=asymmetric_acts(matched))
     writer.writer = request.writer
     index = CandidatesIndex(sweep_dir=str(scheme_sets[0].sweep_dir), imgsz=config.imgsz)
     source = model_source(config, writer.fp32_path, images=writer.images)
@@ -322,6 +332,10 @@ def materialize_candidates(
             index.write(run_dir)
             step(f"{name} baselines")
     write_json(run_dir / "tensor_ranges.json", "tensor_ranges", {"ranges": writer.ranges.to_dict()})
-    costs = {"quantizer": config.quantizer.to_dict(), "seconds_per_format": writer.records.seconds}
-    write_json(run_dir / WEIGHTS_DIR / "costs.json", "quantizer_costs", costs)
+    costs = {
+        "quantizer": config.quantizer.to_dict(),
+        "seconds_per_format": writer.records.seconds,
+        "recovery_seconds_per_format": writer.records.recovery_seconds,
+    }
+    write_json(run_dir / WEIGHTS_DIR / COSTS_NAME, COSTS_KIND, costs)
     return run_dir

@@ -20,6 +20,7 @@ import torch
 from quantsweep.backends import Backend, Objective
 from quantsweep.backends.base import conv_kinds
 from quantsweep.backends.calibration import RangeCache
+from quantsweep.config import Recovery
 from quantsweep.evaluate.scoring import Accuracy
 from quantsweep.evaluate.search import search
 from quantsweep.export.candidates import FP32_FILE
@@ -28,6 +29,8 @@ from quantsweep.pipeline.common import ProgressFactory, model_source, no_progres
 from quantsweep.pipeline.eval_context import EvalContext, EvalRequest
 from quantsweep.pipeline.eval_records import ResultStore
 from quantsweep.pipeline.schemes_stage import SchemeSet, read_scheme_set
+from quantsweep.pipeline.search_recovery import RecoveredRecords, RecoveryOutcome
+from quantsweep.quant.distill import DISTILL_CHECKS
 from quantsweep.quant.numerics import ActRange
 from quantsweep.quant.scheme import WEIGHTS_DIR, load_records, records_path
 from quantsweep.records import JsonLines, read_json, write_json
@@ -122,6 +125,7 @@ class TargetSearch:
         self.progress: ProgressFactory = no_progress
         self._ranges: RangeCache | None = None  # one FP32 graph and calibration batch for every target
         self._source = None
+        self._recovered: RecoveredRecords | None = None
 
     def __call__(self, backend: Backend, store: ResultStore) -> dict:
         scheme_set = read_scheme_set(Path(self.index.targets[backend.name].schemes_dir))
@@ -142,6 +146,7 @@ class TargetSearch:
                 measure.accuracies.setdefault(kept, Accuracy(**record["accuracy"]))
         reference = self.context.reference_score
         threshold = self.eval_request.accuracy_target.threshold(reference)
+        measure, recovery = self._recovery_first(backend, scheme_set, measure, threshold, search_dir)
         with self.progress(self.request.max_evals, f"search {backend.name}") as step:
 
             def measured(kept: tuple[str, ...]) -> float:
@@ -150,7 +155,8 @@ class TargetSearch:
                 return score
 
             result = search(measure.ranking, measured, target=threshold, max_evals=self.request.max_evals)
-        finalists = self._finalists(backend, result, measure, store, search_dir)
+        used = recovery is not None and recovery.used
+        finalists = self._finalists(backend, result, measure, store, search_dir, recovered=used)
         summary = {
             "target": backend.name,
             "reference": reference,
@@ -161,30 +167,58 @@ class TargetSearch:
             "low": scheme_set.low.label,
             "high": scheme_set.high.label,
             "finalists": finalists,
+            "recovery": None if recovery is None else recovery.to_dict(),
         }
         write_json(search_dir / "search.json", "scheme_search", summary)
         return summary
 
+    def _recovery_first(
+        self, backend: Backend, scheme_set: SchemeSet, measure: _Measure, threshold: float, search_dir: Path
+    ) -> tuple[_Measure, RecoveryOutcome | None]:
+        """Recovery before islands (search_recovery.py): the measure the islands are searched with."""
+        if self._recovered is None:
+            self._recovered = RecoveredRecords(
+                self.context.config, candidates_dir=self.candidates_dir, root=search_dir.parent
+            )
+        if not self._recovered.needed(backend) or (before := measure(())) >= threshold:
+            return measure, None
+        # the distillation's checkpoints (DISTILL_CHECKS), then nothing-kept scored again
+        with self.progress(DISTILL_CHECKS + 1, f"recover {backend.name}") as step:
+            records, seconds = self._recovered.for_target(
+                backend, scheme_set, measure.records, images=self._source.images, progress=step
+            )
+            log = JsonLines(search_dir / "evaluations_recovered.jsonl")
+            recovered = _Measure(
+                backend, scheme_set, self._ranges, self.context, log, records=records, source=self._source
+            )
+            after = recovered(())
+            step(f"nothing kept: {before:.4f} -> {after:.4f}")
+        outcome = RecoveryOutcome(Recovery.DISTILL, before, after, seconds, used=after > before)
+        LOG.info("%s: recovery before islands: nothing kept %.4f -> %.4f", backend.name, before, after)
+        return (recovered if outcome.used else measure), outcome
+
     def _finalists(
-        self, backend, result, measure: _Measure, store: ResultStore, search_dir: Path
+        self, backend, result, measure: _Measure, store: ResultStore, search_dir: Path, *, recovered: bool
     ) -> list[str]:
         passing = sorted(
             {tuple(e["kept"]) for e in result.evaluations if e["score"] >= result.target},
             key=lambda kept: (len(kept), [measure.ranking.index(n) for n in kept]),
         )[: FINALISTS[backend.objective]]
-        # a kept set some candidate already has (K=0 is the k0 scheme) is that candidate, timed as it is
+        # a kept set some candidate already has (K=0 is the k0 scheme) is that candidate, timed as it
+        # is; not with recovered records, which no candidate carries
         existing = {
             frozenset(r.get("kept_layers") or ()): name
             for name, r in store.all().items()
-            if r["policy"] in ("top_k", "budget", "random", "first_head")
+            if r["policy"] in ("top_k", "budget", "random", "first_head") and not recovered
         }
+        suffix = "_recovered" if recovered else ""
         names = []
         for kept in passing:
             if frozenset(kept) in existing:
                 names.append(existing[frozenset(kept)])
                 continue
-            same = sum(n.startswith(f"search_k{len(kept)}") for n in names)
-            name = f"search_k{len(kept)}" + (f"_{same + 1}" if same else "")
+            same = sum(n.startswith(f"search_k{len(kept)}{suffix}") for n in names)
+            name = f"search_k{len(kept)}{suffix}" + (f"_{same + 1}" if same else "")
             if not store.has(name):
                 model = measure.model(kept)
                 path = backend.save(model, search_dir / f"{name}.onnx", source=measure.source)
@@ -198,6 +232,7 @@ class TargetSearch:
                     "size_bytes": backend.artifact_bytes(path),
                     "avg_weight_bits": average_weight_bits(model),
                     "sha256_16": hashlib.sha256(path.read_bytes()).hexdigest()[:16],
+                    "recovered": recovered,
                 }
                 store.write_result(record, acc)
             names.append(name)

@@ -23,6 +23,7 @@ from quantsweep.models.network import StagedNetwork
 from quantsweep.quant.gptq import LayerStats, layer_stats
 from quantsweep.quant.layer_quant import quantize_layer
 from quantsweep.quant.numerics import ActRange, act_qparams, fake_quant_act
+from quantsweep.quant.recovery import recover
 from quantsweep.quant.weights import QuantizedWeight
 
 LOG = logging.getLogger(__name__)
@@ -178,6 +179,7 @@ def load_records(path: Path) -> dict[str, QuantizedWeight]:
 
 
 WEIGHTS_DIR = "quantized_weights"
+COSTS_NAME, COSTS_KIND = "costs.json", "quantizer_costs"  # inside WEIGHTS_DIR: settings and seconds
 
 
 def records_path(directory: Path, fmt: QuantFormat) -> Path:
@@ -191,7 +193,9 @@ class SchemeRecords:
     Each format's pass quantizes every layer (in execution order, as :func:`quantize_scheme`), so
     a scheme that keeps some layers in float reuses records whose statistics saw those layers
     quantized: one pass per format instead of one per scheme and search trial (docs/decisions.md).
-    Records are written to ``directory`` so later stages (the search) use the same ones.
+    Records are written to ``directory`` so later stages (the search) use the same ones. The
+    quantizer's recovery method (quant/recovery.py) runs on each format's records before they are
+    written.
     """
 
     def __init__(
@@ -203,11 +207,14 @@ class SchemeRecords:
         act_ranges: Ranges,
         *,
         layer_names: Sequence[str],
+        asymmetric: bool = False,
     ) -> None:
         self.directory, self.network, self.images = Path(directory), network, images
         self.config, self.act_ranges, self.layer_names = config, act_ranges, list(layer_names)
+        self.asymmetric = asymmetric  # the targets write INT8 activations as UINT8 (recovery simulates it)
         self.cache: dict[str, dict[str, QuantizedWeight]] = {}
-        self.seconds: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}  # the whole pass per format, recovery included
+        self.recovery_seconds: dict[str, float] = {}
 
     def for_format(self, fmt: QuantFormat) -> dict[str, QuantizedWeight]:
         """Every layer's record under ``fmt`` (computed once, then read back)."""
@@ -221,6 +228,16 @@ class SchemeRecords:
                 records = quantize_scheme(
                     self.network, assignment, self.images, config=self.config, act_ranges=self.act_ranges
                 )
+                recovering = time.perf_counter()
+                records = recover(
+                    self.network,
+                    records,
+                    self.images,
+                    config=self.config,
+                    act_ranges=self.act_ranges or {},
+                    asymmetric=self.asymmetric,
+                )
+                self.recovery_seconds[fmt.name] = time.perf_counter() - recovering
                 self.seconds[fmt.name] = time.perf_counter() - started
                 save_records(path, records)
                 self.cache[fmt.name] = records

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from quantsweep.config import Recovery, WeightQuantConfig
 from quantsweep.evaluate.target import AccuracyTarget
 from quantsweep.export.candidates import read_candidates
 from quantsweep.pipeline.eval_records import CONFIG_KIND
+from quantsweep.quant.scheme import COSTS_KIND, COSTS_NAME, WEIGHTS_DIR
 from quantsweep.records import read_json, write_text_atomic
 from quantsweep.report.html import render_html
 from quantsweep.report.plots import heatmap_plot, sensitivity_plot, tradeoff_plot
@@ -27,6 +29,27 @@ def _sweep_reports(eval_dir: Path) -> dict[str, dict[str, Any]]:
         str(path.parent.relative_to(sweep_dir)): read_json(path, REPORT_KIND)
         for path in sorted(sweep_dir.glob(f"*/*/{REPORT_NAME}.json"))
     }
+
+
+def _quantizer_lines(eval_dir: Path) -> list[str]:
+    """How the artifacts' weights were quantized and recovered, and what the recovery cost."""
+    config = read_json(eval_dir / "eval_config.json", CONFIG_KIND)
+    path = Path(config["inputs"]["candidates_dir"]) / WEIGHTS_DIR / COSTS_NAME
+    if not path.is_file():
+        return []
+    costs = read_json(path, COSTS_KIND)
+    quantizer = WeightQuantConfig.from_dict(costs["quantizer"])
+    correction = "on" if quantizer.bias_correction else "off"
+    line = f"Quantizer: {quantizer.method.value} weights, bias correction {correction}; recovery: "
+    if quantizer.recovery is Recovery.NONE:
+        line += "none"
+    elif quantizer.recovery is Recovery.AUTO:
+        line += "auto (the search distills first where nothing-kept misses a speed target's accuracy target)"
+    else:
+        seconds = costs.get("recovery_seconds_per_format", {})
+        spent = ", ".join(f"{s:.0f} s for {fmt}" for fmt, s in seconds.items())
+        line += f"{quantizer.recovery.value}, {quantizer.recovery_steps} steps ({spent or 'reused'})"
+    return [line + ".", ""]
 
 
 def _card(report: TargetReport) -> list[str]:
@@ -110,6 +133,23 @@ def _cocoeval_line(rec: dict[str, Any]) -> list[str]:
     ]
 
 
+def _recovery_lines(outcome: dict[str, Any] | None) -> list[str]:
+    """What recovery before islands did on this target (search_recovery.py)."""
+    if outcome is None:
+        return []
+    verdict = (
+        "the islands were searched on the recovered weights (`*_recovered` models)"
+        if outcome["used"]
+        else "no gain, so the islands were searched on the weights as quantized"
+    )
+    spent = f" in {outcome['seconds']:.0f} s" if outcome["seconds"] else " (recovered weights reused)"
+    return [
+        f"Recovery before islands: {outcome['method']} raised nothing-kept from {outcome['k0_before']:.4f} "
+        f"to {outcome['k0_after']:.4f}{spent}; {verdict}.",
+        "",
+    ]
+
+
 def _target_section(report: TargetReport, plots_dir: Path) -> tuple[list[str], list[Path]]:
     if report.unavailable is not None or not report.rows:
         return [], []
@@ -122,6 +162,7 @@ def _target_section(report: TargetReport, plots_dir: Path) -> tuple[list[str], l
             f"{', '.join(f'`{n}`' for n in s['kept']) or 'none'}; timed finalists: "
             f"{', '.join(f'`{n}`' for n in s['finalists']) or 'none'}.",
             "",
+            *_recovery_lines(s.get("recovery")),
         ]
     if report.recommendation is not None:
         lines += [f"mAP50-95 here is {METRICS[report.recommendation['metric']]}.", ""]
@@ -176,7 +217,7 @@ def build_report(eval_dir: Path) -> Path:
     targets = load_targets(eval_dir)
     plots_dir = eval_dir / "plots"
     plots_dir.mkdir(exist_ok=True)
-    cards = ["# quantsweep report", "", "## Recommendations", ""]
+    cards = ["# quantsweep report", "", "## Recommendations", "", *_quantizer_lines(eval_dir)]
     for report in targets:
         cards += _card(report)
     body, plots = [], []
