@@ -1,7 +1,7 @@
 """What each accuracy-recovery method buys with nothing kept in float, and what it costs.
 
     python benchmarks/recovery.py --model M.pt --images calib.txt --data data.yaml \\
-        [--imgsz 320] [--recovery none,distill] [--targets ort-cpu,openvino] [--out DIR]
+        [--imgsz 320] [--max-images 16] [--recovery none,distill] [--targets ort-cpu,openvino]
 
 For each recovery method, one ``quantsweep run --ks 0 --recovery METHOD`` on the model (the
 default quantizer otherwise: GPTQ, bias correction, MSE ranges), then per target the ``k0``
@@ -48,6 +48,7 @@ def main() -> int:
     parser.add_argument("--images", required=True)
     parser.add_argument("--data", required=True)
     parser.add_argument("--imgsz", type=int, default=320)
+    parser.add_argument("--max-images", type=int, default=16, help="calibration images used")
     parser.add_argument("--recovery", default="none,distill")
     parser.add_argument("--targets", default="ort-cpu,openvino")
     parser.add_argument("--out", type=Path, default=Path("runs/recovery_benchmark"))
@@ -55,10 +56,11 @@ def main() -> int:
     targets = args.targets.split(",")
     rows = []
     for method in args.recovery.split(","):
-        out = args.out / f"{Path(args.model).stem}_{args.imgsz}_{method}"
+        out = args.out / f"{Path(args.model).stem}_{args.imgsz}_{args.max_images}_{method}"
         command = [
             sys.executable, "-m", "quantsweep.cli.main", "run", "--model", args.model,
             "--images", args.images, "--data", args.data, "--imgsz", str(args.imgsz),
+            "--max-images", str(args.max_images),
             "--target", args.targets, "--ks", "0", "--recovery", method, "--out", str(out),
         ]  # fmt: skip
         started = time.perf_counter()
@@ -69,7 +71,8 @@ def main() -> int:
         costs = _costs(run_dir)
         recovery_s = sum(costs.get("recovery_seconds_per_format", {}).values())
         rows.append((method, {t: _scores(run_dir, t) for t in targets}, recovery_s, seconds, peak_mib))
-    print(f"\n{Path(args.model).name}, {args.imgsz} px, {args.images}; CPU: {cpu_line()}")
+    print(f"\n{Path(args.model).name}, {args.imgsz} px, {args.max_images} images of {args.images}")
+    print(f"CPU: {cpu_line()}")
     print("k0 = every conv quantized, nothing kept in float; mAP50-95 from each target's own runtime")
     header = " ".join(f"{t + ' k0 (% FP32)':>26}" for t in targets)
     print(f"{'recovery':<10} {header} {'recovery s':>11} {'run s':>7} {'peak MiB*':>10}")

@@ -67,7 +67,7 @@ class RecoveredRecords:
         if path.is_file():
             return {**records, fmt.name: load_records(path)}, 0.0
         started = time.perf_counter()
-        if self._network is None:  # the user's checkpoint, loaded once, only when recovery runs
+        if self._network is None:  # the checkpoint path the user gave (a pickle), once, only if needed
             self._network = load_model(self.config.model, head=self.config.head).network
         ranges = read_ranges(read_json(self.candidates_dir / "act_ranges.json", "act_ranges"))
         quantizer = dataclasses.replace(self.config.quantizer, recovery=Recovery.DISTILL)
