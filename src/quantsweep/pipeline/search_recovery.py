@@ -27,6 +27,7 @@ from quantsweep.records import read_json
 
 LOG = logging.getLogger(__name__)
 RECOVERED_DIR = "recovered"
+AUTO_METHOD = Recovery.DISTILL  # what ``--recovery auto`` runs in the search
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class RecoveredRecords:
         if self._network is None:  # the checkpoint path the user gave (a pickle), once, only if needed
             self._network = load_model(self.config.model, head=self.config.head).network
         ranges = read_ranges(read_json(self.candidates_dir / "act_ranges.json", "act_ranges"))
-        quantizer = dataclasses.replace(self.config.quantizer, recovery=Recovery.DISTILL)
+        quantizer = dataclasses.replace(self.config.quantizer, recovery=AUTO_METHOD)
         recovered = recover(
             self._network,
             records[fmt.name],

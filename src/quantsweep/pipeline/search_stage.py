@@ -20,7 +20,6 @@ import torch
 from quantsweep.backends import Backend, Objective
 from quantsweep.backends.base import conv_kinds
 from quantsweep.backends.calibration import RangeCache
-from quantsweep.config import Recovery
 from quantsweep.evaluate.scoring import Accuracy
 from quantsweep.evaluate.search import search
 from quantsweep.export.candidates import FP32_FILE
@@ -29,7 +28,7 @@ from quantsweep.pipeline.common import ProgressFactory, model_source, no_progres
 from quantsweep.pipeline.eval_context import EvalContext, EvalRequest
 from quantsweep.pipeline.eval_records import ResultStore
 from quantsweep.pipeline.schemes_stage import SchemeSet, read_scheme_set
-from quantsweep.pipeline.search_recovery import RecoveredRecords, RecoveryOutcome
+from quantsweep.pipeline.search_recovery import AUTO_METHOD, RecoveredRecords, RecoveryOutcome
 from quantsweep.quant.distill import DISTILL_CHECKS
 from quantsweep.quant.numerics import ActRange
 from quantsweep.quant.scheme import WEIGHTS_DIR, load_records, records_path
@@ -193,7 +192,7 @@ class TargetSearch:
             )
             after = recovered(())
             step(f"nothing kept: {before:.4f} -> {after:.4f}")
-        outcome = RecoveryOutcome(Recovery.DISTILL, before, after, seconds, used=after > before)
+        outcome = RecoveryOutcome(AUTO_METHOD, before, after, seconds, used=after > before)
         LOG.info("%s: recovery before islands: nothing kept %.4f -> %.4f", backend.name, before, after)
         return (recovered if outcome.used else measure), outcome
 
