@@ -21,11 +21,11 @@ from pathlib import Path
 
 from scipy.stats import spearmanr
 
-from quantsweep.config import ActDtype, Granularity, QuantFormat, SweepConfig, SweepMethod, WeightDtype
+from quantsweep.core.config import ActDtype, Granularity, QuantFormat, SweepConfig, SweepMethod, WeightDtype
+from quantsweep.core.runs import cpu_line
 from quantsweep.data.shapes import generate_split
 from quantsweep.models.ultralytics_adapter import BUNDLED_MODEL
-from quantsweep.pipeline.sweep_stage import sweep
-from quantsweep.runs import cpu_line
+from quantsweep.stages.sweep_stage import sweep
 
 SECOND_TESTBED = Path(__file__).resolve().parents[2] / "shared" / "testbed" / "yolov10s-shapes.pt"
 TOP = 10

@@ -35,11 +35,11 @@ from pathlib import Path
 import torch
 from scipy.stats import spearmanr
 
-from quantsweep.config import ActDtype, ComputeDtype, DetectConfig, Granularity, QuantFormat, WeightDtype
+from quantsweep.core.config import ActDtype, ComputeDtype, DetectConfig, Granularity, QuantFormat, WeightDtype
 from quantsweep.data.shapes import generate_split
 from quantsweep.models.network import set_compute_dtype
-from quantsweep.sweep.engine import ExactSweep
-from quantsweep.sweep.fast import estimate
+from quantsweep.sensitivity.engine import ExactSweep
+from quantsweep.sensitivity.fast import estimate
 from testbed import CALIB_IMAGES, IMGSZ, Testbed, forward_seconds, load_testbed, naive_per_layer, top
 
 FORMATS = (

@@ -19,23 +19,23 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 
-from quantsweep.backends import get_backend
-from quantsweep.backends.base import conv_kinds
-from quantsweep.backends.calibration import RangeCache
-from quantsweep.backends.tensorrt_gpu import load_engine
-from quantsweep.backends.timing import interleaved_latency
-from quantsweep.config import ActDtype, WeightDtype
+import onnx
+from quantsweep.core.config import ActDtype, WeightDtype
+from quantsweep.core.records import read_json
 from quantsweep.data.images import load_batch, resolve_images
 from quantsweep.data.shapes import generate_split
-from quantsweep.evaluate.scoring import accuracy, detections_of
-from quantsweep.export.inspect import node_precisions, precision_label
-from quantsweep.export.onnx_model import export_fp32
+from quantsweep.evaluation.scoring import accuracy, detections_of
 from quantsweep.models.ultralytics_adapter import BUNDLED_MODEL, load_model
-from quantsweep.pipeline.eval_context import EvalRequest, prepare_context
-from quantsweep.records import read_json
-from quantsweep.schemes.records import Precision
+from quantsweep.onnx.calibration import RangeCache
+from quantsweep.onnx.export import export_fp32
+from quantsweep.onnx.inspect import node_precisions, precision_label
+from quantsweep.schemes.scheme_records import Precision
+from quantsweep.stages.eval_context import EvalRequest, prepare_context
+from quantsweep.targets import get_backend
+from quantsweep.targets.base import conv_kinds
+from quantsweep.targets.tensorrt_gpu import load_engine
+from quantsweep.targets.timing import interleaved_latency
 
 SIZES = (320, 640)
 PRECISIONS = {

@@ -17,10 +17,10 @@ import time
 
 import torch
 
-from quantsweep.config import ActDtype, DetectConfig, Granularity, QuantFormat, WeightDtype
+from quantsweep.core.config import ActDtype, DetectConfig, Granularity, QuantFormat, WeightDtype
 from quantsweep.models.ultralytics_adapter import BUNDLED_MODEL, load_model
-from quantsweep.sweep.engine import ExactSweep
-from quantsweep.sweep.fast import estimate
+from quantsweep.sensitivity.engine import ExactSweep
+from quantsweep.sensitivity.fast import estimate
 from testbed import compare, load_testbed
 
 INT4_WEIGHT_ONLY = {

@@ -22,12 +22,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import onnx
 import torch
 
-from quantsweep.backends import get_backend
-from quantsweep.backends.placement import Placement, apply_placement, input_ranges
-from quantsweep.config import (
+import onnx
+from quantsweep.core.config import (
     ActDtype,
     CalibConfig,
     CalibMethod,
@@ -39,14 +37,16 @@ from quantsweep.config import (
     WeightQuantConfig,
     WeightSymmetry,
 )
-from quantsweep.evaluate.scoring import detections_of, load_checked
-from quantsweep.export.onnx_model import export_fp32, map_layers
+from quantsweep.evaluation.scoring import detections_of, load_checked
 from quantsweep.metrics.map import mean_average_precision
+from quantsweep.onnx.export import export_fp32, map_layers
+from quantsweep.onnx.placement import Placement, apply_placement, input_ranges
 from quantsweep.quant.apply import calibrate_inputs
 from quantsweep.quant.layer_quant import quantize_layer
 from quantsweep.quant.scheme import quantize_each_alone, quantize_scheme
-from quantsweep.schemes.records import Precision
-from quantsweep.sweep.engine import ExactSweep
+from quantsweep.schemes.scheme_records import Precision
+from quantsweep.sensitivity.engine import ExactSweep
+from quantsweep.targets import get_backend
 from testbed import IMGSZ, Testbed, load_testbed, top
 
 DFL = "model.23.dfl.conv"

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from quantsweep.runs import cpu_line
+from quantsweep.core.runs import cpu_line
 
 
 def _one(run_root: Path) -> Path:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from quantsweep.cli.main import build_parser
 from quantsweep.cli.run import run_config
-from quantsweep.records import read_json
+from quantsweep.core.records import read_json
 from quantsweep.workflow import run_job
 
 SAME = ("recommended", "kept_layers", "map50_95", "reference_map50_95", "size_bytes")

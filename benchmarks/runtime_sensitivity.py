@@ -7,7 +7,7 @@ The sweep ranks layers with Torch fake quantization. Here each of the ``--top`` 
 target's ranking (the schemes' order) is written alone at the target's low precision (everything
 else float) in the target's placement, saved as the target ships it, loaded in the target's runtime
 and run on calibration images; its sensitivity is the sweep's own metric (the confidence-weighted
-box error, ``metrics/errors.py``) of the runtime's output against the FP32 model's in the same
+box error, ``metrics/output_errors.py``) of the runtime's output against the FP32 model's in the same
 runtime. Printed: the
 cost per layer and in all, Spearman's rho between the Torch and runtime orders, and how many of the
 Torch top-10 the runtime puts in its top-10, so one can see what runtime-in-the-loop costs and
@@ -24,17 +24,17 @@ from pathlib import Path
 
 from scipy.stats import spearmanr
 
-from quantsweep.backends import get_backend
-from quantsweep.backends.openvino_cpu import OpenVinoRunner
-from quantsweep.evaluate.scoring import head_output, output_convention
-from quantsweep.export.candidates import FP32_FILE, read_candidates
-from quantsweep.metrics.errors import output_error
+from quantsweep.core.runs import cpu_line
+from quantsweep.evaluation.scoring import head_output, output_convention
+from quantsweep.metrics.output_errors import output_error
 from quantsweep.models.outputs import HeadOutput
-from quantsweep.pipeline.common import calibration_batch
-from quantsweep.pipeline.schemes_stage import read_scheme_set
-from quantsweep.pipeline.search_stage import recorded_ranges
-from quantsweep.runs import cpu_line
-from quantsweep.schemes.records import Precision
+from quantsweep.onnx.candidates import FP32_FILE, read_candidates
+from quantsweep.schemes.scheme_records import Precision
+from quantsweep.stages.common import calibration_batch
+from quantsweep.stages.schemes_stage import read_scheme_set
+from quantsweep.stages.search_stage import recorded_ranges
+from quantsweep.targets import get_backend
+from quantsweep.targets.openvino_cpu import OpenVinoRunner
 
 
 def _outputs(runner, images, convention) -> HeadOutput:

@@ -18,7 +18,7 @@ import time
 import ray
 import torch
 
-from quantsweep.config import (
+from quantsweep.core.config import (
     ActDtype,
     DetectConfig,
     ExecutorConfig,
@@ -28,11 +28,11 @@ from quantsweep.config import (
     SweepConfig,
     WeightDtype,
 )
-from quantsweep.executors.local import LocalExecutor
-from quantsweep.executors.ray_cluster import RayExecutor
+from quantsweep.execution.local import LocalExecutor
+from quantsweep.execution.ray_cluster import RayExecutor
 from quantsweep.models.ultralytics_adapter import BUNDLED_MODEL
-from quantsweep.sweep.engine import ExactSweep
-from quantsweep.sweep.shards import SweepWork, auto_shard_size, plan_shards
+from quantsweep.sensitivity.engine import ExactSweep
+from quantsweep.sensitivity.shards import SweepWork, auto_shard_size, plan_shards
 from testbed import CALIB_IMAGES, IMGSZ, forward_seconds, load_testbed
 
 FMT = QuantFormat(WeightDtype.INT4, ActDtype.FP16, Granularity.PER_CHANNEL)

@@ -24,18 +24,18 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnx
 
-from quantsweep.backends import get_backend
-from quantsweep.backends.openvino_cpu import DEPLOY_CONFIG, EXACT_CONFIG, OpenVinoRunner
-from quantsweep.backends.timing import interleaved_latency
+import onnx
 from quantsweep.cli.main import main as quantsweep
-from quantsweep.evaluate.scoring import accuracy, detections_of
-from quantsweep.export.ort_quantize_static import quantize_with_ort
+from quantsweep.core.runs import cpu_line
+from quantsweep.evaluation.scoring import accuracy, detections_of
 from quantsweep.metrics.detections import pseudo_labels
-from quantsweep.pipeline.common import calibration_batch, read_sweep_config
-from quantsweep.pipeline.eval_context import load_eval_batch
-from quantsweep.runs import cpu_line
+from quantsweep.onnx.ort_quantize_static import quantize_with_ort
+from quantsweep.stages.common import calibration_batch, read_sweep_config
+from quantsweep.stages.eval_context import load_eval_batch
+from quantsweep.targets import get_backend
+from quantsweep.targets.openvino_cpu import DEPLOY_CONFIG, EXACT_CONFIG, OpenVinoRunner
+from quantsweep.targets.timing import interleaved_latency
 
 
 class _CompiledRunner(OpenVinoRunner):

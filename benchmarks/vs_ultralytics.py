@@ -19,16 +19,16 @@ import json
 import tempfile
 from pathlib import Path
 
-from quantsweep.backends import get_backend
-from quantsweep.backends.openvino_cpu import OpenVinoRunner
-from quantsweep.backends.timing import interleaved_latency
+from quantsweep.core.runs import cpu_line
 from quantsweep.data.images import resolve_images
-from quantsweep.evaluate.scoring import accuracy, detections_of, output_convention
+from quantsweep.evaluation.scoring import accuracy, detections_of, output_convention
 from quantsweep.metrics.detections import pseudo_labels
 from quantsweep.models.ultralytics_adapter import ONNX_INT8, OPENVINO_INT8, export_int8
-from quantsweep.pipeline.common import read_sweep_config
-from quantsweep.pipeline.eval_context import load_eval_batch
-from quantsweep.runs import cpu_line
+from quantsweep.stages.common import read_sweep_config
+from quantsweep.stages.eval_context import load_eval_batch
+from quantsweep.targets import get_backend
+from quantsweep.targets.openvino_cpu import OpenVinoRunner
+from quantsweep.targets.timing import interleaved_latency
 
 
 def _exports(model: str, calib_paths: list[Path], *, imgsz: int, out: Path) -> dict[str, Path | str]:

@@ -17,8 +17,8 @@ import argparse
 import json
 from pathlib import Path
 
-from quantsweep.backends import get_backend
-from quantsweep.pipeline.eval_context import EvalRequest, prepare_context
+from quantsweep.stages.eval_context import EvalRequest, prepare_context
+from quantsweep.targets import get_backend
 
 TARGET = "tensorrt"
 

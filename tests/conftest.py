@@ -11,28 +11,29 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
 import pytest
 import torch
 from torch import nn
+
+import onnx
 
 os.environ.setdefault(
     "YOLO_CONFIG_DIR", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "yolo")
 )
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-from quantsweep.backends.placement import Placement, apply_placement, input_ranges
-from quantsweep.config import ActDtype, CalibConfig, HeadMode, QuantFormat
+from quantsweep.core.config import ActDtype, CalibConfig, HeadMode, QuantFormat
+from quantsweep.core.hardware import cpu_int8_weights
+from quantsweep.core.records import JsonLines
 from quantsweep.data.images import Batch, load_batch, resolve_images
 from quantsweep.data.shapes import generate_split
-from quantsweep.hardware import cpu_int8_weights
 from quantsweep.models.network import LayerInfo, StagedNetwork, enumerate_layers
 from quantsweep.models.ultralytics_adapter import LoadedModel, load_model
+from quantsweep.onnx.placement import Placement, apply_placement, input_ranges
 from quantsweep.quant.apply import calibrate_inputs
 from quantsweep.quant.numerics import ActRange
 from quantsweep.quant.weights import QuantizedWeight
-from quantsweep.records import JsonLines
-from quantsweep.schemes.records import Precision
+from quantsweep.schemes.scheme_records import Precision
 
 TINY_IMGSZ = 96
 # every detector family Ultralytics ships, tiny, from its YAML (RT-DETR: same modules as rtdetr-l.yaml)
@@ -128,8 +129,8 @@ def testbed_checkpoint() -> Path:
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory: pytest.TempPathFactory):
     """``tiny_model("yolov8n.yaml")`` exported to ONNX, its layer mapping and 4 calibration images."""
-    from quantsweep.export.onnx_model import export_fp32, map_layers  # noqa: PLC0415
     from quantsweep.models.network import enumerate_layers  # noqa: PLC0415
+    from quantsweep.onnx.export import export_fp32, map_layers  # noqa: PLC0415
 
     loaded = tiny_model("yolov8n.yaml")
     images = torch.rand(4, 3, TINY_IMGSZ, TINY_IMGSZ)
@@ -143,8 +144,8 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def tiny_v10_onnx(tmp_path_factory: pytest.TempPathFactory):
     """A tiny YOLOv10n (it has depthwise convs) exported at 64 px, its node kinds and 2 images."""
-    from quantsweep.backends.base import conv_kinds  # noqa: PLC0415
-    from quantsweep.export.onnx_model import export_fp32  # noqa: PLC0415
+    from quantsweep.onnx.export import export_fp32  # noqa: PLC0415
+    from quantsweep.targets.base import conv_kinds  # noqa: PLC0415
 
     path = tmp_path_factory.mktemp("tiny_v10") / "fp32.onnx"
     model = export_fp32(tiny_model("yolov10n.yaml").network, imgsz=64, path=path)

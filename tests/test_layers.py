@@ -14,25 +14,21 @@ import pytest
 SRC = Path(__file__).resolve().parent.parent / "src" / "quantsweep"
 # bottom to top; a package may import the ones with a lower rank, never an equal or higher one
 RANKS = {
-    "errors": 0,
-    "config": 1,
-    "records": 1,
-    "runs": 1,
-    "hardware": 2,
-    "models": 2,
-    "data": 2,
-    "quant": 3,
-    "metrics": 3,
-    "schemes": 4,
-    "export": 5,
-    "backends": 6,
-    "sweep": 6,
-    "executors": 7,
-    "evaluate": 8,
-    "pipeline": 9,
-    "report": 10,
-    "workflow": 11,
-    "cli": 12,
+    "core": 0,
+    "models": 1,
+    "data": 1,
+    "quant": 2,
+    "metrics": 2,
+    "schemes": 3,
+    "onnx": 4,
+    "targets": 5,
+    "sensitivity": 5,
+    "execution": 6,
+    "evaluation": 7,
+    "stages": 8,
+    "report": 9,
+    "workflow": 10,
+    "cli": 11,
 }
 
 
@@ -56,6 +52,13 @@ def _type_checking_lines(tree: ast.AST) -> set[int]:
 @functools.cache
 def imports() -> list[tuple[str, str, str]]:
     """(file, importing package, imported package) for every runtime import inside quantsweep."""
+    return [(path, importer, module.split(".")[1]) for path, importer, module in module_imports()]
+
+
+@functools.cache
+def module_imports() -> list[tuple[str, str, str]]:
+    """(file, importing package, imported module) for every runtime import inside quantsweep,
+    at module level or inside a function."""
     found = []
     for path in sorted(SRC.rglob("*.py")):
         if path.name == "__init__.py" and path.parent == SRC:
@@ -70,7 +73,7 @@ def imports() -> list[tuple[str, str, str]]:
                 names = [a.name for a in node.names if a.name.startswith("quantsweep.")]
             for name in names:
                 if node.lineno not in skip:
-                    found.append((str(path.relative_to(SRC)), _package(path), name.split(".")[1]))
+                    found.append((str(path.relative_to(SRC)), _package(path), name))
     return found
 
 
@@ -97,3 +100,38 @@ def test_only_the_adapter_imports_ultralytics() -> None:
         )
     ]
     assert readers == ["models/ultralytics_adapter.py"]
+
+
+def _module_name(path: str) -> str:
+    parts = Path(path).with_suffix("").parts
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(("quantsweep", *parts))
+
+
+def test_no_import_cycle_between_modules() -> None:
+    """Not even through an import inside a function (how ``cli/main.py`` and ``cli/run.py`` once
+    imported each other)."""
+    modules = {_module_name(str(p.relative_to(SRC))) for p in SRC.rglob("*.py")}
+    edges: dict[str, set[str]] = {}
+    for path, _, imported in module_imports():
+        target = imported
+        while target not in modules and "." in target:  # "from pkg.mod import name" names the module
+            target = target.rsplit(".", 1)[0]
+        source = _module_name(path)
+        if target not in (source, "quantsweep"):
+            edges.setdefault(source, set()).add(target)
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join([*trail[trail.index(nxt) :], nxt]))
+            if nxt not in state:
+                visit(nxt, [*trail, nxt])
+        state[node] = 2
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module, [module])

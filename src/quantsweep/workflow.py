@@ -12,22 +12,23 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantsweep.backends import ConvKind, get_backend
-from quantsweep.config import QuantFormat, SweepConfig, WeightDtype
+from quantsweep.core.config import QuantFormat, SweepConfig, WeightDtype
+from quantsweep.core.errors import InputError
+from quantsweep.core.layout import format_dir
+from quantsweep.core.records import write_json
+from quantsweep.core.runs import new_run_dir
 from quantsweep.data.shapes import generate_split
-from quantsweep.errors import InputError
-from quantsweep.evaluate.target import AccuracyTarget
-from quantsweep.pipeline import SchemesRequest, make_schemes, materialize_candidates, sweep
-from quantsweep.pipeline.common import ProgressFactory, RunCache, no_progress
-from quantsweep.pipeline.eval_context import EvalRequest, load_eval_batch
-from quantsweep.pipeline.evaluate_stage import evaluate_candidates
-from quantsweep.pipeline.materialize_stage import MaterializeRequest
-from quantsweep.pipeline.schemes_stage import precisions
-from quantsweep.pipeline.search_stage import SearchRequest
-from quantsweep.records import write_json
+from quantsweep.evaluation.accuracy_target import AccuracyTarget
 from quantsweep.report.build import build_report
-from quantsweep.runs import new_run_dir
-from quantsweep.sweep.report import REPORT_NAME
+from quantsweep.sensitivity.sweep_report import REPORT_NAME
+from quantsweep.stages import SchemesRequest, make_schemes, materialize_candidates, sweep
+from quantsweep.stages.common import ProgressFactory, RunCache, no_progress
+from quantsweep.stages.eval_context import EvalRequest, load_eval_batch
+from quantsweep.stages.evaluate_stage import evaluate_candidates
+from quantsweep.stages.materialize_stage import MaterializeRequest
+from quantsweep.stages.schemes_stage import precisions
+from quantsweep.stages.search_stage import SearchRequest
+from quantsweep.targets import ConvKind, get_backend
 
 LOG = logging.getLogger(__name__)
 CALIB_SPLIT_SEED = 2  # a split the testbed checkpoint never saw; its val split is seed 1
@@ -62,7 +63,7 @@ def _default_data(run_dir: Path, config: RunConfig) -> tuple[str, str]:
 
 
 def _reports(sweep_dir: Path, config: SweepConfig) -> list[tuple[QuantFormat, Path]]:
-    paths = [(fmt, sweep_dir / fmt.name / f"{REPORT_NAME}.json") for fmt in config.formats]
+    paths = [(fmt, format_dir(sweep_dir, fmt) / f"{REPORT_NAME}.json") for fmt in config.formats]
     found = [(fmt, path) for fmt, path in paths if path.is_file()]
     if not found:
         raise InputError(f"the sweep in {sweep_dir} produced no report")

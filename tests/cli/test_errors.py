@@ -134,7 +134,7 @@ def test_an_unexpected_failure_is_one_line_and_its_traceback_goes_to_the_run_log
     def explode(*_args, **_kwargs):
         raise RuntimeError("layer model.2.cv2.conv: the runtime failed\nsecond line stays in the log")
 
-    monkeypatch.setattr("quantsweep.pipeline.sweep_stage.execute", explode)
+    monkeypatch.setattr("quantsweep.stages.sweep_stage.execute", explode)
     argv = [*BASE, "--model", str(tiny_checkpoint), "--images", str(tiny_data), "--out", str(tmp_path)]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()  # the progress bar's first frame, then the line
@@ -158,7 +158,7 @@ def test_a_second_command_in_the_same_process_does_not_write_into_the_first_runs
 
     argv = [*BASE, "--model", str(tiny_checkpoint), "--images", str(tiny_data), "--layers", "model.0.*"]
     assert main([*argv, "--out", str(tmp_path / "first")]) == 0
-    monkeypatch.setattr("quantsweep.pipeline.sweep_stage.execute", explode)
+    monkeypatch.setattr("quantsweep.stages.sweep_stage.execute", explode)
     assert main([*argv, "--out", str(tmp_path / "second")]) == 2
     (first,) = (tmp_path / "first").glob("*/*/run.log")
     (second,) = (tmp_path / "second").glob("*/*/run.log")

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from quantsweep.backends import get_backend
 from quantsweep.cli.main import main
-from quantsweep.export.onnx_model import export_fp32
 from quantsweep.models.ultralytics_adapter import load_model
+from quantsweep.onnx.export import export_fp32
+from quantsweep.targets import get_backend
 from tests.conftest import CPU_INT8
 
 pytestmark = pytest.mark.slow  # every stage through the CLI, Ultralytics exports included: minutes
@@ -273,7 +273,7 @@ def test_bad_evaluation_inputs_exit_2(chain, tiny_checkpoint, tiny_data, tmp_pat
 def test_fp32_is_scored_once_for_the_targets_that_run_it_alike(
     chain, tiny_data, tmp_path, monkeypatch
 ) -> None:
-    from quantsweep.pipeline import eval_context  # noqa: PLC0415
+    from quantsweep.stages import eval_context  # noqa: PLC0415
 
     scored: list[tuple[str, str]] = []
     original = eval_context.EvalContext.score

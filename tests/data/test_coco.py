@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from quantsweep.config import ApConvention, DetectConfig
+from quantsweep.core.config import ApConvention, DetectConfig
+from quantsweep.core.errors import InputError
 from quantsweep.data.images import load_batch, resolve_images
 from quantsweep.data.shapes import CLASSES, generate_split
-from quantsweep.errors import InputError
-from quantsweep.evaluate.scoring import accuracy
+from quantsweep.evaluation.scoring import accuracy
 from quantsweep.metrics.coco_eval import cocoeval_map
 from quantsweep.metrics.detections import decode
 from quantsweep.metrics.map import mean_average_precision

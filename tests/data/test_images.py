@@ -4,9 +4,9 @@ import cv2
 import numpy as np
 import pytest
 
+from quantsweep.core.errors import InputError
 from quantsweep.data.images import letterbox, load_batch, resolve_images
 from quantsweep.data.shapes import generate_split
-from quantsweep.errors import InputError
 
 
 def test_letterbox_pads_the_short_side_centred() -> None:

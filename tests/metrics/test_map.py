@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from quantsweep.config import DetectConfig
+from quantsweep.core.config import DetectConfig
 from quantsweep.metrics.detections import decode
-from quantsweep.metrics.errors import output_error
 from quantsweep.metrics.map import mean_average_precision
+from quantsweep.metrics.output_errors import output_error
 from quantsweep.models.outputs import HeadOutput
 
 # Ultralytics' 101-point trapezoid AP gives a perfect detector 0.995 (COCO's mean gives 1.0); the

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from quantsweep.config import HeadMode
-from quantsweep.errors import InputError
+from quantsweep.core.config import HeadMode
+from quantsweep.core.errors import InputError
 from quantsweep.models.network import enumerate_layers
 from quantsweep.models.ultralytics_adapter import load_model
 from tests.conftest import TINY_IMGSZ, tiny_model

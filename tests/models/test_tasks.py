@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from quantsweep.cli.main import main
-from quantsweep.errors import InputError
+from quantsweep.core.errors import InputError
 from quantsweep.models.ultralytics_adapter import load_model
 
 

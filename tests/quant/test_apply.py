@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from quantsweep.config import ActDtype, CalibConfig, CalibMethod, Granularity, QuantFormat, WeightDtype
+from quantsweep.core.config import ActDtype, CalibConfig, CalibMethod, Granularity, QuantFormat, WeightDtype
 from quantsweep.models.network import enumerate_layers
 from quantsweep.quant.apply import calibrate_inputs, quantized_layers
 from tests.conftest import TINY_IMGSZ, tiny_model

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from quantsweep.config import ActDtype, CalibConfig, CalibMethod
+from quantsweep.core.config import ActDtype, CalibConfig, CalibMethod
 from quantsweep.quant.calibrators import calibrate_ranges, ranges_record, read_ranges
 from quantsweep.quant.numerics import ActRange, act_qparams, fake_quant_act
 

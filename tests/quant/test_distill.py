@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from quantsweep.config import (
+from quantsweep.core.config import (
     ActDtype,
     Granularity,
     QuantFormat,
@@ -13,7 +13,7 @@ from quantsweep.config import (
     WeightDtype,
     WeightQuantConfig,
 )
-from quantsweep.errors import InputError
+from quantsweep.core.errors import InputError
 from quantsweep.quant.apply import quantized_layers
 from quantsweep.quant.distill import distill_records, output_loss, simulated_act
 from quantsweep.quant.recovery import recover

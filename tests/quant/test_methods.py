@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from quantsweep.config import (
+from quantsweep.core.config import (
     ActDtype,
     Granularity,
     QuantFormat,

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from quantsweep.config import ActDtype, Granularity, QuantFormat, WeightDtype
+from quantsweep.core.config import ActDtype, Granularity, QuantFormat, WeightDtype
 from quantsweep.quant.numerics import fake_quant_act, fake_quant_weight, weight_scale
 
 

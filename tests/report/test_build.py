@@ -6,17 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from quantsweep.backends import get_backend
-from quantsweep.backends.timing import Timing
 from quantsweep.cli.main import main
-from quantsweep.config import DropMode
-from quantsweep.evaluate.recommend import recommend
-from quantsweep.evaluate.scoring import Accuracy
-from quantsweep.evaluate.target import AccuracyTarget
-from quantsweep.export.candidates import Artifact, CandidatesIndex, TargetCandidates
-from quantsweep.pipeline.eval_records import ResultStore
-from quantsweep.records import write_json
+from quantsweep.core.config import DropMode
+from quantsweep.core.records import write_json
+from quantsweep.evaluation.accuracy_target import AccuracyTarget
+from quantsweep.evaluation.recommend import recommend
+from quantsweep.evaluation.scoring import Accuracy
+from quantsweep.onnx.candidates import Artifact, CandidatesIndex, TargetCandidates
 from quantsweep.report.build import build_report
+from quantsweep.stages.eval_records import ResultStore
+from quantsweep.targets import get_backend
+from quantsweep.targets.timing import Timing
 
 # name: (policy, kept, mAP50-95 against labels, size MB, time ratio to FP32); FP32 0.900
 MODELS = {

@@ -2,10 +2,17 @@ from __future__ import annotations
 
 import pytest
 
-from quantsweep.config import ActDtype, Granularity, HighPrecision, LowPrecision, QuantFormat, WeightDtype
-from quantsweep.pipeline.schemes_stage import precisions
+from quantsweep.core.config import (
+    ActDtype,
+    Granularity,
+    HighPrecision,
+    LowPrecision,
+    QuantFormat,
+    WeightDtype,
+)
 from quantsweep.schemes.policies import RankedLayer, SchemeSpace, budget, first_and_head, random_k, top_k
-from quantsweep.schemes.records import Policy, Precision, Scheme
+from quantsweep.schemes.scheme_records import Policy, Precision, Scheme
+from quantsweep.stages.schemes_stage import precisions
 
 # 6 layers in 3 blocks; block 2 is the head. Ranked: c (most sensitive), a, f, b, e, d.
 LAYERS = [

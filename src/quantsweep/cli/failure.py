@@ -7,7 +7,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from quantsweep.runs import latest_run_log
+from quantsweep.core.runs import latest_run_log
 
 
 def write_traceback() -> Path:

@@ -9,44 +9,32 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from quantsweep import __version__
-from quantsweep.backends import backend_names
+from quantsweep.cli.args import (
+    bundled_model,
+    executor_config_from_args,
+    parse_ks,
+    sweep_config_from_args,
+    target_names,
+)
 from quantsweep.cli.failure import failure_line
-from quantsweep.config import (
-    ActDtype,
+from quantsweep.core.config import (
     CalibConfig,
-    CalibMethod,
     ComputeDtype,
-    DetectConfig,
-    ExecutorConfig,
-    ExecutorKind,
-    Granularity,
     HeadMode,
     HighPrecision,
     LowPrecision,
-    QuantFormat,
     RankMetric,
-    Recovery,
     SweepConfig,
-    SweepMethod,
-    WeightDtype,
-    WeightMethod,
     WeightQuantConfig,
-    WeightSymmetry,
     parse_enum_list,
 )
-from quantsweep.errors import InputError
-from quantsweep.runs import detach_run_logs
+from quantsweep.core.errors import InputError
+from quantsweep.core.runs import detach_run_logs
+from quantsweep.targets import DEFAULT_TARGETS, backend_names
 
 EXIT_BAD_INPUT = 2
-DEFAULT_TARGETS = "ort-cpu,openvino,size"
 EXIT_INTERRUPTED = 130
 LOG = logging.getLogger("quantsweep")
-
-
-def _bundled_model() -> str:
-    from quantsweep.models.ultralytics_adapter import BUNDLED_MODEL  # noqa: PLC0415 (slow import)
-
-    return str(BUNDLED_MODEL)
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -135,12 +123,11 @@ def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", type=Path, help="finish an interrupted sweep run directory")
 
 
-def _add_target_arg(parser: argparse.ArgumentParser, *, default: str | None) -> None:
+def _add_target_arg(parser: argparse.ArgumentParser, *, default: tuple[str, ...] = ()) -> None:
     parser.add_argument(
         "--target",
-        default=default,
         help=f"deployment targets, comma-separated: {', '.join(backend_names())}"
-        + (f" (default {default})" if default else ""),
+        + (f" (default {','.join(default)})" if default else ""),
     )
 
 
@@ -152,18 +139,6 @@ def _add_executor_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ray-workers", type=int, help="Ray workers (default: one per GPU or CPU group)")
     parser.add_argument("--worker-threads", type=int, default=1, help="CPUs (torch threads) per Ray worker")
     parser.add_argument("--shard-layers", type=int, help="layers per Ray shard (default: ~4 per worker)")
-
-
-def executor_config_from_args(args: argparse.Namespace) -> ExecutorConfig:
-    """Parse the executor flags."""
-    (kind,) = parse_enum_list(args.executor, ExecutorKind, what="executor")
-    return ExecutorConfig(
-        kind=kind,
-        address=args.ray_address,
-        workers=args.ray_workers,
-        threads_per_worker=args.worker_threads,
-        shard_layers=args.shard_layers,
-    )
 
 
 def _add_eval_args(parser: argparse.ArgumentParser) -> None:
@@ -186,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     sweep = commands.add_parser("sweep", help="measure every layer's sensitivity")
     _add_sweep_args(sweep)
-    _add_target_arg(sweep, default=None)
+    _add_target_arg(sweep)
     _add_executor_args(sweep)
     _add_model_args(commands.add_parser("layers", help="list quantizable layers"))
     schemes = commands.add_parser("schemes", help="candidate mixed-precision schemes from a sweep report")
@@ -203,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     materialize.add_argument(
         "--schemes", type=Path, action="append", required=True, help="a schemes run directory (repeatable)"
     )
-    _add_target_arg(materialize, default=None)
+    _add_target_arg(materialize)
     materialize.add_argument(
         "--writer",
         default="native",
@@ -212,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     materialize.add_argument("--out", type=Path, default=Path("runs"))
     evaluate = commands.add_parser("evaluate", help="score candidates on each target's runtime; search")
     _add_eval_args(evaluate)
-    _add_target_arg(evaluate, default=None)
+    _add_target_arg(evaluate)
     evaluate.add_argument("--image-root", help="folder of a COCO json's images (default: its folder)")
     evaluate.add_argument("--candidates", type=Path, required=True, help="a candidates run directory")
     evaluate.add_argument(
@@ -239,72 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _formats(args: argparse.Namespace) -> tuple[QuantFormat, ...]:
-    """The sweep's combinations: as given, else what the targets run, else int4 weight-only."""
-    if args.weights is None and args.acts is None and args.granularity is None and args.target:
-        from quantsweep.backends import get_backend, parse_targets  # noqa: PLC0415
-
-        found = [f for t in parse_targets(args.target) for f in get_backend(t).sweep_formats()]
-        return tuple(dict.fromkeys(found))
-    weights = parse_enum_list(args.weights or "int4", WeightDtype, what="weight dtype")
-    acts = parse_enum_list(args.acts or "fp16", ActDtype, what="activation dtype")
-    grans = parse_enum_list(args.granularity or "per_channel", Granularity, what="granularity")
-    return tuple(
-        QuantFormat(
-            weight=w,
-            act=a,
-            granularity=g,
-            int4_block_size=args.int4_block_size if w is WeightDtype.INT4 else None,
-        )
-        for w in weights
-        for a in acts
-        for g in grans
-    )
-
-
-def sweep_config_from_args(args: argparse.Namespace, *, images: str) -> SweepConfig:
-    """Parse CLI strings into the typed sweep config."""
-    formats = _formats(args)
-    (rank_by,) = parse_enum_list(args.rank_by, RankMetric, what="ranking metric")
-    (calib,) = parse_enum_list(args.calib, CalibMethod, what="calibration method")
-    (head,) = parse_enum_list(args.head, HeadMode, what="head mode")
-    (method,) = parse_enum_list(args.method, SweepMethod, what="sweep method")
-    (weight_method,) = parse_enum_list(args.weight_method, WeightMethod, what="weight method")
-    (symmetry,) = parse_enum_list(args.weight_symmetry, WeightSymmetry, what="weight symmetry")
-    (recovery,) = parse_enum_list(args.recovery, Recovery, what="recovery method")
-    (compute_dtype,) = parse_enum_list(args.compute_dtype or "float32", ComputeDtype, what="compute dtype")
-    patterns = tuple(p.strip() for item in args.layers for p in item.split(",") if p.strip())
-    return SweepConfig(
-        model=args.model or _bundled_model(),
-        images=images,
-        imgsz=args.imgsz,
-        max_images=args.max_images,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        device=args.device,
-        head=head,
-        formats=formats,
-        layer_patterns=patterns,
-        top_k=args.top_k,
-        rank_by=rank_by,
-        method=method,
-        hybrid_exact=args.hybrid_exact,
-        calib=CalibConfig(method=calib, percentile=args.percentile),
-        detect=DetectConfig(pseudo_label_conf=args.pseudo_conf),
-        image_root=args.image_root,
-        quantizer=WeightQuantConfig(
-            method=weight_method,
-            symmetry=symmetry,
-            bias_correction=args.bias_correction,
-            recovery=recovery,
-            recovery_steps=args.recovery_steps,
-        ),
-        compute_dtype=compute_dtype,
-    )
-
-
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from quantsweep import pipeline  # noqa: PLC0415 (torch import is slow; keep --help fast)
+    from quantsweep import stages  # noqa: PLC0415 (torch import is slow; keep --help fast)
     from quantsweep.cli.progress import tqdm_progress  # noqa: PLC0415
 
     executor = executor_config_from_args(args)
@@ -312,14 +223,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         dtype = None
         if args.compute_dtype:  # given with --resume: it must be the interrupted run's
             (dtype,) = parse_enum_list(args.compute_dtype, ComputeDtype, what="compute dtype")
-        run_dir = pipeline.resume_sweep(
+        run_dir = stages.resume_sweep(
             args.resume, progress=tqdm_progress, executor=executor, compute_dtype=dtype
         )
     else:
         if not args.images:
             raise InputError("--images is required (image folder, .txt list or data .yaml)")
-        config = sweep_config_from_args(args, images=args.images)
-        run_dir = pipeline.sweep(config, out=args.out, progress=tqdm_progress, executor=executor)
+        config = sweep_config_from_args(args, images=args.images, targets=target_names(args))
+        run_dir = stages.sweep(config, out=args.out, progress=tqdm_progress, executor=executor)
     print(f"sweep written to {run_dir}")
     print(f"index: {run_dir / 'sweep_index.csv'}")
     return 0
@@ -330,12 +241,12 @@ def _cmd_layers(args: argparse.Namespace) -> int:
 
     from quantsweep.models.network import enumerate_layers  # noqa: PLC0415
     from quantsweep.models.ultralytics_adapter import load_model  # noqa: PLC0415
-    from quantsweep.pipeline import check_device  # noqa: PLC0415
+    from quantsweep.stages import check_device  # noqa: PLC0415
 
     SweepConfig(model="-", images="-", imgsz=args.imgsz)  # validates imgsz
     check_device(args.device)
     (head,) = parse_enum_list(args.head, HeadMode, what="head mode")
-    loaded = load_model(args.model or _bundled_model(), device=args.device, head=head)
+    loaded = load_model(args.model or bundled_model(), device=args.device, head=head)
     sample = torch.zeros(1, 3, args.imgsz, args.imgsz, device=args.device)
     layers = enumerate_layers(loaded.network, sample)
     print(
@@ -352,8 +263,7 @@ def _cmd_layers(args: argparse.Namespace) -> int:
 
 
 def _cmd_schemes(args: argparse.Namespace) -> int:
-    from quantsweep.cli.run import parse_ks  # noqa: PLC0415
-    from quantsweep.pipeline import SchemesRequest, make_schemes  # noqa: PLC0415
+    from quantsweep.stages import SchemesRequest, make_schemes  # noqa: PLC0415
 
     (high,) = parse_enum_list(args.high, HighPrecision, what="high precision")
     (low,) = parse_enum_list(args.low, LowPrecision, what="low precision")
@@ -372,12 +282,11 @@ def _cmd_schemes(args: argparse.Namespace) -> int:
 
 
 def _cmd_materialize(args: argparse.Namespace) -> int:
-    from quantsweep.backends import parse_targets  # noqa: PLC0415
     from quantsweep.cli.progress import tqdm_progress  # noqa: PLC0415
-    from quantsweep.pipeline import materialize_candidates  # noqa: PLC0415
-    from quantsweep.pipeline.materialize_stage import MaterializeRequest  # noqa: PLC0415
+    from quantsweep.stages import materialize_candidates  # noqa: PLC0415
+    from quantsweep.stages.materialize_stage import MaterializeRequest  # noqa: PLC0415
 
-    targets = parse_targets(args.target) if args.target else ()
+    targets = target_names(args)
     request = MaterializeRequest(tuple(args.schemes), targets, writer=args.writer)
     run_dir = materialize_candidates(request, out=args.out, progress=tqdm_progress)
     print(f"candidates written to {run_dir}")

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from tqdm import tqdm
 
-from quantsweep.sweep.runner import ProgressFn
+from quantsweep.sensitivity.runner import ProgressFn
 
 
 @contextlib.contextmanager

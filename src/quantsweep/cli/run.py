@@ -6,31 +6,19 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from quantsweep.cli.args import (
+    accuracy_target,
+    executor_config_from_args,
+    parse_ks,
+    sweep_config_from_args,
+    target_names,
+)
 from quantsweep.cli.progress import tqdm_progress
-from quantsweep.config import DropMode, HighPrecision, LowPrecision, parse_enum_list
-from quantsweep.errors import InputError
+from quantsweep.core.config import HighPrecision, LowPrecision, parse_enum_list
+from quantsweep.core.errors import InputError
 
 if TYPE_CHECKING:
     from quantsweep.workflow import RunConfig
-
-
-def parse_ks(text: str) -> tuple[int, ...]:
-    """``"0,5,10"`` -> ``(0, 5, 10)``; anything else is an input error."""
-    try:
-        ks = tuple(int(k) for k in text.split(",") if k.strip())
-    except ValueError:
-        raise InputError(f"--ks takes whole numbers separated by commas, got '{text}'") from None
-    if not ks or min(ks) < 0:
-        raise InputError(f"--ks needs non-negative numbers, got '{text}'")
-    return ks
-
-
-def accuracy_target(args: argparse.Namespace):
-    """``--max-drop`` and ``--drop-mode`` as the one accuracy-target type (validated there)."""
-    from quantsweep.evaluate.target import AccuracyTarget  # noqa: PLC0415
-
-    (mode,) = parse_enum_list(args.drop_mode, DropMode, what="drop mode")
-    return AccuracyTarget(max_drop=args.max_drop, mode=mode)
 
 
 def _positive(args: argparse.Namespace, *names: str) -> None:
@@ -41,10 +29,9 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
 
 def run_config(args: argparse.Namespace) -> RunConfig:
     """The ``RunConfig`` of ``quantsweep run`` with these arguments (targets checked for this machine)."""
-    from quantsweep.backends import parse_targets  # noqa: PLC0415
-    from quantsweep.cli.main import DEFAULT_TARGETS, sweep_config_from_args  # noqa: PLC0415
-    from quantsweep.pipeline import SchemesRequest  # noqa: PLC0415
-    from quantsweep.pipeline.search_stage import SearchRequest  # noqa: PLC0415
+    from quantsweep.stages import SchemesRequest  # noqa: PLC0415
+    from quantsweep.stages.search_stage import SearchRequest  # noqa: PLC0415
+    from quantsweep.targets import DEFAULT_TARGETS  # noqa: PLC0415
     from quantsweep.workflow import RunConfig, usable_targets  # noqa: PLC0415
 
     if args.images and not args.data:
@@ -52,10 +39,10 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     _positive(args, "max_evals", "latency_rounds", "latency_runs", "eval_images")
     (high,) = parse_enum_list(args.high, HighPrecision, what="high precision")
     (low,) = parse_enum_list(args.low, LowPrecision, what="low precision")
-    targets = usable_targets(parse_targets(args.target), explicit=args.target != DEFAULT_TARGETS)
-    args.target = ",".join(targets)
+    explicit = args.target is not None
+    targets = usable_targets(target_names(args) if explicit else DEFAULT_TARGETS, explicit=explicit)
     return RunConfig(
-        sweep=sweep_config_from_args(args, images=args.images or args.data or "<generated>"),
+        sweep=sweep_config_from_args(args, images=args.images or args.data or "<generated>", targets=targets),
         eval_data=args.data,
         schemes=SchemesRequest(
             report=Path("-"),
@@ -86,14 +73,12 @@ def run_default(args: argparse.Namespace) -> int:
 
 def evaluate_command(args: argparse.Namespace) -> int:
     """Score a candidates directory on each target's runtime; with ``--search`` also search; report."""
-    from quantsweep.backends import parse_targets  # noqa: PLC0415
-    from quantsweep.cli.main import executor_config_from_args  # noqa: PLC0415
-    from quantsweep.config import ExecutorKind  # noqa: PLC0415
-    from quantsweep.executors import create_executor  # noqa: PLC0415
-    from quantsweep.pipeline.eval_context import EvalRequest  # noqa: PLC0415
-    from quantsweep.pipeline.evaluate_stage import evaluate_candidates  # noqa: PLC0415
-    from quantsweep.pipeline.search_stage import SearchRequest  # noqa: PLC0415
+    from quantsweep.core.config import ExecutorKind  # noqa: PLC0415
+    from quantsweep.execution import create_executor  # noqa: PLC0415
     from quantsweep.report.build import build_report  # noqa: PLC0415
+    from quantsweep.stages.eval_context import EvalRequest  # noqa: PLC0415
+    from quantsweep.stages.evaluate_stage import evaluate_candidates  # noqa: PLC0415
+    from quantsweep.stages.search_stage import SearchRequest  # noqa: PLC0415
 
     if not args.data:
         raise InputError("--data is required (labelled evaluation images)")
@@ -101,12 +86,12 @@ def evaluate_command(args: argparse.Namespace) -> int:
     if args.target:  # a target named here that cannot run on this machine stops before any work
         from quantsweep.workflow import usable_targets  # noqa: PLC0415
 
-        usable_targets(parse_targets(args.target), explicit=True)
+        usable_targets(target_names(args), explicit=True)
     request = EvalRequest(
         args.candidates,
         args.data,
         max_images=args.eval_images,
-        targets=parse_targets(args.target) if args.target else (),
+        targets=target_names(args),
         latency_rounds=args.latency_rounds,
         latency_runs=args.latency_runs,
         accuracy_target=accuracy_target(args),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quantsweep.errors import InputError
+from quantsweep.core.errors import InputError
 
 
 def is_coco_json(source: Path) -> bool:

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import yaml
 
+from quantsweep.core.errors import InputError
 from quantsweep.data.coco import coco_image_paths, coco_labels, is_coco_json
-from quantsweep.errors import InputError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 PAD_VALUE = 114

@@ -11,7 +11,7 @@ import io
 
 import numpy as np
 
-from quantsweep.errors import InputError
+from quantsweep.core.errors import InputError
 from quantsweep.metrics.map import MapResult
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torchvision.ops import batched_nms
 
-from quantsweep.config import DetectConfig
+from quantsweep.core.config import DetectConfig
 from quantsweep.models.outputs import HeadOutput
 
 _MAX_CANDIDATES = 30000

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quantsweep.config import ApConvention
+from quantsweep.core.config import ApConvention
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 _RECALL_POINTS = np.linspace(0, 1, 101)

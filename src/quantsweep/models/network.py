@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from quantsweep.config import ComputeDtype
+from quantsweep.core.config import ComputeDtype
 
 QUANTIZABLE_TYPES = (nn.Conv2d, nn.Linear)
 TORCH_DTYPES = {ComputeDtype.FLOAT32: torch.float32, ComputeDtype.FLOAT16: torch.float16}

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from quantsweep.config import HeadMode
-from quantsweep.errors import InputError
+from quantsweep.core.config import HeadMode
+from quantsweep.core.errors import InputError
 from quantsweep.models.network import StagedNetwork
 from quantsweep.models.outputs import (
     CLASS_NAMES_KEY,

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from quantsweep.config import ActDtype, CalibConfig, QuantFormat
+from quantsweep.core.config import ActDtype, CalibConfig, QuantFormat
 from quantsweep.quant.calibrators import calibrate_ranges
 from quantsweep.quant.numerics import ActRange, act_qparams, fake_quant_act, fake_quant_weight
 from quantsweep.quant.weights import QuantizedWeight

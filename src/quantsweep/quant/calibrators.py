@@ -17,13 +17,15 @@ layer), which estimates a tensor's error without keeping its activations.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from quantsweep.config import ActDtype, CalibConfig, CalibMethod
+from quantsweep.core.config import ActDtype, CalibConfig, CalibMethod
+from quantsweep.core.records import read_json, write_json
 from quantsweep.quant.numerics import ActRange, act_qparams, fake_quant_act
 
 _SAMPLES_PER_BATCH = 1 << 16
@@ -183,3 +185,21 @@ def read_ranges(payload: Mapping[str, Any]) -> dict[str, ActRange]:
     if "ranges" in payload:
         return {name: ActRange.from_dict(value) for name, value in payload["ranges"].items()}
     return {name: ActRange.symmetric(value) for name, value in payload["amax"].items()}
+
+
+ACT_RANGES_FILE = "act_ranges.json"  # a run directory's calibrated input ranges (sweep, candidates)
+ACT_RANGES_KIND = "act_ranges"
+
+
+def write_act_ranges(run_dir: Path, ranges: Mapping[str, ActRange], calib: CalibConfig) -> None:
+    """Record the calibrated input ranges of a run directory."""
+    write_json(Path(run_dir) / ACT_RANGES_FILE, ACT_RANGES_KIND, ranges_record(ranges, calib))
+
+
+def read_act_ranges(run_dir: Path) -> tuple[CalibMethod, dict[str, ActRange]] | None:
+    """The calibration method and ranges a run directory recorded, or None when it recorded none."""
+    path = Path(run_dir) / ACT_RANGES_FILE
+    if not path.is_file():
+        return None
+    payload = read_json(path, ACT_RANGES_KIND)
+    return CalibMethod(payload["method"]), read_ranges(payload)

@@ -8,7 +8,7 @@ both of which the artifacts already carry: the bias (float, or INT32 codes in th
 placements) and the weight scale (a multiplicative factor ``exp(t)``; the integer codes stay
 exactly as GPTQ chose them). The loss is the head's output against the FP32 model's on the
 calibration images: box corners in pixels weighted by the FP32 confidence at each anchor, plus
-class probabilities, as the sweep's ranking measures them (metrics/errors.py). No labels.
+class probabilities, as the sweep's ranking measures them (metrics/output_errors.py). No labels.
 
 Cost: ``steps`` forward and backward passes of ``batch`` images (YOLOv10s, 320 px, 2 cores: about
 60 s for 200 steps of 4). Memory: one batch's activations for the backward pass.
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from quantsweep.config import ActDtype
+from quantsweep.core.config import ActDtype
 from quantsweep.models.network import StagedNetwork
 from quantsweep.models.outputs import HeadOutput
 from quantsweep.quant.numerics import ActRange, act_qparams, fake_quant_act

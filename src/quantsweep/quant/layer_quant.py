@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from quantsweep.config import Granularity, QuantFormat, WeightMethod, WeightQuantConfig, WeightSymmetry
+from quantsweep.core.config import Granularity, QuantFormat, WeightMethod, WeightQuantConfig, WeightSymmetry
 from quantsweep.quant.bias_correction import corrected_bias
 from quantsweep.quant.gptq import LayerStats, gptq, row_errors
 from quantsweep.quant.weights import Grid, QuantizedWeight, candidate_grids, decode, encode, fake, merge_grids

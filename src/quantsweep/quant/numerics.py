@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from quantsweep.config import ActDtype, Granularity, QuantFormat, WeightDtype
+from quantsweep.core.config import ActDtype, Granularity, QuantFormat, WeightDtype
 
 INT_LIMITS = {
     WeightDtype.INT8: (-128, 127, 127.0),

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from quantsweep.config import Recovery, WeightQuantConfig
+from quantsweep.core.config import Recovery, WeightQuantConfig
 from quantsweep.models.network import StagedNetwork
 from quantsweep.quant.distill import distill_records
 from quantsweep.quant.numerics import ActRange

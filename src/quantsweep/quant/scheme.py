@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from quantsweep.config import ActDtype, QuantFormat, WeightMethod, WeightQuantConfig
+from quantsweep.core.config import ActDtype, QuantFormat, WeightMethod, WeightQuantConfig
 from quantsweep.models.network import StagedNetwork
 from quantsweep.quant.gptq import LayerStats, layer_stats
 from quantsweep.quant.layer_quant import quantize_layer

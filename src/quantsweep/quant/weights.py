@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from quantsweep.config import Granularity, QuantFormat, WeightDtype, WeightSymmetry
+from quantsweep.core.config import Granularity, QuantFormat, WeightDtype, WeightSymmetry
 from quantsweep.quant.numerics import FP8_MAX, INT_LIMITS, weight_scale
 
 _TINY = 1e-12

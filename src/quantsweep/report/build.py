@@ -5,16 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from quantsweep.config import Recovery, WeightQuantConfig
-from quantsweep.evaluate.target import AccuracyTarget
-from quantsweep.export.candidates import read_candidates
-from quantsweep.pipeline.eval_records import CONFIG_KIND
+from quantsweep.core.config import Recovery, WeightQuantConfig
+from quantsweep.core.records import read_json, write_text_atomic
+from quantsweep.evaluation.accuracy_target import AccuracyTarget
+from quantsweep.onnx.candidates import read_candidates
 from quantsweep.quant.scheme import COSTS_KIND, COSTS_NAME, WEIGHTS_DIR
-from quantsweep.records import read_json, write_text_atomic
 from quantsweep.report.html import render_html
 from quantsweep.report.plots import heatmap_plot, sensitivity_plot, tradeoff_plot
 from quantsweep.report.table import Row, TargetReport, load_targets, markdown_table
-from quantsweep.sweep.report import REPORT_KIND, REPORT_NAME
+from quantsweep.schemes.scheme_records import FP32_NAME, Policy
+from quantsweep.sensitivity.sweep_report import REPORT_KIND, REPORT_NAME
+from quantsweep.stages.eval_records import CONFIG_KIND
 
 METRICS = {
     "map50_95_gt": "against the evaluation labels",
@@ -70,7 +71,7 @@ def _card(report: TargetReport) -> list[str]:
     else:
         gain = f"**{rec['size_reduction']:.1f}x smaller than FP32** ({rec['size_bytes'] / 1e6:.1f} MB)"
     kept = ", ".join(f"`{n}`" for n in rec.get("kept_layers") or []) or "none"
-    note = " (no quantized model beats FP32 here)" if rec["recommended"] == "fp32" else ""
+    note = " (no quantized model beats FP32 here)" if rec["recommended"] == FP32_NAME else ""
     return [
         title,
         "",
@@ -98,7 +99,7 @@ def _baseline_lines(rec: dict[str, Any] | None) -> list[str]:
         speed = "" if ratio is None else f", {ratio:.3f}x FP32 time"
         verdict = "meets" if base["meets_target"] else "misses"
         line = f"- Baseline `{base['name']}`: mAP50-95 {base['map50_95']:.4f}{speed} ({verdict} the target)"
-        if rec.get("recommended") not in (None, "fp32"):
+        if rec.get("recommended") not in (None, FP32_NAME):
             diff = rec["map50_95"] - base["map50_95"]
             line += f"; the recommendation is {abs(diff):.4f} {'more' if diff >= 0 else 'less'} accurate"
             ours = rec["latency_ms"] / rec["fp32_latency_ms"] if rec.get("latency_ms") else None
@@ -198,7 +199,7 @@ def _target_section(report: TargetReport, plots_dir: Path) -> tuple[list[str], l
 
 
 def _reference_comparison(rows: list[Row]) -> list[str]:
-    ranked = {r.kept: r for r in rows if r.kind == "top_k" and r.kept}
+    ranked = {r.kept: r for r in rows if r.kind == Policy.TOP_K and r.kept}
     lines = []
     for ref in (r for r in rows if r.kind in ("random", "first_head")):
         mine = ranked.get(ref.kept)

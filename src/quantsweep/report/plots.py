@@ -13,15 +13,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from quantsweep.report.table import Row
+from quantsweep.schemes.scheme_records import Policy
 
 COLOURS = {
-    "fp32": "black",
-    "baseline": "tab:gray",
-    "search": "tab:cyan",
-    "top_k": "tab:blue",
-    "budget": "tab:purple",
-    "random": "tab:orange",
-    "first_head": "tab:green",
+    Policy.FP32: "black",
+    Policy.BASELINE: "tab:gray",
+    Policy.SEARCH: "tab:cyan",
+    Policy.TOP_K: "tab:blue",
+    Policy.BUDGET: "tab:purple",
+    Policy.RANDOM: "tab:orange",
+    Policy.FIRST_HEAD: "tab:green",
 }
 
 
@@ -77,7 +78,8 @@ def tradeoff_plot(
         label="Pareto front",
         zorder=2,
     )
-    labelled = {usable[i].name for i in front} | {r.name for r in usable if r.kind == "fp32" or r.recommended}
+    marked = {r.name for r in usable if r.kind == Policy.FP32 or r.recommended}
+    labelled = {usable[i].name for i in front} | marked
     _label_points(ax, [r for r in usable if r.name in labelled], x_field)
     if target is not None:
         ax.axhline(target, c="tab:red", lw=0.8, alpha=0.6, label=f"target {target:.3f}")

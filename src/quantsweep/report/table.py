@@ -6,24 +6,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quantsweep.errors import InputError
-from quantsweep.pipeline.eval_records import (
+from quantsweep.core.errors import InputError
+from quantsweep.core.layout import results_dir, search_dir
+from quantsweep.core.records import read_json
+from quantsweep.schemes.scheme_records import Policy
+from quantsweep.stages.eval_records import (
     CONFIG_KIND,
     RECOMMENDATION_KIND,
     RESULT_KIND,
     SKIPPED_KIND,
     UNAVAILABLE_KIND,
 )
-from quantsweep.records import read_json
 
 POLICY_ORDER = {
-    "fp32": 0,
-    "baseline": 1,
-    "search": 2,
-    "top_k": 3,
-    "budget": 4,
-    "random": 5,
-    "first_head": 6,
+    Policy.FP32: 0,
+    Policy.BASELINE: 1,
+    Policy.SEARCH: 2,
+    Policy.TOP_K: 3,
+    Policy.BUDGET: 4,
+    Policy.RANDOM: 5,
+    Policy.FIRST_HEAD: 6,
 }
 
 
@@ -83,7 +85,7 @@ def _row(record: dict[str, Any], recommended: str | None) -> Row:
 
 def load_target(eval_dir: Path, target: str) -> TargetReport:
     """One target's rows (FP32 first), recommendation, search record or unavailability."""
-    directory = eval_dir / "results" / target
+    directory = results_dir(eval_dir, target)
     if (directory / "unavailable.json").is_file():
         reason = read_json(directory / "unavailable.json", UNAVAILABLE_KIND)["reason"]
         return TargetReport(target, [], None, reason, None)
@@ -91,7 +93,7 @@ def load_target(eval_dir: Path, target: str) -> TargetReport:
     recommendation = read_json(rec_path, RECOMMENDATION_KIND) if rec_path.is_file() else None
     chosen = None if recommendation is None else recommendation["recommended"]
     rows = [_row(read_json(p, RESULT_KIND), chosen) for p in sorted((directory / "models").glob("*.json"))]
-    search_path = eval_dir / "search" / target / "search.json"
+    search_path = search_dir(eval_dir, target) / "search.json"
     search = read_json(search_path, "scheme_search") if search_path.is_file() else None
     rows.sort(key=lambda r: (POLICY_ORDER.get(r.kind, 9), r.kept or 0, r.name))
     skipped_path = directory / "skipped.json"

@@ -6,7 +6,7 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from quantsweep.schemes.records import LayerAssignment, Policy, Precision, Scheme
+from quantsweep.schemes.scheme_records import LayerAssignment, Policy, Precision, Scheme
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from quantsweep.records import write_json, write_text_atomic
-from quantsweep.schemes.records import Policy, Scheme
+from quantsweep.core.records import write_json, write_text_atomic
+from quantsweep.schemes.scheme_records import Policy, Scheme
 
 SCHEME_KIND = "scheme"
 INDEX_KIND = "schemes_index"

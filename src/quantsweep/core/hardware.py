@@ -1,0 +1,34 @@
+"""What this CPU's integer kernels can do, read from its instruction-set flags (``runs.cpu_flags``).
+
+x86 CPUs without VNNI (AVX2 or AVX-512 only; AMD Zen 1-3, Intel before Cascade Lake) multiply
+UINT8 x INT8 with ``vpmaddubsw``, which adds neighbouring products in saturating 16-bit lanes:
+two full-range products (255 * 127 * 2 = 64770) overflow it. ONNX Runtime's QLinearConv and
+OpenVINO's CPU plugin both take that path there, so a full-range INT8 weight is executed as a
+different number than Torch simulates (measured: tests/core/test_hardware.py, docs/decisions.md).
+Weights whose codes stay within -64..63 cannot overflow (255 * 64 * 2 = 32640), so the CPU
+targets quantize to :attr:`WeightDtype.INT7` on such CPUs. VNNI (``vpdpbusd``, 32-bit
+accumulation) and AMX do not saturate; neither do ARM's dot-product instructions.
+"""
+
+from __future__ import annotations
+
+import platform
+
+from quantsweep.core.config import WeightDtype
+from quantsweep.core.runs import cpu_flags
+
+# any of these gives 32-bit accumulation of UINT8 x INT8 products
+_EXACT_INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "avx_vnni_int8"})
+
+
+def int8_products_saturate(flags: frozenset[str] | None = None) -> bool:
+    """True on an x86 CPU whose UINT8 x INT8 dot products saturate (no VNNI, no AMX)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return False
+    flags = cpu_flags() if flags is None else flags
+    return not flags & _EXACT_INT8_FLAGS
+
+
+def cpu_int8_weights(flags: frozenset[str] | None = None) -> WeightDtype:
+    """The weight type CPU runtimes execute exactly here: INT8, or INT7 where products saturate."""
+    return WeightDtype.INT7 if int8_products_saturate(flags) else WeightDtype.INT8

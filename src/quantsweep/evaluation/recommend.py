@@ -1,0 +1,131 @@
+"""Pick each target's recommendation from its measured models: what the target is for, within accuracy.
+
+An artifact whose own runtime departed from the Torch simulation at materialize (its runtime check)
+is passed over, and the recommendation says which and why.
+
+Speed targets: the fastest model (median over rounds of its time relative to FP32, measured in one
+interleaved pass) whose mAP50-95 meets the accuracy target; kept float layers cost time through
+their kernels and the Q/DQ around them, so the count of kept layers is not the objective. Size
+target: the smallest file that meets it. Where the fastest passing model is still slower than FP32,
+the recommendation is FP32 itself (and says so) instead of shipping a slower model; where no
+quantized model passes, there is no recommendation and the closest model is named.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quantsweep.evaluation.accuracy_target import AccuracyTarget
+from quantsweep.schemes.scheme_records import FP32_NAME, Policy
+from quantsweep.targets import Backend, Objective
+
+
+def _speed_ratio(record: dict[str, Any]) -> float:
+    latency = record.get("latency")
+    return float("inf") if latency is None else latency["ratio_to_reference"]
+
+
+def _objective_key(backend: Backend):
+    if backend.objective is Objective.SPEED:
+        return lambda r: (_speed_ratio(r), r["size_bytes"])
+    return lambda r: (r["size_bytes"], r.get("kept") or 0)
+
+
+def _score(record: dict[str, Any]) -> float:
+    return record["score"]
+
+
+def _cocoeval(record: dict[str, Any]) -> float | None:
+    return (record.get("accuracy") or {}).get("cocoeval_map50_95_gt")
+
+
+def _runtime_check(best: dict[str, Any], results: dict[str, dict[str, Any]]) -> str | None:
+    """The recommended model's runtime check; a search finalist (scored on the runtime, never checked
+    against Torch) says so and names the k0 artifact's check of the same placement."""
+    if best.get("runtime_summary") or best["policy"] != Policy.SEARCH:
+        return best.get("runtime_summary")
+    k0 = (results.get("k0") or {}).get("runtime_summary")
+    return f"not run for this search finalist; k0 of the same placement: {k0}" if k0 else None
+
+
+def _baseline(record: dict[str, Any], *, target: AccuracyTarget, reference: float) -> dict[str, Any]:
+    """A third-party export's figures, measured in the same passes as the candidates."""
+    ratio = _speed_ratio(record)
+    return {
+        "name": record["name"],
+        "map50_95": record["score"],
+        "meets_target": target.met(record["score"], reference),
+        "ratio_to_fp32": None if ratio == float("inf") else ratio,
+        "size_bytes": record["size_bytes"],
+    }
+
+
+def recommend(
+    backend: Backend, store, *, reference: float, metric: str, target: AccuracyTarget
+) -> dict[str, Any]:
+    """Choose, record (``recommendation.json``) and return the target's recommendation.
+
+    ``reference`` is the FP32 model's ``metric``; every record's ``score`` is its ``metric``.
+    """
+    results = store.all()
+    fp32 = results[FP32_NAME]
+    # third-party baselines are compared with, not shipped
+    quantized = [r for r in results.values() if r["name"] != FP32_NAME and r["policy"] != Policy.BASELINE]
+    passing = [r for r in quantized if target.met(r["score"], reference)]
+    # an artifact its own runtime executes differently from what was simulated is not shipped
+    departs = [r for r in passing if r.get("runtime_agrees") is False]
+    passing = [r for r in passing if r.get("runtime_agrees") is not False]
+    best = min(passing, key=_objective_key(backend), default=None)
+    if backend.objective is Objective.SPEED and best is not None and _speed_ratio(best) >= 1.0:
+        best = fp32
+    closest = max(quantized, key=_score, default=None)
+    payload: dict[str, Any] = {
+        "target": backend.name,
+        "runtime": backend.runtime,
+        "objective": backend.objective.value,
+        "description": backend.description,
+        "accuracy_target": target.to_dict(),
+        "metric": metric,
+        "reference_map50_95": reference,
+        "threshold": target.threshold(reference),
+        "fp32_latency_ms": (fp32.get("latency") or {}).get("median_ms"),
+        "fp32_size_bytes": fp32["size_bytes"],
+        "reference_cocoeval_map50_95": _cocoeval(fp32),
+        "closest": None if closest is None else closest["name"],
+        "passed_over": [
+            {
+                "name": r["name"],
+                "reason": f"{backend.runtime} departs from the Torch simulation: {r.get('runtime_summary')}",
+            }
+            for r in departs
+        ],
+        "baselines": [
+            _baseline(r, target=target, reference=reference)
+            for r in results.values()
+            if r["policy"] == Policy.BASELINE
+        ],
+        "recommended": None,
+    }
+    if best is not None:
+        ratio = _speed_ratio(best)
+        payload.update(
+            recommended=best["name"],
+            file=best["file"],
+            policy=best["policy"],
+            map50_95=best["score"],
+            cocoeval_map50_95=_cocoeval(best),
+            drop=best["drop"],
+            relative_drop=best["relative_drop"],
+            kept=best.get("kept"),
+            kept_layers=best.get("kept_layers"),
+            latency_ms=(best.get("latency") or {}).get("median_ms"),
+            speedup=None if ratio in (0, float("inf")) else 1.0 / ratio,
+            size_bytes=best["size_bytes"],
+            size_reduction=fp32["size_bytes"] / best["size_bytes"],
+            deploy=backend.deploy_hint(store.artifact_path(best)),
+            runtime_check=_runtime_check(best, results),
+            float_precision=(best.get("latency") or {}).get("float_precision"),
+            fp32_float_precision=(fp32.get("latency") or {}).get("float_precision"),
+        )
+    store.write_recommendation(payload)
+    return payload

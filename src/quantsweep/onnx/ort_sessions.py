@@ -1,0 +1,79 @@
+"""The one place ONNX Runtime sessions are created, with the options each use needs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnxruntime as ort
+
+import onnx
+from onnx import TensorProto, helper
+
+# ONNX Runtime 1.32's MatMulAddFusion rewrites a Q/DQ MatMul on a 3-D input (a Linear layer with
+# INT8 activations, e.g. in RT-DETR) into a Gemm with reshapes whose new QuantizeLinear gets a
+# UINT8 zero point but an INT8 output type, and the session fails to load; without it the graph
+# runs as written.
+DISABLED_OPTIMIZERS = ("MatMulAddFusion",)
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """What a deployment would set: graph optimization, QDQ handling, threads, where to dump the graph.
+
+    ``disable_quant_qdq`` makes ONNX Runtime treat Q/DQ as plain ops (no integer fusion), which is
+    faster for INT4-weight convs that it cannot fuse anyway: the weight DQs are then constant-folded.
+    """
+
+    provider: str = "CPUExecutionProvider"
+    disable_quant_qdq: bool = False
+    intra_op_threads: int = 0  # 0: ONNX Runtime's default (one per physical core)
+    optimized_model_path: Path | None = None
+    # basic optimizations only: no MatMulNBits fusion of quantized Linear weights, which computes
+    # in its own lower precision, so an artifact's own semantics can be checked
+    graph_as_written: bool = False
+
+    def to_dict(self) -> dict:
+        """The settings a deployer copies into their own session, JSON-ready."""
+        return {
+            "provider": self.provider,
+            "graph_optimization_level": "ORT_ENABLE_ALL",
+            "session.disable_quant_qdq": "1" if self.disable_quant_qdq else "0",
+            "intra_op_num_threads": self.intra_op_threads,
+        }
+
+
+def ort_session(model: str | Path | bytes, options: SessionOptions | None = None) -> ort.InferenceSession:
+    """An InferenceSession for ``model`` (path or serialized bytes) with ``options``."""
+    options = options or SessionOptions()
+    settings = ort.SessionOptions()
+    settings.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        if options.graph_as_written
+        else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    )
+    settings.log_severity_level = 3  # the QDQ transformers warn about every unfused node
+    if options.intra_op_threads:
+        settings.intra_op_num_threads = options.intra_op_threads
+    if options.disable_quant_qdq:
+        settings.add_session_config_entry("session.disable_quant_qdq", "1")
+    if options.optimized_model_path is not None:
+        settings.optimized_model_filepath = str(options.optimized_model_path)
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(
+        source,
+        sess_options=settings,
+        providers=[options.provider],
+        disabled_optimizers=list(DISABLED_OPTIMIZERS),
+    )
+
+
+def with_outputs(model: onnx.ModelProto, tensors: Iterable[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph also outputs ``tensors`` (float), to read intermediate values."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {o.name for o in probe.graph.output}
+    for name in sorted(set(tensors) - existing):
+        probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    return probe

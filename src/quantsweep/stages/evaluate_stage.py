@@ -1,0 +1,220 @@
+"""The evaluate stage: every artifact of every target scored on its own runtime, then timed side by side.
+
+Per target: accuracy of each artifact from the target runtime's outputs (written as each finishes),
+optionally the scheme search, then one interleaved timing pass over the FP32 model and every
+artifact, and a recommendation (fastest, or smallest, model within the accuracy target).
+
+With an executor (``quantsweep.execution``, e.g. Ray), each artifact's accuracy is one task and
+each target's timing pass is one task: the models a ratio compares run on one worker, whose host
+and device are recorded with the figures.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from quantsweep.evaluation.recommend import recommend
+from quantsweep.evaluation.scoring import Accuracy, load_checked
+from quantsweep.onnx.candidates import Artifact
+from quantsweep.schemes.scheme_records import FP32_NAME, Policy
+from quantsweep.stages.common import ProgressFactory, no_progress
+from quantsweep.stages.eval_context import EvalContext, EvalRequest, prepare_context
+from quantsweep.stages.eval_records import EvalRun, ResultStore
+from quantsweep.stages.search_stage import SearchRequest, TargetSearch
+from quantsweep.targets import Backend, Objective, get_backend
+from quantsweep.targets.timing import Timing, interleaved_latency
+
+if TYPE_CHECKING:
+    from quantsweep.execution import Executor
+
+LOG = logging.getLogger(__name__)
+
+
+def _score_path(path: str, *, target: str, context: EvalContext) -> dict[str, Any]:
+    """One artifact's accuracy on ``target``'s runtime (a module-level function: executors pickle it)."""
+    return context.score(get_backend(target), Path(path)).to_dict()
+
+
+REFERENCE_POLICIES = ("random", "first_head")  # schemes a top-K scheme is compared with at its K
+
+
+def _dominated(artifact: Artifact, artifacts: list[Artifact], passing: list[Artifact]) -> str | None:
+    """Why a top-K artifact need not be scored: a top-K artifact of the same placement with fewer
+    float layers already meets the accuracy target, so this one can be neither faster (each float
+    layer adds its float kernel and Q/DQ around it) nor smaller. A top-K artifact a reference
+    scheme is compared with at the same K is always scored."""
+    if artifact.policy != Policy.TOP_K or artifact.kept is None:
+        return None
+    if any(a.policy in REFERENCE_POLICIES and a.kept == artifact.kept for a in artifacts):
+        return None
+    fewer = [a for a in passing if a.policy == Policy.TOP_K and a.kept is not None and a.kept < artifact.kept]
+    if not fewer:
+        return None
+    best = min(fewer, key=lambda a: a.kept)
+    return f"`{best.name}` meets the accuracy target with fewer float layers ({best.kept})"
+
+
+def _scoring_order(artifact: Artifact) -> tuple:
+    """FP32 first, then top-K by kept layers (so a passing one can spare the larger), then the rest."""
+    return (artifact.policy != Policy.FP32, artifact.policy != Policy.TOP_K, artifact.kept or 0)
+
+
+def _accuracy_pass(
+    backend: Backend,
+    artifacts: list[Artifact],
+    context: EvalContext,
+    store: ResultStore,
+    *,
+    step,
+    executor,
+    meets=None,
+) -> None:
+    """Score every artifact not scored yet; ``meets(score)`` (the accuracy target) lets the sequential
+    pass skip top-K artifacts a passing one dominates (recorded with the reason, see _dominated)."""
+    missing = [a for a in artifacts if not store.has(a.name)]
+    records = store.all()
+    passing = [a for a in artifacts if meets and a.name in records and meets(records[a.name]["score"])]
+    for artifact in artifacts:
+        if artifact not in missing:
+            step(f"{backend.name} {artifact.name} (done before)")
+    known = context.float_scores.get(backend.float_run_key())
+    for artifact in [a for a in missing if a.policy == Policy.FP32 and known is not None]:
+        # the same file run the same way for another target (or as the run's reference)
+        store.write_accuracy(artifact, known)
+        missing.remove(artifact)
+        step(f"{backend.name} {artifact.name} (as run before)")
+    if executor is None:
+        for artifact in sorted(missing, key=_scoring_order):
+            reason = _dominated(artifact, artifacts, passing)
+            if reason is not None:
+                store.write_skipped(artifact.name, reason)
+                step(f"{backend.name} {artifact.name} (not needed)")
+                continue
+            acc = context.score(backend, store.candidates_dir / artifact.file)
+            store.write_accuracy(artifact, acc)
+            if meets is not None and meets(acc.value(context.metric)):
+                passing.append(artifact)
+            if artifact.policy == Policy.FP32:
+                context.float_scores[backend.float_run_key()] = acc
+            step(f"{backend.name} {artifact.name}")
+        return
+    paths = [str(store.candidates_dir / a.file) for a in missing]
+    score = partial(_score_path, target=backend.name, context=context)
+    for done in executor.map_tasks(score, paths):
+        worker = {"host": done.host, "device": done.device, "elapsed_s": done.elapsed_s}
+        store.write_accuracy(missing[done.index], Accuracy(**done.value), worker=worker)
+        step(f"{backend.name} {missing[done.index].name}")
+
+
+def _meets(score: float, *, target, reference: float) -> bool:
+    return target.met(score, reference)
+
+
+def _time_models(
+    paths: dict[str, str], *, target: str, context: EvalContext, request: EvalRequest, step=None
+) -> dict[str, dict[str, Any]]:
+    """Time every model of one target in one interleaved pass (on whichever worker runs this)."""
+    backend = get_backend(target)
+    runners = {name: load_checked(backend, Path(p), imgsz=context.config.imgsz) for name, p in paths.items()}
+    timings = interleaved_latency(
+        runners,
+        context.batch.images[0][None].numpy(),
+        reference=FP32_NAME,
+        rounds=request.latency_rounds,
+        runs_per_round=request.latency_runs,
+        progress=None if step is None else (lambda message: step(f"{target} timing {message}")),
+    )
+    return {name: timing.to_dict() for name, timing in timings.items()}
+
+
+def timing_pass(
+    backend: Backend,
+    store: ResultStore,
+    context: EvalContext,
+    request: EvalRequest,
+    *,
+    step,
+    executor=None,
+    only: set[str] | None = None,
+) -> None:
+    """Time FP32 and every scored model of the target (or those in ``only``) in one interleaved
+    pass; record each."""
+    paths = {
+        name: str(store.artifact_path(r)) for name, r in store.all().items() if only is None or name in only
+    }
+    worker = None
+    if executor is None:
+        timings = _time_models(paths, target=backend.name, context=context, request=request, step=step)
+    else:
+        timed = partial(_time_models, target=backend.name, context=context, request=request)
+        (done,) = list(executor.map_tasks(timed, [paths]))
+        timings, worker = done.value, {"host": done.host, "device": done.device}
+        for _ in range(request.latency_rounds):
+            step(f"{backend.name} timed on {done.host}")
+    for name, timing in timings.items():
+        store.write_timing(name, Timing(**timing), worker=worker)
+    store.mark_timed(list(timings))
+
+
+def evaluate_target(
+    backend: Backend,
+    run: EvalRun,
+    context: EvalContext,
+    *,
+    search: TargetSearch | None = None,
+    progress: ProgressFactory = no_progress,
+    executor: Executor | None = None,
+) -> dict[str, Any]:
+    """Score, optionally search, time and recommend for one target; return its recommendation."""
+    store = run.store(backend.name)
+    artifacts = run.index.targets[backend.name].artifacts
+    with progress(len(artifacts) + run.request.latency_rounds, f"evaluate {backend.name}") as step:
+        target = run.request.accuracy_target
+        meets = partial(_meets, target=target, reference=context.reference_score)
+        _accuracy_pass(backend, artifacts, context, store, step=step, executor=executor, meets=meets)
+        if search is not None:
+            search(backend, store)
+        choose = partial(
+            recommend,
+            backend,
+            store,
+            reference=context.reference_score,
+            metric=context.metric,
+            target=run.request.accuracy_target,
+        )
+        only = None
+        if backend.objective is Objective.SIZE:  # chosen by size: time FP32 and the choice only
+            only = {FP32_NAME, choose()["recommended"] or FP32_NAME}
+        if not store.timed(only):
+            timing_pass(backend, store, context, run.request, step=step, executor=executor, only=only)
+    return choose()
+
+
+def evaluate_candidates(
+    request: EvalRequest,
+    *,
+    out: Path | None,
+    resume: Path | None = None,
+    search: SearchRequest | None = None,
+    progress: ProgressFactory = no_progress,
+    executor: Executor | None = None,
+) -> Path:
+    """Score (and with ``search``, search) every target into a new or resumed run; return its directory."""
+    context, index = prepare_context(Path(request.candidates_dir), request)
+    run = EvalRun.open(request, context=context, index=index, out=out, resume=resume)
+    searcher = None
+    if search is not None:
+        searcher = TargetSearch(search, eval_request=request, context=context, index=index)
+        searcher.progress = progress
+    for name in run.targets:
+        backend = get_backend(name)
+        available = backend.availability()
+        if not available.available:
+            LOG.warning("target %s is not available here: %s", name, available.reason)
+            run.record_unavailable(name, available.reason)
+            continue
+        evaluate_target(backend, run, context, search=searcher, progress=progress, executor=executor)
+    return run.directory

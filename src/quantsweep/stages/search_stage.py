@@ -1,0 +1,241 @@
+"""The search stage: per target, the kept sets that meet the accuracy target, measured on real artifacts.
+
+Every step writes the scheme in the target's placement and scores it on the target's runtime.
+The passing kept sets with the fewest layers become models of their own (``search_k<N>``), so the
+evaluate stage's timing pass measures them beside every other candidate and the recommendation
+can pick the fastest (speed targets) or smallest (size) of all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+import onnx
+from quantsweep.core import layout
+from quantsweep.core.layout import eval_dir_of_results
+from quantsweep.core.records import JsonLines, read_json, write_json
+from quantsweep.evaluation.scoring import Accuracy
+from quantsweep.evaluation.search import search
+from quantsweep.onnx.calibration import RangeCache
+from quantsweep.onnx.candidates import FP32_FILE
+from quantsweep.onnx.inspect import average_weight_bits
+from quantsweep.quant.distill import DISTILL_CHECKS
+from quantsweep.quant.numerics import ActRange
+from quantsweep.quant.scheme import WEIGHTS_DIR, load_records, records_path
+from quantsweep.schemes.scheme_records import Policy
+from quantsweep.stages.common import ProgressFactory, model_source, no_progress
+from quantsweep.stages.eval_context import EvalContext, EvalRequest
+from quantsweep.stages.eval_records import ResultStore
+from quantsweep.stages.schemes_stage import SchemeSet, read_scheme_set
+from quantsweep.stages.search_recovery import AUTO_METHOD, RecoveredRecords, RecoveryOutcome
+from quantsweep.targets import Backend, Objective
+from quantsweep.targets.base import conv_kinds
+
+LOG = logging.getLogger(__name__)
+FINALISTS = {Objective.SPEED: 3, Objective.SIZE: 1}  # passing kept sets timed beside the candidates
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """The search's cost bound (the accuracy target is the evaluate request's)."""
+
+    max_evals: int = 24
+
+
+class _Measure:
+    """Writes a kept set in the target's placement, scores it on its runtime, logs every score."""
+
+    def __init__(
+        self, backend: Backend, scheme_set: SchemeSet, ranges: RangeCache, context, log, *, records, source
+    ):
+        self.backend, self.scheme_set, self.ranges = backend, scheme_set, ranges
+        self.source = source  # the checkpoint and calibration images, for targets that need them
+        self.context, self.log = context, log
+        self.records = records  # format name -> {layer: quantizer record}, from the materialize stage
+        self.kinds = conv_kinds(ranges.model)
+        # every kept set scored so far (a resumed search's log, candidates already scored): a trial
+        # or finalist with one of these kept sets is not scored again
+        self.accuracies = {
+            tuple(sorted(r["kept"])): Accuracy(**r["accuracy"]) for r in log.read() if "accuracy" in r
+        }
+
+    @property
+    def ranking(self) -> list[str]:
+        return [a.torch_name for a in self.scheme_set.ranking]
+
+    def model(self, kept: tuple[str, ...]) -> onnx.ModelProto:
+        """The kept set as the target writes it: adapted to what it runs (as materialize does), checked."""
+        keep = set(kept)
+        plan = {
+            a.onnx_node: self.scheme_set.high if a.torch_name in keep else self.scheme_set.low
+            for a in self.scheme_set.ranking
+        }
+        plan = self.backend.adapt_plan(plan, self.kinds)
+        self.backend.check_plan(plan, self.kinds)
+        weights = {}
+        for a in self.scheme_set.ranking:
+            fmt = plan[a.onnx_node].as_format()
+            record = None if fmt is None else self.records.get(fmt.name, {}).get(a.torch_name)
+            if record is not None:
+                weights[a.onnx_node] = record
+        return self.backend.write(self.ranges.model, plan, ranges=self.ranges, weights=weights)
+
+    def __call__(self, kept: tuple[str, ...]) -> float:
+        key = tuple(sorted(kept))
+        if key not in self.accuracies:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = self.backend.save(self.model(kept), Path(tmp) / "trial.onnx", source=self.source)
+                acc = self.context.score(self.backend, path)
+            self.accuracies[key] = acc
+            self.log.append(
+                {"kept": list(key), "score": acc.value(self.context.metric), "accuracy": acc.to_dict()}
+            )
+        return self.accuracies[key].value(self.context.metric)
+
+
+def recorded_ranges(candidates_dir: Path, images: torch.Tensor) -> RangeCache:
+    """The materialize run's tensor ranges, extended from the calibration images if a tensor is new."""
+    cache = RangeCache(onnx.load(str(candidates_dir / FP32_FILE)), images)
+    recorded = read_json(candidates_dir / "tensor_ranges.json", "tensor_ranges")["ranges"]
+    cache.found.update({name: ActRange.from_dict(value) for name, value in recorded.items()})
+    return cache
+
+
+def _records(candidates_dir: Path, scheme_set: SchemeSet) -> dict[str, dict]:
+    """The materialize stage's quantizer records of the schemes' two precisions (none: round to nearest)."""
+    found = {}
+    for precision in (scheme_set.low, scheme_set.high):
+        fmt = precision.as_format()
+        path = None if fmt is None else records_path(candidates_dir / WEIGHTS_DIR, fmt)
+        if path is not None and path.is_file():
+            found[fmt.name] = load_records(path)
+    return found
+
+
+class TargetSearch:
+    """The search, run by the evaluate stage for each target before its timing pass."""
+
+    def __init__(self, request: SearchRequest, *, eval_request: EvalRequest, context: EvalContext, index):
+        self.request, self.eval_request, self.context, self.index = request, eval_request, context, index
+        self.candidates_dir = Path(eval_request.candidates_dir)
+        self.progress: ProgressFactory = no_progress
+        self._ranges: RangeCache | None = None  # one FP32 graph and calibration batch for every target
+        self._source = None
+        self._recovered: RecoveredRecords | None = None
+
+    def __call__(self, backend: Backend, store: ResultStore) -> dict:
+        scheme_set = read_scheme_set(Path(self.index.targets[backend.name].schemes_dir))
+        search_dir = layout.search_dir(eval_dir_of_results(store.directory), backend.name)
+        log = JsonLines(search_dir / "evaluations.jsonl")
+        records = _records(self.candidates_dir, scheme_set)
+        if self._ranges is None:
+            self._source = model_source(self.context.config, self.candidates_dir / FP32_FILE)
+            self._ranges = recorded_ranges(self.candidates_dir, self._source.images)
+        measure = _Measure(
+            backend, scheme_set, self._ranges, self.context, log, records=records, source=self._source
+        )
+        # a top-K scheme already scored is the trial of its kept set (K=0: nothing kept), written
+        # the same way from the same records: the search reads its score instead of scoring it again
+        for record in store.all().values():
+            if record.get("policy") == Policy.TOP_K and record.get("accuracy"):
+                kept = tuple(sorted(record.get("kept_layers") or ()))
+                measure.accuracies.setdefault(kept, Accuracy(**record["accuracy"]))
+        reference = self.context.reference_score
+        threshold = self.eval_request.accuracy_target.threshold(reference)
+        measure, recovery = self._recovery_first(backend, scheme_set, measure, threshold, search_dir)
+        with self.progress(self.request.max_evals, f"search {backend.name}") as step:
+
+            def measured(kept: tuple[str, ...]) -> float:
+                score = measure(kept)
+                step(f"{len(kept)} kept: {score:.4f}")
+                return score
+
+            result = search(measure.ranking, measured, target=threshold, max_evals=self.request.max_evals)
+        used = recovery is not None and recovery.used
+        finalists = self._finalists(backend, result, measure, store, search_dir, recovered=used)
+        summary = {
+            "target": backend.name,
+            "reference": reference,
+            "threshold": threshold,
+            "accuracy_target": self.eval_request.accuracy_target.to_dict(),
+            "max_evals": self.request.max_evals,
+            **asdict(result),
+            "low": scheme_set.low.label,
+            "high": scheme_set.high.label,
+            "finalists": finalists,
+            "recovery": None if recovery is None else recovery.to_dict(),
+        }
+        write_json(search_dir / "search.json", "scheme_search", summary)
+        return summary
+
+    def _recovery_first(
+        self, backend: Backend, scheme_set: SchemeSet, measure: _Measure, threshold: float, search_dir: Path
+    ) -> tuple[_Measure, RecoveryOutcome | None]:
+        """Recovery before islands (search_recovery.py): the measure the islands are searched with."""
+        if self._recovered is None:
+            self._recovered = RecoveredRecords(
+                self.context.config, candidates_dir=self.candidates_dir, root=search_dir.parent
+            )
+        if not self._recovered.needed(backend) or (before := measure(())) >= threshold:
+            return measure, None
+        # the distillation's checkpoints (DISTILL_CHECKS), then nothing-kept scored again
+        with self.progress(DISTILL_CHECKS + 1, f"recover {backend.name}") as step:
+            records, seconds = self._recovered.for_target(
+                backend, scheme_set, measure.records, images=self._source.images, progress=step
+            )
+            log = JsonLines(search_dir / "evaluations_recovered.jsonl")
+            recovered = _Measure(
+                backend, scheme_set, self._ranges, self.context, log, records=records, source=self._source
+            )
+            after = recovered(())
+            step(f"nothing kept: {before:.4f} -> {after:.4f}")
+        outcome = RecoveryOutcome(AUTO_METHOD, before, after, seconds, used=after > before)
+        LOG.info("%s: recovery before islands: nothing kept %.4f -> %.4f", backend.name, before, after)
+        return (recovered if outcome.used else measure), outcome
+
+    def _finalists(
+        self, backend, result, measure: _Measure, store: ResultStore, search_dir: Path, *, recovered: bool
+    ) -> list[str]:
+        passing = sorted(
+            {tuple(e["kept"]) for e in result.evaluations if e["score"] >= result.target},
+            key=lambda kept: (len(kept), [measure.ranking.index(n) for n in kept]),
+        )[: FINALISTS[backend.objective]]
+        # a kept set some candidate already has (K=0 is the k0 scheme) is that candidate, timed as it
+        # is; not with recovered records, which no candidate carries
+        existing = {
+            frozenset(r.get("kept_layers") or ()): name
+            for name, r in store.all().items()
+            if Policy(r["policy"]).is_scheme and not recovered
+        }
+        suffix = "_recovered" if recovered else ""
+        names = []
+        for kept in passing:
+            if frozenset(kept) in existing:
+                names.append(existing[frozenset(kept)])
+                continue
+            same = sum(n.startswith(f"search_k{len(kept)}{suffix}") for n in names)
+            name = f"search_k{len(kept)}{suffix}" + (f"_{same + 1}" if same else "")
+            if not store.has(name):
+                model = measure.model(kept)
+                path = backend.save(model, search_dir / f"{name}.onnx", source=measure.source)
+                acc = measure.accuracies.get(tuple(sorted(kept))) or self.context.score(backend, path)
+                record = {
+                    "name": name,
+                    "file": str(path),
+                    "policy": Policy.SEARCH,
+                    "kept": len(kept),
+                    "kept_layers": list(kept),
+                    "size_bytes": backend.artifact_bytes(path),
+                    "avg_weight_bits": average_weight_bits(model),
+                    "sha256_16": hashlib.sha256(path.read_bytes()).hexdigest()[:16],
+                    "recovered": recovered,
+                }
+                store.write_result(record, acc)
+            names.append(name)
+        return names

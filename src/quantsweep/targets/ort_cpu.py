@@ -1,0 +1,118 @@
+"""``ort-cpu``: INT8 W8A8 in the placement ONNX Runtime's CPU provider fuses into QLinearConv.
+
+ONNX Runtime fuses ``DQ(x) + DQ(w) + DQ(bias int32) -> Conv -> Q`` into one QLinearConv only
+when the conv's output goes to that Q alone; with Q/DQ on the inputs only, every conv runs in
+float after dequantizing its weight on every run (slower than FP32). So each planned conv gets:
+its input through the tensor's shared QuantizeLinear (UINT8, asymmetric: SiLU outputs are mostly
+positive and keep twice the resolution), INT8 per-output-channel weights, an INT32 bias and a
+QuantizeLinear on its output, whose dequantized copy every reader takes. Graph outputs and the
+decode tail stay float.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+import onnx
+from quantsweep.core.config import ActDtype, Granularity, QuantFormat, WeightDtype
+from quantsweep.core.hardware import cpu_int8_weights
+from quantsweep.models.ultralytics_adapter import ONNX_INT8
+from quantsweep.onnx.ort_sessions import SessionOptions, ort_session, with_outputs
+from quantsweep.onnx.placement import Placement
+from quantsweep.schemes.scheme_records import Precision
+from quantsweep.targets.base import (
+    Availability,
+    Backend,
+    BaselineWriter,
+    ConvKind,
+    Objective,
+    Runner,
+)
+from quantsweep.targets.ultralytics_baseline import ULTRALYTICS_INT8, write_ultralytics_int8
+
+ORT_CPU_FLOAT_RUN = "onnxruntime-cpu"  # how ort-cpu and size run a float graph: the same way
+
+W8A8 = QuantFormat(WeightDtype.INT8, ActDtype.INT8, Granularity.PER_CHANNEL)
+# both weight types run in the integer kernels; which one this CPU executes exactly: cpu_w8a8
+CPU_INT8_WEIGHTS = (WeightDtype.INT8, WeightDtype.INT7)
+
+
+def cpu_w8a8() -> QuantFormat:
+    """W8A8 per channel as this CPU's integer kernels execute it exactly (``hardware``): 7-bit
+    weight codes where UINT8 x INT8 products saturate (x86 without VNNI), else full INT8."""
+    return QuantFormat(cpu_int8_weights(), ActDtype.INT8, Granularity.PER_CHANNEL)
+
+
+class OrtRunner(Runner):
+    """An ONNX Runtime session with the target's options."""
+
+    def __init__(self, path: Path, options: SessionOptions) -> None:
+        self.path, self.options = Path(path), options
+        self.session = ort_session(path, options)
+        self.input_name = self.session.get_inputs()[0].name
+        self.device = options.provider
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: image})[0]
+
+    def input_size(self) -> tuple[int, int] | None:
+        size = self.session.get_inputs()[0].shape[2:4]
+        return tuple(size) if all(isinstance(d, int) for d in size) else None
+
+    def float_precision(self) -> str:
+        return "f32"
+
+    def intermediates(self, image: np.ndarray, tensors: Sequence[str]) -> dict[str, np.ndarray]:
+        """The tensors as extra graph outputs of a session with the same options (a tensor made a graph
+        output can change which fusions apply around it; good enough to find where outputs depart)."""
+        probe = with_outputs(onnx.load(str(self.path)), tensors)
+        session = ort_session(probe.SerializeToString(), self.options)
+        names = [o.name for o in session.get_outputs() if o.name in set(tensors)]
+        return dict(zip(names, session.run(names, {self.input_name: image}), strict=True))
+
+
+class OrtCpuBackend(Backend):
+    """ONNX Runtime, CPU execution provider, integer convolutions (QLinearConv)."""
+
+    name = "ort-cpu"
+    runtime = "onnxruntime"
+    objective = Objective.SPEED
+    description = "ONNX Runtime CPU: INT8 W8A8 fused into QLinearConv (UINT8 activations)"
+    placement = Placement(asymmetric=True, output_q=True, int32_bias=True, fuse_silu=True, carry_codes=True)
+
+    def sweep_formats(self) -> tuple[QuantFormat, ...]:
+        return (cpu_w8a8(),)
+
+    def fast_precisions(self, kind: ConvKind) -> frozenset[str]:
+        if kind is ConvKind.LINEAR:
+            return frozenset()
+        acts = (ActDtype.INT8, ActDtype.UINT8)
+        return frozenset(Precision(w, a).label for w in CPU_INT8_WEIGHTS for a in acts)
+
+    def availability(self) -> Availability:
+        return Availability(True)
+
+    def session_options(self) -> SessionOptions:
+        """What the artifacts are measured with (and a deployer should use)."""
+        return SessionOptions()
+
+    def baselines(self) -> dict[str, BaselineWriter]:
+        """Ultralytics' ``format='onnx', int8=True`` export (ONNX Runtime ``quantize_static``)."""
+        return {ULTRALYTICS_INT8: partial(write_ultralytics_int8, fmt=ONNX_INT8)}
+
+    def float_run_key(self) -> str:
+        # ONNX Runtime's CPU EP at its defaults; the size target's disable_quant_qdq only touches Q/DQ
+        return ORT_CPU_FLOAT_RUN
+
+    def load(self, path: Path) -> Runner:
+        return OrtRunner(path, self.session_options())
+
+    def deploy_hint(self, path: Path) -> str:
+        return (
+            f"onnxruntime.InferenceSession('{path.name}', providers=['CPUExecutionProvider']) "
+            "with graph_optimization_level=ORT_ENABLE_ALL (the default)"
+        )

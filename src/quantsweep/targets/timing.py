@@ -1,0 +1,91 @@
+"""Latency that can be trusted on a shared machine: every model timed in the same interleaved rounds.
+
+Timing one model after another lets a burst of load elsewhere land on one of them. Here each
+round visits every model (in a rotated order, so no model always runs first), and a model's speed
+is stated as the median over rounds of its time divided by the reference model's time in the same
+round: load that slows a whole round cancels out of the ratio.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from quantsweep.targets.base import Runner
+
+ProgressFn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One model's batch-1 latency from an interleaved pass, and its speed relative to the reference."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    ratio_to_reference: float  # median over rounds of (this model's round median / reference's)
+    ratio_spread: float  # max - min of the per-round ratios
+    runs: int
+    rounds: int
+    device: str
+    float_precision: str | None = None  # what the runtime ran non-quantized ops in (f32, bf16)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def _round_times(runner: Runner, image: np.ndarray, runs: int) -> list[float]:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        runner(image)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
+def interleaved_latency(
+    runners: Mapping[str, Runner],
+    image: np.ndarray,
+    *,
+    reference: str,
+    rounds: int = 7,
+    runs_per_round: int = 5,
+    warmup: int = 3,
+    progress: ProgressFn | None = None,
+) -> dict[str, Timing]:
+    """Time every runner on ``image`` in ``rounds`` rotated rounds; ratios are against ``reference``."""
+    if reference not in runners:
+        raise ValueError(f"the reference {reference} is not among the timed models")
+    names = list(runners)
+    for name in names:
+        for _ in range(warmup):
+            runners[name](image)
+    per_round: dict[str, list[list[float]]] = {name: [] for name in names}
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            per_round[name].append(_round_times(runners[name], image, runs_per_round))
+        if progress is not None:
+            progress(f"round {r + 1}/{rounds}")
+    ref_medians = [statistics.median(times) for times in per_round[reference]]
+    result = {}
+    for name in names:
+        flat = [t for times in per_round[name] for t in times]
+        ratios = [statistics.median(t) / ref for t, ref in zip(per_round[name], ref_medians, strict=True)]
+        result[name] = Timing(
+            median_ms=statistics.median(flat),
+            p10_ms=float(np.percentile(flat, 10)),
+            p90_ms=float(np.percentile(flat, 90)),
+            ratio_to_reference=statistics.median(ratios),
+            ratio_spread=max(ratios) - min(ratios),
+            runs=len(flat),
+            rounds=rounds,
+            device=runners[name].device,
+            float_precision=runners[name].float_precision(),
+        )
+    return result

@@ -1,0 +1,111 @@
+"""The accuracy target's arithmetic, and each target's recommendation rule on recorded results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from quantsweep.core.config import DropMode
+from quantsweep.core.errors import InputError
+from quantsweep.evaluation.accuracy_target import AccuracyTarget
+from quantsweep.evaluation.recommend import recommend
+from quantsweep.evaluation.scoring import Accuracy
+from quantsweep.stages.eval_records import ResultStore
+from quantsweep.targets import get_backend
+
+
+def test_relative_and_absolute_targets() -> None:
+    relative = AccuracyTarget(0.01, DropMode.RELATIVE)
+    absolute = AccuracyTarget(0.01, DropMode.ABSOLUTE)
+    assert relative.threshold(0.9) == pytest.approx(0.891)
+    assert absolute.threshold(0.9) == pytest.approx(0.89)
+    assert relative.met(0.8911, 0.9) and not relative.met(0.8905, 0.9)
+    assert absolute.met(0.8905, 0.9) and not absolute.met(0.8899, 0.9)
+    assert not relative.met(None, 0.9)
+    assert AccuracyTarget.from_dict(absolute.to_dict()) == absolute
+    with pytest.raises(InputError, match="--max-drop must be between 0 and 1"):
+        AccuracyTarget(1.5)
+
+
+def _store(tmp_path: Path, models: dict[str, tuple[float, float, int]]) -> ResultStore:
+    """models: name -> (mAP, time ratio to FP32, size in bytes)."""
+    store = ResultStore(
+        tmp_path / "results" / "t", target="t", candidates_dir=tmp_path, metric="map50_95_gt", reference=0.9
+    )
+    for name, (value, ratio, size) in models.items():
+        record = {
+            "name": name,
+            "file": str(tmp_path / f"{name}.onnx"),
+            "policy": "fp32" if name == "fp32" else "top_k",
+            "kept": None if name == "fp32" else 1,
+            "kept_layers": None,
+            "size_bytes": size,
+            "avg_weight_bits": 8.0,
+        }
+        store.write_result(record, Accuracy(value, value, value, value))
+        path = store.path(name)
+        text = path.read_text().replace(
+            '"latency": null', f'"latency": {{"ratio_to_reference": {ratio}, "median_ms": {10 * ratio}}}'
+        )
+        path.write_text(text)
+    return store
+
+
+MODELS = {
+    "fp32": (0.9, 1.0, 100),
+    "fast_bad": (0.85, 0.4, 25),  # fastest, but misses 1%
+    "fast_ok": (0.895, 0.5, 30),
+    "small_ok": (0.893, 0.7, 20),
+}
+
+
+def test_speed_target_recommends_the_fastest_model_within_the_target(tmp_path) -> None:
+    rec = recommend(
+        get_backend("ort-cpu"),
+        _store(tmp_path, MODELS),
+        reference=0.9,
+        metric="map50_95_gt",
+        target=AccuracyTarget(0.01),
+    )
+    assert rec["recommended"] == "fast_ok" and rec["speedup"] == pytest.approx(2.0)
+    assert rec["closest"] == "fast_ok" and "InferenceSession" in rec["deploy"]
+
+
+def test_size_target_recommends_the_smallest_model_within_the_target(tmp_path) -> None:
+    rec = recommend(
+        get_backend("size"),
+        _store(tmp_path, MODELS),
+        reference=0.9,
+        metric="map50_95_gt",
+        target=AccuracyTarget(0.01),
+    )
+    assert rec["recommended"] == "small_ok" and rec["size_reduction"] == pytest.approx(5.0)
+
+
+def test_fp32_is_recommended_when_nothing_quantized_is_faster_and_accurate(tmp_path) -> None:
+    models = {"fp32": (0.9, 1.0, 100), "slow": (0.9, 1.3, 25), "bad": (0.5, 0.5, 25)}
+    rec = recommend(
+        get_backend("ort-cpu"),
+        _store(tmp_path, models),
+        reference=0.9,
+        metric="map50_95_gt",
+        target=AccuracyTarget(0.01),
+    )
+    assert rec["recommended"] == "fp32"
+
+
+def test_an_artifact_its_runtime_misexecutes_is_passed_over_and_said(tmp_path) -> None:
+    store = _store(tmp_path, MODELS)
+    record = store.path("fast_ok")
+    departs = "onnx_direct DEPARTS from Torch (rel. error 0.897) first at `/model.2/cv2/conv/Conv`"
+    text = record.read_text().replace(
+        '"policy": "top_k"', f'"policy": "top_k", "runtime_agrees": false, "runtime_summary": "{departs}"'
+    )
+    record.write_text(text)
+    rec = recommend(
+        get_backend("openvino"), store, reference=0.9, metric="map50_95_gt", target=AccuracyTarget(0.01)
+    )
+    assert rec["recommended"] == "small_ok"  # the fastest passing model departs on its runtime
+    assert [p["name"] for p in rec["passed_over"]] == ["fast_ok"]
+    assert "/model.2/cv2/conv/Conv" in rec["passed_over"][0]["reason"]

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from quantsweep.cli.main import main
+from quantsweep.core.records import JsonLines
+from tests.conftest import TINY_IMGSZ, cli_process, kill_after_layers
+
+SWEEP = ["sweep", "--imgsz", str(TINY_IMGSZ), "--max-images", "6"]
+
+
+def _run_dir(out: Path) -> Path:
+    (run,) = list(out.glob("*_layer_sensitivity/*"))
+    return run
+
+
+def _report(run: Path, combination: str = "int4-fp16/per_channel") -> dict:
+    return json.loads((run / combination / "layer-sensitivity-report.json").read_text())
+
+
+def _ranking(report: dict) -> list[tuple]:
+    return [
+        (r["name"], r["metrics"]["nmse"], r["metrics"]["box_error"], r["metrics"]["map_drop_vs_fp32"])
+        for r in report["layers"]
+    ]
+
+
+def test_layer_glob_and_top_k_and_run_records(tiny_data, tiny_checkpoint, tmp_path) -> None:
+    assert (
+        main(
+            [
+                *SWEEP,
+                "--model",
+                str(tiny_checkpoint),
+                "--images",
+                str(tiny_data),
+                "--layers",
+                "model.22.*",
+                "--top-k",
+                "3",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    run = _run_dir(tmp_path)
+    report = _report(run)
+    assert report["layers"] and all(r["name"].startswith("model.22.") for r in report["layers"])
+    assert len(report["top_layers"]) == 3
+    assert (run / "int4-fp16/per_channel/layer-sensitivity-report.md").read_text().count("| `model.22.") == 3
+    for name in (
+        "config.json",
+        "inputs.json",
+        "environment.json",
+        "sweep_index.json",
+        "sweep_index.csv",
+        "failures.json",
+    ):
+        assert (run / name).is_file(), name
+    assert json.loads((run / "environment.json").read_text())["packages"]["torch"]
+    assert len(json.loads((run / "inputs.json").read_text())["images"]) == 6
+
+
+def test_skipped_combination_is_recorded_with_reason(tiny_data, tiny_checkpoint, tmp_path) -> None:
+    assert (
+        main(
+            [
+                *SWEEP,
+                "--model",
+                str(tiny_checkpoint),
+                "--images",
+                str(tiny_data),
+                "--weights",
+                "fp8,int8",
+                "--acts",
+                "int8",
+                "--layers",
+                "model.0.*",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    run = _run_dir(tmp_path)
+    failures = json.loads((run / "failures.json").read_text())["failures"]
+    assert [(f["combination"], f["status"]) for f in failures] == [("fp8-int8/per_channel", "skipped")]
+    assert "FP8 weights with INT8 activations" in failures[0]["reason"]
+    rows = {r["combination"]: r for r in json.loads((run / "sweep_index.json").read_text())["combinations"]}
+    assert rows["fp8-int8/per_channel"]["status"] == "skipped"
+    assert rows["int8-int8/per_channel"]["status"] == "ok"
+    assert (run / "act_ranges.json").is_file()
+
+
+def _cli(args: list[str]) -> subprocess.Popen:
+    # Every run of this test is a fresh process with the same environment, so thread counts match.
+    return cli_process(args)
+
+
+@pytest.mark.slow  # a sweep killed and resumed in subprocesses
+def test_killed_sweep_resumes_to_the_same_report(tiny_data, tiny_checkpoint, tmp_path) -> None:
+    args = [
+        *SWEEP,
+        "--model",
+        str(tiny_checkpoint),
+        "--images",
+        str(tiny_data),
+        "--weights",
+        "int4,int8",
+        "--imgsz",
+        str(TINY_IMGSZ),
+    ]
+    whole_proc = _cli([*args, "--out", str(tmp_path / "whole")])
+    assert whole_proc.wait() == 0, whole_proc.stderr.read().decode()[-2000:]
+    whole = _run_dir(tmp_path / "whole")
+
+    proc = _cli([*args, "--out", str(tmp_path / "cut")])
+    pattern = "*_layer_sensitivity/*/int4-fp16/per_channel/layer_results.jsonl"
+    results = kill_after_layers(proc, tmp_path / "cut", pattern, layers=5, timeout=120)
+    cut = _run_dir(tmp_path / "cut")
+    assert not (cut / "int8-fp16/per_channel/layer-sensitivity-report.json").exists()
+    done_before = JsonLines(results).read()
+    resumed = _cli(["sweep", "--resume", str(cut)])
+    assert resumed.wait() == 0, resumed.stderr.read().decode()[-2000:]
+    lines = JsonLines(results).read()
+    assert lines[: len(done_before)] == done_before  # finished work kept as it was
+    assert len(lines) == len({r["name"] for r in lines}) > len(done_before)  # nothing measured twice
+    for combination in ("int4-fp16/per_channel", "int8-fp16/per_channel"):
+        assert _ranking(_report(cut, combination)) == _ranking(_report(whole, combination))

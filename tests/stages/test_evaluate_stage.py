@@ -1,0 +1,103 @@
+"""The evaluate stage scores a top-K artifact only where it can still be the recommendation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from quantsweep.evaluation.accuracy_target import AccuracyTarget
+from quantsweep.evaluation.scoring import Accuracy
+from quantsweep.onnx.candidates import Artifact
+from quantsweep.report.table import load_target
+from quantsweep.stages.eval_records import ResultStore
+from quantsweep.stages.evaluate_stage import _accuracy_pass, _meets
+from quantsweep.targets import get_backend
+
+REFERENCE = 0.900  # FP32 mAP50-95; the default target (1% relative) asks 0.891
+
+
+@dataclass
+class _Context:
+    """What _accuracy_pass reads of an EvalContext; scores come from a table, calls are recorded."""
+
+    scores: dict[str, float]
+    metric: str = "map50_95_gt"
+    float_scores: dict = field(default_factory=dict)
+    scored: list[str] = field(default_factory=list)
+
+    def score(self, backend, path: Path) -> Accuracy:
+        self.scored.append(path.stem)
+        value = self.scores[path.stem]
+        return Accuracy(value, value, value, value)
+
+
+def _artifact(name: str, policy: str, kept: int | None) -> Artifact:
+    layers = None if kept is None else tuple(f"model.{i}" for i in range(kept))
+    return Artifact(name, f"{name}.onnx", policy, layers, 1000, 8.0, True, 0.0)
+
+
+def _pass(
+    tmp_path: Path, scores: dict[str, float], artifacts: list[Artifact]
+) -> tuple[_Context, ResultStore]:
+    context = _Context(scores)
+    store = ResultStore(
+        tmp_path / "results" / "ort-cpu",
+        target="ort-cpu",
+        candidates_dir=tmp_path,
+        metric=context.metric,
+        reference=REFERENCE,
+    )
+    meets = lambda score: _meets(score, target=AccuracyTarget(), reference=REFERENCE)  # noqa: E731
+    _accuracy_pass(
+        get_backend("ort-cpu"), artifacts, context, store, step=lambda _: None, executor=None, meets=meets
+    )
+    return context, store
+
+
+ARTIFACTS = [
+    _artifact("fp32", "fp32", None),
+    _artifact("k10", "top_k", 10),  # listed out of order on purpose: scored by kept count
+    _artifact("k0", "top_k", 0),
+    _artifact("k5", "top_k", 5),
+    _artifact("ultralytics_int8", "baseline", None),
+]
+
+
+@pytest.mark.parametrize(
+    ("k0", "k5", "scored", "skipped"),
+    [
+        (0.895, 0.899, ["fp32", "k0", "ultralytics_int8"], {"k5": "`k0`", "k10": "`k0`"}),
+        (0.850, 0.895, ["fp32", "k0", "k5", "ultralytics_int8"], {"k10": "`k5`"}),
+        (0.850, 0.860, ["fp32", "k0", "k5", "k10", "ultralytics_int8"], {}),
+    ],
+)
+def test_top_k_artifacts_a_passing_one_dominates_are_not_scored(tmp_path, k0, k5, scored, skipped) -> None:
+    scores = {"fp32": REFERENCE, "k0": k0, "k5": k5, "k10": 0.899, "ultralytics_int8": 0.80}
+    context, store = _pass(tmp_path, scores, ARTIFACTS)
+    assert context.scored == scored  # FP32 first, top-K by kept count, then the rest
+    assert set(store.all()) == set(scored)
+    found = store.skipped()
+    assert set(found) == set(skipped)
+    for name, by in skipped.items():
+        assert found[name].startswith(by) and "fewer float layers" in found[name]
+    # the report says which models were not scored and why
+    assert (load_target(tmp_path, "ort-cpu").skipped or {}) == found
+
+
+def test_a_top_k_artifact_a_reference_scheme_is_compared_with_is_always_scored(tmp_path) -> None:
+    artifacts = [*ARTIFACTS, _artifact("random_k5", "random", 5)]
+    scores = {"fp32": REFERENCE, "k0": 0.899, "k5": 0.899, "k10": 0.899, "random_k5": 0.5}
+    scores["ultralytics_int8"] = 0.8
+    context, store = _pass(tmp_path, scores, artifacts)
+    assert "k5" in context.scored and "random_k5" in context.scored and "k10" not in context.scored
+    assert set(store.skipped()) == {"k10"}
+
+
+def test_a_resumed_pass_keeps_its_scores_and_skips_the_same(tmp_path) -> None:
+    scores = {"fp32": REFERENCE, "k0": 0.899, "k5": 0.899, "k10": 0.899, "ultralytics_int8": 0.8}
+    _pass(tmp_path, scores, ARTIFACTS)
+    again, store = _pass(tmp_path, scores, ARTIFACTS)
+    assert again.scored == []  # everything scored before is read back, k0 passing still spares k5, k10
+    assert set(store.skipped()) == {"k5", "k10"}

@@ -1,0 +1,43 @@
+"""The interleaved timing pass: ratios against the reference measured round by round."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from quantsweep.targets.base import Runner
+from quantsweep.targets.timing import interleaved_latency
+
+
+class _Sleeper(Runner):
+    def __init__(self, seconds: float, log: list[str], name: str) -> None:
+        self.seconds, self.log, self.name = seconds, log, name
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        self.log.append(self.name)
+        time.sleep(self.seconds)
+        return image
+
+
+def test_ratios_rounds_and_rotation() -> None:
+    log: list[str] = []
+    runners = {n: _Sleeper(s, log, n) for n, s in (("fp32", 0.02), ("half", 0.01), ("same", 0.02))}
+    timings = interleaved_latency(
+        runners, np.zeros(1), reference="fp32", rounds=3, runs_per_round=2, warmup=1
+    )
+    # sleeps of 10-20 ms: scheduler noise on a loaded 2-core machine stays well inside the bounds
+    assert timings["fp32"].ratio_to_reference == 1.0
+    assert 0.3 < timings["half"].ratio_to_reference < 0.75
+    assert 0.75 < timings["same"].ratio_to_reference < 1.35
+    assert all(t.runs == 6 and t.rounds == 3 for t in timings.values())
+    assert timings["half"].p10_ms <= timings["half"].median_ms <= timings["half"].p90_ms
+    # after warm-up, each round starts with a different model
+    timed = log[3:]
+    assert [timed[i * 6] for i in range(3)] == ["fp32", "half", "same"]
+
+
+def test_reference_must_be_timed() -> None:
+    with pytest.raises(ValueError, match="reference"):
+        interleaved_latency({"a": _Sleeper(0.0, [], "a")}, np.zeros(1), reference="fp32")
