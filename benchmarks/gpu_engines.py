@@ -19,17 +19,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 import onnx
+
 from quantsweep.core.config import ActDtype, WeightDtype
 from quantsweep.core.records import read_json
 from quantsweep.data.images import load_batch, resolve_images
 from quantsweep.data.shapes import generate_split
 from quantsweep.evaluation.scoring import accuracy, detections_of
 from quantsweep.models.ultralytics_adapter import BUNDLED_MODEL, load_model
-from quantsweep.onnx.calibration import RangeCache
-from quantsweep.onnx.export import export_fp32
-from quantsweep.onnx.inspect import node_precisions, precision_label
+from quantsweep.onnx_graph.calibration import RangeCache
+from quantsweep.onnx_graph.export import export_fp32
+from quantsweep.onnx_graph.inspect import node_precisions, precision_label
 from quantsweep.schemes.scheme_records import Precision
 from quantsweep.stages.eval_context import EvalRequest, prepare_context
 from quantsweep.targets import get_backend

@@ -22,9 +22,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import onnx
 import torch
 
-import onnx
 from quantsweep.core.config import (
     ActDtype,
     CalibConfig,
@@ -39,8 +39,8 @@ from quantsweep.core.config import (
 )
 from quantsweep.evaluation.scoring import detections_of, load_checked
 from quantsweep.metrics.map import mean_average_precision
-from quantsweep.onnx.export import export_fp32, map_layers
-from quantsweep.onnx.placement import Placement, apply_placement, input_ranges
+from quantsweep.onnx_graph.export import export_fp32, map_layers
+from quantsweep.onnx_graph.placement import Placement, apply_placement, input_ranges
 from quantsweep.quant.apply import calibrate_inputs
 from quantsweep.quant.layer_quant import quantize_layer
 from quantsweep.quant.scheme import quantize_each_alone, quantize_scheme

@@ -28,7 +28,7 @@ from quantsweep.core.runs import cpu_line
 from quantsweep.evaluation.scoring import head_output, output_convention
 from quantsweep.metrics.output_errors import output_error
 from quantsweep.models.outputs import HeadOutput
-from quantsweep.onnx.candidates import FP32_FILE, read_candidates
+from quantsweep.onnx_graph.candidates import FP32_FILE, read_candidates
 from quantsweep.schemes.scheme_records import Precision
 from quantsweep.stages.common import calibration_batch
 from quantsweep.stages.schemes_stage import read_scheme_set

@@ -24,13 +24,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 import onnx
+
 from quantsweep.cli.main import main as quantsweep
 from quantsweep.core.runs import cpu_line
 from quantsweep.evaluation.scoring import accuracy, detections_of
 from quantsweep.metrics.detections import pseudo_labels
-from quantsweep.onnx.ort_quantize_static import quantize_with_ort
+from quantsweep.onnx_graph.ort_quantize_static import quantize_with_ort
 from quantsweep.stages.common import calibration_batch, read_sweep_config
 from quantsweep.stages.eval_context import load_eval_batch
 from quantsweep.targets import get_backend

@@ -11,11 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 from torch import nn
-
-import onnx
 
 os.environ.setdefault(
     "YOLO_CONFIG_DIR", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "yolo")
@@ -29,7 +28,7 @@ from quantsweep.data.images import Batch, load_batch, resolve_images
 from quantsweep.data.shapes import generate_split
 from quantsweep.models.network import LayerInfo, StagedNetwork, enumerate_layers
 from quantsweep.models.ultralytics_adapter import LoadedModel, load_model
-from quantsweep.onnx.placement import Placement, apply_placement, input_ranges
+from quantsweep.onnx_graph.placement import Placement, apply_placement, input_ranges
 from quantsweep.quant.apply import calibrate_inputs
 from quantsweep.quant.numerics import ActRange
 from quantsweep.quant.weights import QuantizedWeight
@@ -130,7 +129,7 @@ def testbed_checkpoint() -> Path:
 def tiny_onnx(tmp_path_factory: pytest.TempPathFactory):
     """``tiny_model("yolov8n.yaml")`` exported to ONNX, its layer mapping and 4 calibration images."""
     from quantsweep.models.network import enumerate_layers  # noqa: PLC0415
-    from quantsweep.onnx.export import export_fp32, map_layers  # noqa: PLC0415
+    from quantsweep.onnx_graph.export import export_fp32, map_layers  # noqa: PLC0415
 
     loaded = tiny_model("yolov8n.yaml")
     images = torch.rand(4, 3, TINY_IMGSZ, TINY_IMGSZ)
@@ -144,7 +143,7 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def tiny_v10_onnx(tmp_path_factory: pytest.TempPathFactory):
     """A tiny YOLOv10n (it has depthwise convs) exported at 64 px, its node kinds and 2 images."""
-    from quantsweep.onnx.export import export_fp32  # noqa: PLC0415
+    from quantsweep.onnx_graph.export import export_fp32  # noqa: PLC0415
     from quantsweep.targets.base import conv_kinds  # noqa: PLC0415
 
     path = tmp_path_factory.mktemp("tiny_v10") / "fp32.onnx"

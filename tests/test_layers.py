@@ -20,7 +20,7 @@ RANKS = {
     "quant": 2,
     "metrics": 2,
     "schemes": 3,
-    "onnx": 4,
+    "onnx_graph": 4,
     "targets": 5,
     "sensitivity": 5,
     "execution": 6,

@@ -13,7 +13,7 @@ import torch
 
 from quantsweep.cli.main import main
 from quantsweep.models.ultralytics_adapter import load_model
-from quantsweep.onnx.export import export_fp32
+from quantsweep.onnx_graph.export import export_fp32
 from quantsweep.targets import get_backend
 from tests.conftest import CPU_INT8
 

@@ -5,10 +5,10 @@ both CPU runtimes and the 7-bit weights the targets then write run exactly; else
 from __future__ import annotations
 
 import numpy as np
-import pytest
-
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
+
 from quantsweep.core.config import WeightDtype
 from quantsweep.core.hardware import cpu_int8_weights, int8_products_saturate
 from quantsweep.quant.numerics import INT_LIMITS
@@ -55,7 +55,7 @@ def _qdq_conv(weight_max: int) -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]
 
 
 def _ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    from quantsweep.onnx.ort_sessions import SessionOptions, ort_session  # noqa: PLC0415
+    from quantsweep.onnx_graph.ort_sessions import SessionOptions, ort_session  # noqa: PLC0415
 
     return ort_session(model.SerializeToString(), SessionOptions()).run(None, {"x": x})[0]
 

@@ -11,7 +11,7 @@ from quantsweep.core.config import DetectConfig
 from quantsweep.evaluation.scoring import class_names, head_output, load_checked, output_convention
 from quantsweep.metrics.detections import decode
 from quantsweep.models.outputs import OutputConvention
-from quantsweep.onnx.export import export_fp32
+from quantsweep.onnx_graph.export import export_fp32
 from quantsweep.targets import get_backend
 from tests.conftest import tiny_model
 

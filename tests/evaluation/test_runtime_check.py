@@ -16,11 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
-
-import onnx
 from onnx import TensorProto, helper, numpy_helper
+
 from quantsweep.core.config import CalibConfig
 from quantsweep.data.images import load_batch, resolve_images
 from quantsweep.data.shapes import generate_split
@@ -28,9 +28,9 @@ from quantsweep.evaluation.artifact_checks import torch_export_output
 from quantsweep.evaluation.runtime_check import check_on_runtime, deployed_agrees
 from quantsweep.models.network import enumerate_layers
 from quantsweep.models.ultralytics_adapter import LoadedModel, load_model
-from quantsweep.onnx.calibration import RangeCache
-from quantsweep.onnx.export import export_fp32, map_layers
-from quantsweep.onnx.placement import Placement, apply_placement
+from quantsweep.onnx_graph.calibration import RangeCache
+from quantsweep.onnx_graph.export import export_fp32, map_layers
+from quantsweep.onnx_graph.placement import Placement, apply_placement
 from quantsweep.quant.apply import calibrate_inputs
 from quantsweep.schemes.scheme_records import Precision
 from quantsweep.targets import get_backend
@@ -135,7 +135,7 @@ def test_k0_artifacts_run_on_their_runtime_as_torch_simulates(family, shapes_ima
 
 
 def _ort(path: Path, images: torch.Tensor) -> np.ndarray:
-    from quantsweep.onnx.ort_sessions import SessionOptions  # noqa: PLC0415
+    from quantsweep.onnx_graph.ort_sessions import SessionOptions  # noqa: PLC0415
     from quantsweep.targets.ort_cpu import OrtRunner  # noqa: PLC0415
 
     runner = OrtRunner(path, SessionOptions(graph_as_written=True))

@@ -8,7 +8,7 @@ from quantsweep.core.errors import InputError
 from quantsweep.data.images import load_batch, resolve_images
 from quantsweep.evaluation.scoring import accuracy, detections_of, load_checked
 from quantsweep.metrics.detections import decode, pseudo_labels
-from quantsweep.onnx.export import export_fp32
+from quantsweep.onnx_graph.export import export_fp32
 from quantsweep.targets import get_backend
 from tests.conftest import TINY_IMGSZ, tiny_model
 

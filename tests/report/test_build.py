@@ -12,7 +12,7 @@ from quantsweep.core.records import write_json
 from quantsweep.evaluation.accuracy_target import AccuracyTarget
 from quantsweep.evaluation.recommend import recommend
 from quantsweep.evaluation.scoring import Accuracy
-from quantsweep.onnx.candidates import Artifact, CandidatesIndex, TargetCandidates
+from quantsweep.onnx_graph.candidates import Artifact, CandidatesIndex, TargetCandidates
 from quantsweep.report.build import build_report
 from quantsweep.stages.eval_records import ResultStore
 from quantsweep.targets import get_backend

@@ -9,7 +9,7 @@ import pytest
 
 from quantsweep.evaluation.accuracy_target import AccuracyTarget
 from quantsweep.evaluation.scoring import Accuracy
-from quantsweep.onnx.candidates import Artifact
+from quantsweep.onnx_graph.candidates import Artifact
 from quantsweep.report.table import load_target
 from quantsweep.stages.eval_records import ResultStore
 from quantsweep.stages.evaluate_stage import _accuracy_pass, _meets

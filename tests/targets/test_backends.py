@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+import onnx
 import pytest
 
-import onnx
 from quantsweep.core.config import ActDtype, WeightDtype
 from quantsweep.core.errors import InputError
 from quantsweep.evaluation.artifact_checks import relative_l2
-from quantsweep.onnx.calibration import RangeCache
-from quantsweep.onnx.export import export_fp32
-from quantsweep.onnx.inspect import precision_counts
-from quantsweep.onnx.ort_sessions import SessionOptions, ort_session
+from quantsweep.onnx_graph.calibration import RangeCache
+from quantsweep.onnx_graph.export import export_fp32
+from quantsweep.onnx_graph.inspect import precision_counts
+from quantsweep.onnx_graph.ort_sessions import SessionOptions, ort_session
 from quantsweep.schemes.scheme_records import Precision
 from quantsweep.targets import backend_names, get_backend, parse_targets
 from quantsweep.targets.base import ConvKind, conv_kinds

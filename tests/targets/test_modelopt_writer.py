@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import importlib.util
 
+import onnx
 import pytest
 
-import onnx
 from quantsweep.core.config import ActDtype, WeightDtype
 from quantsweep.core.errors import InputError
 from quantsweep.evaluation.artifact_checks import relative_l2
-from quantsweep.onnx.calibration import RangeCache
-from quantsweep.onnx.inspect import node_precisions, precision_counts
-from quantsweep.onnx.ort_sessions import ort_session
+from quantsweep.onnx_graph.calibration import RangeCache
+from quantsweep.onnx_graph.inspect import node_precisions, precision_counts
+from quantsweep.onnx_graph.ort_sessions import ort_session
 from quantsweep.schemes.scheme_records import Precision
 from quantsweep.targets import get_backend
 from quantsweep.targets.base import ConvKind

@@ -11,18 +11,18 @@ from collections import Counter
 from types import SimpleNamespace
 
 import numpy as np
+import onnx
 import pytest
 import torch
-
-import onnx
 from onnx import TensorProto, numpy_helper
+
 from quantsweep.core.config import ActDtype, WeightDtype
 from quantsweep.core.errors import InputError
 from quantsweep.core.records import JsonLines
 from quantsweep.evaluation.artifact_checks import relative_l2
-from quantsweep.onnx.calibration import RangeCache
-from quantsweep.onnx.inspect import node_precisions, precision_counts
-from quantsweep.onnx.ort_sessions import ort_session
+from quantsweep.onnx_graph.calibration import RangeCache
+from quantsweep.onnx_graph.inspect import node_precisions, precision_counts
+from quantsweep.onnx_graph.ort_sessions import ort_session
 from quantsweep.schemes.scheme_records import LayerAssignment, Policy, Precision, Scheme
 from quantsweep.stages.materialize_stage import match_targets
 from quantsweep.stages.search_stage import _Measure

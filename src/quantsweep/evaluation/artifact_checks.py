@@ -7,15 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 
-import onnx
 from quantsweep.core.config import QuantFormat
 from quantsweep.models.network import StagedNetwork
 from quantsweep.models.outputs import OUTPUT_CONVENTION_KEY, OutputConvention
-from quantsweep.onnx.export import INPUT_NAME
-from quantsweep.onnx.inspect import average_weight_bits, precision_counts
-from quantsweep.onnx.ort_sessions import SessionOptions, ort_session
+from quantsweep.onnx_graph.export import INPUT_NAME
+from quantsweep.onnx_graph.inspect import average_weight_bits, precision_counts
+from quantsweep.onnx_graph.ort_sessions import SessionOptions, ort_session
 from quantsweep.quant.apply import quantized_layers
 from quantsweep.quant.numerics import ActRange
 from quantsweep.quant.weights import QuantizedWeight

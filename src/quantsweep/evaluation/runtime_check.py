@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 
-import onnx
 from quantsweep.evaluation.artifact_checks import canonical_rows, relative_l2
-from quantsweep.onnx.ort_sessions import SessionOptions
+from quantsweep.onnx_graph.ort_sessions import SessionOptions
 from quantsweep.targets.base import Backend, Runner, onnx_source
 from quantsweep.targets.ort_cpu import OrtRunner
 

@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
-import onnx
 from quantsweep.core.config import DetectConfig
 from quantsweep.core.errors import InputError
 from quantsweep.data.coco import is_coco_json

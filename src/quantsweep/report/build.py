@@ -8,7 +8,7 @@ from typing import Any
 from quantsweep.core.config import Recovery, WeightQuantConfig
 from quantsweep.core.records import read_json, write_text_atomic
 from quantsweep.evaluation.accuracy_target import AccuracyTarget
-from quantsweep.onnx.candidates import read_candidates
+from quantsweep.onnx_graph.candidates import read_candidates
 from quantsweep.quant.scheme import COSTS_KIND, COSTS_NAME, WEIGHTS_DIR
 from quantsweep.report.html import render_html
 from quantsweep.report.plots import heatmap_plot, sensitivity_plot, tradeoff_plot

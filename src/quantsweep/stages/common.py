@@ -83,7 +83,7 @@ class RunCache:
     model: LoadedModel | None = None
     calib: Batch | None = None
     fp32_onnx: Path | None = None
-    mapping: Any = None  # onnx.export.LayerMapping of ``fp32_onnx``
+    mapping: Any = None  # onnx_graph.export.LayerMapping of ``fp32_onnx``
 
     def load(self, config: SweepConfig) -> LoadedModel:
         """The sweep's model on CPU (loaded the first time it is asked for)."""

@@ -24,7 +24,7 @@ from quantsweep.evaluation.scoring import (
     output_convention,
 )
 from quantsweep.metrics.detections import pseudo_labels
-from quantsweep.onnx.candidates import FP32_FILE, CandidatesIndex, read_candidates
+from quantsweep.onnx_graph.candidates import FP32_FILE, CandidatesIndex, read_candidates
 from quantsweep.stages.common import read_sweep_config
 from quantsweep.stages.eval_inputs import eval_inputs
 from quantsweep.targets import Backend, get_backend

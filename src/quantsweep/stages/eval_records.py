@@ -17,7 +17,7 @@ from quantsweep.core.layout import results_dir
 from quantsweep.core.records import read_json, write_json
 from quantsweep.core.runs import environment, new_run_dir
 from quantsweep.evaluation.scoring import Accuracy
-from quantsweep.onnx.candidates import Artifact, CandidatesIndex
+from quantsweep.onnx_graph.candidates import Artifact, CandidatesIndex
 from quantsweep.stages.eval_inputs import check_resume
 from quantsweep.targets.timing import Timing
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from quantsweep.evaluation.recommend import recommend
 from quantsweep.evaluation.scoring import Accuracy, load_checked
-from quantsweep.onnx.candidates import Artifact
+from quantsweep.onnx_graph.candidates import Artifact
 from quantsweep.schemes.scheme_records import FP32_NAME, Policy
 from quantsweep.stages.common import ProgressFactory, no_progress
 from quantsweep.stages.eval_context import EvalContext, EvalRequest, prepare_context

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import onnx
 import torch
 
-import onnx
 from quantsweep.core.config import ActDtype, QuantFormat
 from quantsweep.core.errors import InputError
 from quantsweep.core.records import write_json
@@ -28,9 +28,9 @@ from quantsweep.evaluation.artifact_checks import torch_export_output, verify_ar
 from quantsweep.evaluation.runtime_check import check_on_runtime, deployed_agrees, summary_line
 from quantsweep.models.network import enumerate_layers
 from quantsweep.models.ultralytics_adapter import LoadedModel
-from quantsweep.onnx.calibration import RangeCache
-from quantsweep.onnx.candidates import FP32_FILE, Artifact, CandidatesIndex, TargetCandidates
-from quantsweep.onnx.placement import input_ranges
+from quantsweep.onnx_graph.calibration import RangeCache
+from quantsweep.onnx_graph.candidates import FP32_FILE, Artifact, CandidatesIndex, TargetCandidates
+from quantsweep.onnx_graph.placement import input_ranges
 from quantsweep.quant.calibrators import read_act_ranges, write_act_ranges
 from quantsweep.quant.numerics import ActRange
 from quantsweep.quant.scheme import COSTS_KIND, COSTS_NAME, WEIGHTS_DIR, SchemeRecords

@@ -22,7 +22,7 @@ from quantsweep.core.layout import sweep_dir_of
 from quantsweep.core.records import read_json, write_json
 from quantsweep.core.runs import environment, new_run_dir
 from quantsweep.models.network import enumerate_layers
-from quantsweep.onnx.export import MappingError, export_fp32, map_layers, record_unquantized
+from quantsweep.onnx_graph.export import MappingError, export_fp32, map_layers, record_unquantized
 from quantsweep.schemes.policies import RankedLayer, SchemeSpace, budget, first_and_head, random_k, top_k
 from quantsweep.schemes.scheme_records import LayerAssignment, Precision, Scheme
 from quantsweep.schemes.writer import INDEX_KIND, SCHEME_KIND, write_schemes

@@ -14,17 +14,17 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import onnx
 import torch
 
-import onnx
 from quantsweep.core import layout
 from quantsweep.core.layout import eval_dir_of_results
 from quantsweep.core.records import JsonLines, read_json, write_json
 from quantsweep.evaluation.scoring import Accuracy
 from quantsweep.evaluation.search import search
-from quantsweep.onnx.calibration import RangeCache
-from quantsweep.onnx.candidates import FP32_FILE
-from quantsweep.onnx.inspect import average_weight_bits
+from quantsweep.onnx_graph.calibration import RangeCache
+from quantsweep.onnx_graph.candidates import FP32_FILE
+from quantsweep.onnx_graph.inspect import average_weight_bits
 from quantsweep.quant.distill import DISTILL_CHECKS
 from quantsweep.quant.numerics import ActRange
 from quantsweep.quant.scheme import WEIGHTS_DIR, load_records, records_path

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
-import onnx
 from quantsweep.core.config import HeadMode, QuantFormat
 from quantsweep.core.errors import InputError
-from quantsweep.onnx.calibration import RangeSource
-from quantsweep.onnx.placement import Placement, apply_placement
+from quantsweep.onnx_graph.calibration import RangeSource
+from quantsweep.onnx_graph.placement import Placement, apply_placement
 from quantsweep.quant.weights import QuantizedWeight
 from quantsweep.schemes.scheme_records import Precision
 

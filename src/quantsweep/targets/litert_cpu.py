@@ -36,14 +36,14 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
-import onnx
 from quantsweep.core.config import ActDtype, Granularity, QuantFormat, WeightDtype
 from quantsweep.core.errors import InputError
 from quantsweep.models.ultralytics_adapter import UltralyticsExport, load_model
-from quantsweep.onnx.inspect import node_precisions
-from quantsweep.onnx.ort_sessions import SessionOptions, ort_session
+from quantsweep.onnx_graph.inspect import node_precisions
+from quantsweep.onnx_graph.ort_sessions import SessionOptions, ort_session
 from quantsweep.schemes.scheme_records import Precision
 from quantsweep.targets.base import (
     Availability,

@@ -18,12 +18,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import torch
-
 import onnx
+import torch
 from onnx import numpy_helper
+
 from quantsweep.core.errors import InputError
-from quantsweep.onnx.inspect import dequantized_inputs, weight_codes
+from quantsweep.onnx_graph.inspect import dequantized_inputs, weight_codes
 
 _CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
 

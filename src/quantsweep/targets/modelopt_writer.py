@@ -8,7 +8,7 @@ Runtime's CPU provider calibrates on the sweep's calibration images. Settings an
   anchored, escaped pattern (ModelOpt matches names with ``re.match``, a prefix match);
 - ``op_types_to_quantize``: the op types of the planned nodes only, so nothing else gets Q/DQ;
 - ``dq_only=True``: weights stored as INT8/FP8 codes behind a DequantizeLinear, as the native
-  writer stores them (and as :func:`quantsweep.onnx.inspect.node_precisions` reads them);
+  writer stores them (and as :func:`quantsweep.onnx_graph.inspect.node_precisions` reads them);
 - ``high_precision_dtype="fp32"``: float layers stay FP32, like the native artifacts, so both run
   and compare in ONNX Runtime on CPU;
 - calibration: ModelOpt's default per mode (entropy for INT8, max for FP8).
@@ -32,11 +32,11 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import onnx
 import torch
 
-import onnx
 from quantsweep.core.errors import InputError
-from quantsweep.onnx.inspect import node_precisions, precision_label
+from quantsweep.onnx_graph.inspect import node_precisions, precision_label
 from quantsweep.schemes.scheme_records import Precision
 
 LOG = logging.getLogger(__name__)

@@ -24,11 +24,11 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-
 import onnx
+
 from quantsweep.core.config import ActDtype, QuantFormat
 from quantsweep.models.ultralytics_adapter import OPENVINO_INT8
-from quantsweep.onnx.placement import Placement
+from quantsweep.onnx_graph.placement import Placement
 from quantsweep.schemes.scheme_records import Precision
 from quantsweep.targets.base import (
     Availability,

@@ -16,13 +16,13 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-
 import onnx
+
 from quantsweep.core.config import ActDtype, Granularity, QuantFormat, WeightDtype
 from quantsweep.core.hardware import cpu_int8_weights
 from quantsweep.models.ultralytics_adapter import ONNX_INT8
-from quantsweep.onnx.ort_sessions import SessionOptions, ort_session, with_outputs
-from quantsweep.onnx.placement import Placement
+from quantsweep.onnx_graph.ort_sessions import SessionOptions, ort_session, with_outputs
+from quantsweep.onnx_graph.placement import Placement
 from quantsweep.schemes.scheme_records import Precision
 from quantsweep.targets.base import (
     Availability,

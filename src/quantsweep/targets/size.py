@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from quantsweep.core.config import ActDtype, Granularity, QuantFormat, WeightDtype
-from quantsweep.onnx.ort_sessions import SessionOptions
-from quantsweep.onnx.placement import Placement
+from quantsweep.onnx_graph.ort_sessions import SessionOptions
+from quantsweep.onnx_graph.placement import Placement
 from quantsweep.targets.base import Availability, Backend, ConvKind, Objective, Runner
 from quantsweep.targets.ort_cpu import ORT_CPU_FLOAT_RUN, OrtRunner
 

@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
-import onnx
 from quantsweep.core.config import ActDtype, QuantFormat, WeightDtype
-from quantsweep.onnx.inspect import node_precisions
-from quantsweep.onnx.placement import Placement
+from quantsweep.onnx_graph.inspect import node_precisions
+from quantsweep.onnx_graph.placement import Placement
 from quantsweep.schemes.scheme_records import Precision
 from quantsweep.targets.base import Availability, Backend, ConvKind, Objective, Runner
 from quantsweep.targets.ort_cpu import W8A8

@@ -6,13 +6,13 @@ import dataclasses
 from collections import Counter
 
 import numpy as np
-
 import onnx
+
 from quantsweep.core.config import ActDtype, WeightDtype
-from quantsweep.onnx.calibration import RangeCache
-from quantsweep.onnx.ort_sessions import SessionOptions, ort_session
-from quantsweep.onnx.placement import apply_placement
-from quantsweep.onnx.qdq_propagation import carry_codes_through_movers
+from quantsweep.onnx_graph.calibration import RangeCache
+from quantsweep.onnx_graph.ort_sessions import SessionOptions, ort_session
+from quantsweep.onnx_graph.placement import apply_placement
+from quantsweep.onnx_graph.qdq_propagation import carry_codes_through_movers
 from quantsweep.schemes.scheme_records import Precision
 from quantsweep.targets import get_backend
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
-import onnx
 from quantsweep.core.config import (
     ActDtype,
     CalibConfig,
@@ -19,8 +19,8 @@ from quantsweep.core.config import (
 )
 from quantsweep.evaluation.artifact_checks import relative_l2, run_onnx, torch_export_output
 from quantsweep.models.network import enumerate_layers
-from quantsweep.onnx.export import export_fp32, map_layers
-from quantsweep.onnx.inspect import precision_counts
+from quantsweep.onnx_graph.export import export_fp32, map_layers
+from quantsweep.onnx_graph.inspect import precision_counts
 from quantsweep.quant.apply import calibrate_inputs
 from quantsweep.quant.scheme import quantize_scheme
 from tests.conftest import TINY_IMGSZ, NodePlan, qdq_artifact, tiny_model

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
+import onnx
 import torch
 
-import onnx
-from quantsweep.onnx.ort_sessions import ort_session, with_outputs
+from quantsweep.onnx_graph.ort_sessions import ort_session, with_outputs
 from quantsweep.quant.numerics import ActRange
 
 # tensors -> their calibrated ranges; computed on demand and cached (see :class:`RangeCache`)

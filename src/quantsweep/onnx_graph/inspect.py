@@ -6,11 +6,11 @@ import json
 from collections import Counter
 
 import numpy as np
-
 import onnx
 from onnx import TensorProto, numpy_helper
+
 from quantsweep.core.config import WeightDtype
-from quantsweep.onnx.export import UNQUANTIZED_KEY, WEIGHTED_OPS
+from quantsweep.onnx_graph.export import UNQUANTIZED_KEY, WEIGHTED_OPS
 from quantsweep.quant.numerics import INT_LIMITS
 
 _LABELS = {

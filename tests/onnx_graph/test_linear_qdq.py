@@ -7,16 +7,16 @@ sees as a large difference from the Torch simulation.
 
 from __future__ import annotations
 
+import onnx
 import pytest
 import torch
 from torch import nn
 
-import onnx
 from quantsweep.core.config import ActDtype, CalibConfig, Granularity, QuantFormat, WeightDtype
 from quantsweep.evaluation.artifact_checks import relative_l2, run_onnx, torch_export_output
 from quantsweep.models.network import StagedNetwork, enumerate_layers
-from quantsweep.onnx.export import export_fp32, map_layers
-from quantsweep.onnx.inspect import precision_counts
+from quantsweep.onnx_graph.export import export_fp32, map_layers
+from quantsweep.onnx_graph.inspect import precision_counts
 from quantsweep.quant.apply import calibrate_inputs
 from tests.conftest import NodePlan, qdq_artifact
 

@@ -9,18 +9,18 @@ reader finds a DequantizeLinear output where its weight was, in whichever order 
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
-
-import onnx
 from onnx import TensorProto, helper, numpy_helper
+
 from quantsweep.core.config import ActDtype, Granularity, QuantFormat, WeightDtype
 from quantsweep.evaluation.artifact_checks import relative_l2
-from quantsweep.onnx.calibration import RangeCache
-from quantsweep.onnx.export import WEIGHTED_OPS, export_fp32
-from quantsweep.onnx.ort_sessions import ort_session
-from quantsweep.onnx.placement import Placement, apply_placement
-from quantsweep.onnx.qdq_graph import QdqEditor
+from quantsweep.onnx_graph.calibration import RangeCache
+from quantsweep.onnx_graph.export import WEIGHTED_OPS, export_fp32
+from quantsweep.onnx_graph.ort_sessions import ort_session
+from quantsweep.onnx_graph.placement import Placement, apply_placement
+from quantsweep.onnx_graph.qdq_graph import QdqEditor
 from quantsweep.quant.numerics import quantize_weight_codes
 from quantsweep.quant.weights import QuantizedWeight
 from quantsweep.schemes.scheme_records import Precision

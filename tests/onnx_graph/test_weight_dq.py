@@ -1,15 +1,15 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
-import onnx
 from quantsweep.core.config import ActDtype, CalibConfig, Granularity, QuantFormat, WeightDtype
 from quantsweep.evaluation.artifact_checks import relative_l2, run_onnx, torch_export_output
 from quantsweep.models.network import enumerate_layers
-from quantsweep.onnx.export import export_fp32, map_layers
-from quantsweep.onnx.inspect import average_weight_bits, node_precisions, precision_counts
+from quantsweep.onnx_graph.export import export_fp32, map_layers
+from quantsweep.onnx_graph.inspect import average_weight_bits, node_precisions, precision_counts
 from quantsweep.quant.apply import calibrate_inputs
 from tests.conftest import TINY_IMGSZ, NodePlan, qdq_artifact, tiny_model
 

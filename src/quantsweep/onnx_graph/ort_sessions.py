@@ -6,9 +6,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnxruntime as ort
-
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper
 
 # ONNX Runtime 1.32's MatMulAddFusion rewrites a Q/DQ MatMul on a 3-D input (a Linear layer with

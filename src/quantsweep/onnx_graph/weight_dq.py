@@ -3,17 +3,17 @@ feeding a DequantizeLinear (scale per output channel, per tensor, or per block o
 
 Codes, scales and zero points come from the same ``QuantizedWeight`` record Torch fake
 quantization uses, so both compute the same numbers. The graph edits around it (activation Q/DQ,
-shared weights, biases) are ``onnx.qdq_graph.QdqEditor``'s, placed by ``onnx.placement``.
+shared weights, biases) are ``onnx_graph.qdq_graph.QdqEditor``'s, placed by ``onnx_graph.placement``.
 """
 
 from __future__ import annotations
 
 import ml_dtypes
 import numpy as np
-import torch
-
 import onnx
+import torch
 from onnx import helper, numpy_helper
+
 from quantsweep.core.config import Granularity, QuantFormat, WeightDtype
 from quantsweep.quant.numerics import quantize_weight_codes
 from quantsweep.quant.weights import QuantizedWeight

@@ -16,7 +16,8 @@ from collections import defaultdict
 
 import onnx
 from onnx import helper
-from quantsweep.onnx.qdq_graph import topological_sort
+
+from quantsweep.onnx_graph.qdq_graph import topological_sort
 
 # ops whose every output value is one of their input values (for Resize: nearest mode only)
 VALUE_MOVERS = frozenset({"Split", "Slice", "MaxPool", "Resize", "Reshape", "Transpose", "Flatten"})

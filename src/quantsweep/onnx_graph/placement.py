@@ -10,10 +10,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import onnx
+
 from quantsweep.core.config import ActDtype
-from quantsweep.onnx.calibration import RangeSource
-from quantsweep.onnx.qdq_graph import QdqEditor, TensorQuant
-from quantsweep.onnx.qdq_propagation import carry_codes_through_movers
+from quantsweep.onnx_graph.calibration import RangeSource
+from quantsweep.onnx_graph.qdq_graph import QdqEditor, TensorQuant
+from quantsweep.onnx_graph.qdq_propagation import carry_codes_through_movers
 from quantsweep.quant.numerics import ActRange
 from quantsweep.quant.weights import QuantizedWeight
 from quantsweep.schemes.scheme_records import Precision

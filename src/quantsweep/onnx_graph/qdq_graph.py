@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import ml_dtypes
 import numpy as np
-
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
 from quantsweep.core.config import ActDtype, QuantFormat
-from quantsweep.onnx.weight_dq import weight_dq
+from quantsweep.onnx_graph.weight_dq import weight_dq
 from quantsweep.quant.numerics import ActRange
 from quantsweep.quant.weights import QuantizedWeight
 

@@ -15,7 +15,7 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from quantsweep.onnx.export import INPUT_NAME
+from quantsweep.onnx_graph.export import INPUT_NAME
 
 
 class _Images(CalibrationDataReader):

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
+from onnx import numpy_helper, version_converter
 from torch import nn
 
-import onnx
-from onnx import numpy_helper, version_converter
 from quantsweep.models.network import QUANTIZABLE_TYPES, LayerInfo, StagedNetwork
 
 LOG = logging.getLogger(__name__)
