@@ -24,7 +24,7 @@ from scipy.stats import spearmanr
 from quantsweep.core.config import ActDtype, Granularity, QuantFormat, SweepConfig, SweepMethod, WeightDtype
 from quantsweep.core.runs import cpu_line
 from quantsweep.data.shapes import generate_split
-from quantsweep.models.ultralytics_adapter import BUNDLED_MODEL
+from quantsweep.models import BUNDLED_MODEL
 from quantsweep.stages.sweep_stage import sweep
 
 SECOND_TESTBED = Path(__file__).resolve().parents[2] / "shared" / "testbed" / "yolov10s-shapes.pt"

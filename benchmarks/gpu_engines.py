@@ -26,7 +26,7 @@ from quantsweep.core.records import read_json
 from quantsweep.data.images import load_batch, resolve_images
 from quantsweep.data.shapes import generate_split
 from quantsweep.evaluation.scoring import accuracy, detections_of
-from quantsweep.models.ultralytics_adapter import BUNDLED_MODEL, load_model
+from quantsweep.models import BUNDLED_MODEL, load_model
 from quantsweep.onnx_graph.calibration import RangeCache
 from quantsweep.onnx_graph.export import export_fp32
 from quantsweep.onnx_graph.inspect import node_precisions, precision_label

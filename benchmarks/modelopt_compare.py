@@ -18,7 +18,7 @@ import time
 import torch
 
 from quantsweep.core.config import ActDtype, DetectConfig, Granularity, QuantFormat, WeightDtype
-from quantsweep.models.ultralytics_adapter import BUNDLED_MODEL, load_model
+from quantsweep.models import BUNDLED_MODEL, load_model
 from quantsweep.sensitivity.engine import ExactSweep
 from quantsweep.sensitivity.fast import estimate
 from testbed import compare, load_testbed

@@ -30,7 +30,7 @@ from quantsweep.core.config import (
 )
 from quantsweep.execution.local import LocalExecutor
 from quantsweep.execution.ray_cluster import RayExecutor
-from quantsweep.models.ultralytics_adapter import BUNDLED_MODEL
+from quantsweep.models import BUNDLED_MODEL
 from quantsweep.sensitivity.engine import ExactSweep
 from quantsweep.sensitivity.shards import SweepWork, auto_shard_size, plan_shards
 from testbed import CALIB_IMAGES, IMGSZ, forward_seconds, load_testbed

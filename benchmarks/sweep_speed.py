@@ -19,8 +19,8 @@ import torch
 from quantsweep.core.config import ActDtype, DetectConfig, Granularity, QuantFormat, WeightDtype
 from quantsweep.data.images import load_batch, resolve_images
 from quantsweep.data.shapes import generate_split
+from quantsweep.models import BUNDLED_MODEL, load_model
 from quantsweep.models.network import enumerate_layers
-from quantsweep.models.ultralytics_adapter import BUNDLED_MODEL, load_model
 from quantsweep.sensitivity.engine import ExactSweep
 from testbed import forward_seconds, naive_per_layer
 

@@ -14,8 +14,8 @@ from scipy.stats import spearmanr
 from quantsweep.core.config import CalibConfig, CalibMethod, DetectConfig, QuantFormat
 from quantsweep.data.images import Batch, load_batch, resolve_images
 from quantsweep.data.shapes import generate_split
+from quantsweep.models import BUNDLED_MODEL, load_model
 from quantsweep.models.network import LayerInfo, StagedNetwork, enumerate_layers
-from quantsweep.models.ultralytics_adapter import BUNDLED_MODEL, load_model
 from quantsweep.quant.apply import calibrate_inputs
 from quantsweep.sensitivity.engine import ExactSweep
 from quantsweep.sensitivity.ranking_check import evaluate_kept

@@ -26,8 +26,8 @@ from quantsweep.core.hardware import cpu_int8_weights
 from quantsweep.core.records import JsonLines
 from quantsweep.data.images import Batch, load_batch, resolve_images
 from quantsweep.data.shapes import generate_split
+from quantsweep.models import LoadedModel, load_model
 from quantsweep.models.network import LayerInfo, StagedNetwork, enumerate_layers
-from quantsweep.models.ultralytics_adapter import LoadedModel, load_model
 from quantsweep.onnx_graph.placement import Placement, apply_placement, input_ranges
 from quantsweep.quant.apply import calibrate_inputs
 from quantsweep.quant.numerics import ActRange

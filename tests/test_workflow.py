@@ -14,8 +14,8 @@ import pytest
 from quantsweep.cli.main import main
 from quantsweep.core.config import DetectConfig, QuantFormat
 from quantsweep.data.images import load_batch, resolve_images
+from quantsweep.models import load_model
 from quantsweep.models.network import enumerate_layers
-from quantsweep.models.ultralytics_adapter import load_model
 from quantsweep.quant.scheme import WEIGHTS_DIR, load_records, records_path
 from quantsweep.sensitivity.ranking_check import evaluate_kept
 from tests.conftest import CPU_INT8

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from quantsweep.cli.main import main
-from quantsweep.models.ultralytics_adapter import load_model
+from quantsweep.models import load_model
 from quantsweep.onnx_graph.export import export_fp32
 from quantsweep.targets import get_backend
 from tests.conftest import CPU_INT8

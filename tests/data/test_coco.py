@@ -19,7 +19,7 @@ from quantsweep.evaluation.scoring import accuracy
 from quantsweep.metrics.coco_eval import cocoeval_map
 from quantsweep.metrics.detections import decode
 from quantsweep.metrics.map import mean_average_precision
-from quantsweep.models.ultralytics_adapter import load_model
+from quantsweep.models import load_model
 
 NAMES = dict(enumerate(CLASSES))
 

@@ -26,8 +26,8 @@ from quantsweep.data.images import load_batch, resolve_images
 from quantsweep.data.shapes import generate_split
 from quantsweep.evaluation.artifact_checks import torch_export_output
 from quantsweep.evaluation.runtime_check import check_on_runtime, deployed_agrees
+from quantsweep.models import LoadedModel, load_model
 from quantsweep.models.network import enumerate_layers
-from quantsweep.models.ultralytics_adapter import LoadedModel, load_model
 from quantsweep.onnx_graph.calibration import RangeCache
 from quantsweep.onnx_graph.export import export_fp32, map_layers
 from quantsweep.onnx_graph.placement import Placement, apply_placement

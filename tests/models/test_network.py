@@ -6,8 +6,8 @@ from torch import nn
 
 from quantsweep.core.config import HeadMode
 from quantsweep.core.errors import InputError
+from quantsweep.models import load_model
 from quantsweep.models.network import enumerate_layers
-from quantsweep.models.ultralytics_adapter import load_model
 from tests.conftest import TINY_IMGSZ, tiny_model
 
 

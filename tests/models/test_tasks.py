@@ -7,7 +7,7 @@ import torch
 
 from quantsweep.cli.main import main
 from quantsweep.core.errors import InputError
-from quantsweep.models.ultralytics_adapter import load_model
+from quantsweep.models import load_model
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from quantsweep.evaluation.artifact_checks import run_onnx, torch_export_output
+from quantsweep.models import load_model
 from quantsweep.models.network import enumerate_layers
-from quantsweep.models.ultralytics_adapter import load_model
 from quantsweep.onnx_graph.export import MappingError, export_fp32, map_layers
 from tests.conftest import TINY_IMGSZ, tiny_model
 

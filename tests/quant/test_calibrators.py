@@ -73,3 +73,13 @@ def test_ranges_record_round_trip_and_older_records() -> None:
     assert read_ranges(payload) == ranges
     assert payload["amax"] == {"a": 3.5}
     assert read_ranges({"method": "max", "amax": {"a": 2.0}}) == {"a": ActRange(-2.0, 2.0, 2.0)}
+
+
+def test_every_method_has_a_calibrator_and_every_weight_method_a_spec() -> None:
+    from quantsweep.core.config import CalibMethod, WeightMethod  # noqa: PLC0415
+    from quantsweep.quant.calibrators import CALIBRATORS  # noqa: PLC0415
+    from quantsweep.quant.layer_quant import WEIGHT_METHODS  # noqa: PLC0415
+
+    assert set(CALIBRATORS) == set(CalibMethod)
+    assert set(WEIGHT_METHODS) == set(WeightMethod)
+    assert not WEIGHT_METHODS[WeightMethod.RTN].needs_statistics

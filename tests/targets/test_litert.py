@@ -19,8 +19,8 @@ from quantsweep.core.config import ActDtype, CalibConfig, WeightDtype
 from quantsweep.data.images import load_batch, resolve_images
 from quantsweep.evaluation.artifact_checks import torch_export_output
 from quantsweep.evaluation.runtime_check import check_on_runtime
+from quantsweep.models import load_model
 from quantsweep.models.network import enumerate_layers
-from quantsweep.models.ultralytics_adapter import load_model
 from quantsweep.onnx_graph.calibration import RangeCache
 from quantsweep.onnx_graph.export import export_fp32, map_layers
 from quantsweep.onnx_graph.inspect import weight_codes

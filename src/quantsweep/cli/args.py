@@ -57,7 +57,7 @@ def accuracy_target(args: argparse.Namespace):
 
 def bundled_model() -> str:
     """The bundled checkpoint's path (imported late: Ultralytics is slow to import)."""
-    from quantsweep.models.ultralytics_adapter import BUNDLED_MODEL  # noqa: PLC0415 (slow import)
+    from quantsweep.models import BUNDLED_MODEL  # noqa: PLC0415 (slow import)
 
     return str(BUNDLED_MODEL)
 

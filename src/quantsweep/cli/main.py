@@ -239,8 +239,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_layers(args: argparse.Namespace) -> int:
     import torch  # noqa: PLC0415
 
+    from quantsweep.models import load_model  # noqa: PLC0415
     from quantsweep.models.network import enumerate_layers  # noqa: PLC0415
-    from quantsweep.models.ultralytics_adapter import load_model  # noqa: PLC0415
     from quantsweep.stages import check_device  # noqa: PLC0415
 
     SweepConfig(model="-", images="-", imgsz=args.imgsz)  # validates imgsz

@@ -88,7 +88,7 @@ class SweepWorker:
     """A Ray actor (wrapped at run time): one model, one reference, many shards."""
 
     def __init__(self, spec: WorkerSpec, threads: int) -> None:
-        from quantsweep.models.ultralytics_adapter import load_model  # noqa: PLC0415 (worker side)
+        from quantsweep.models import load_model  # noqa: PLC0415 (worker side)
 
         config = spec.config
         if config.device == "cpu":

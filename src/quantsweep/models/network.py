@@ -186,3 +186,14 @@ def enumerate_layers(network: StagedNetwork, sample: torch.Tensor) -> list[Layer
         for handle in handles:
             handle.remove()
     return list(seen.values())
+
+
+@dataclass
+class LoadedModel:
+    """A BN-folded detector in eval mode plus what the rest of the tool needs to know about it."""
+
+    name: str
+    source: str
+    network: StagedNetwork
+    class_names: dict[int, str]
+    end_to_end: bool

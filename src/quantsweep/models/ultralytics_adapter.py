@@ -21,7 +21,7 @@ from torch import nn
 
 from quantsweep.core.config import HeadMode
 from quantsweep.core.errors import InputError
-from quantsweep.models.network import StagedNetwork
+from quantsweep.models.network import LoadedModel, StagedNetwork
 from quantsweep.models.outputs import (
     CLASS_NAMES_KEY,
     OUTPUT_CONVENTION_KEY,
@@ -30,7 +30,6 @@ from quantsweep.models.outputs import (
 )
 
 LOG = logging.getLogger(__name__)
-BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "assets" / "yolov10m-shapes.pt"
 
 
 def _configure_ultralytics() -> None:
@@ -62,15 +61,12 @@ if _OMP_THREADS is None:
     os.environ.pop("OMP_NUM_THREADS", None)
 
 
-@dataclass
-class LoadedModel:
-    """A BN-folded detector in eval mode plus what the rest of the tool needs to know about it."""
+SUFFIXES = (".pt", ".yaml", ".yml")  # a checkpoint, or a model YAML (random weights)
 
-    name: str
-    source: str
-    network: StagedNetwork
-    class_names: dict[int, str]
-    end_to_end: bool
+
+def accepts(path: Path) -> bool:
+    """Whether this adapter reads ``path``: an Ultralytics checkpoint or model YAML, by suffix."""
+    return Path(path).suffix.lower() in SUFFIXES
 
 
 def load_model(

@@ -39,41 +39,84 @@ def _strided(flat: torch.Tensor, limit: int) -> torch.Tensor:
     return flat if flat.numel() <= limit else flat[:: -(-flat.numel() // limit)]
 
 
-class _Collector:
-    """What one layer's inputs tell each method, accumulated batch by batch."""
+class Calibrator:
+    """What one layer's inputs tell a calibration method, accumulated batch by batch; the base
+    keeps the observed extremes, each method adds what it needs and turns it into a range."""
 
     def __init__(self, calib: CalibConfig) -> None:
         self.calib = calib
         self.lo, self.hi = float("inf"), float("-inf")
-        self.percentiles: list[tuple[float, float, float]] = []
-        self.samples: list[torch.Tensor] = []
 
     def add(self, x: torch.Tensor) -> None:
+        """Take one batch of the layer's input."""
         flat = x.detach().flatten().float()
         lo, hi = torch.stack(torch.aminmax(flat)).tolist()  # one device sync, not two
         self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
-        if self.calib.method is CalibMethod.PERCENTILE:
-            sample = _strided(flat, _PERCENTILE_SAMPLE)
-            p = self.calib.percentile / 100.0
-            qs = torch.quantile(sample, torch.tensor([1.0 - p, p], device=sample.device))
-            amax = torch.quantile(sample.abs(), p)
-            self.percentiles.append(tuple(torch.stack((amax, qs[0], qs[1])).tolist()))
-        elif self.calib.method in (CalibMethod.MSE, CalibMethod.ENTROPY):
-            # kept on the layer's device: the MSE search over clipping ratios runs there too
-            self.samples.append(_strided(flat, _SAMPLES_PER_BATCH))
+        self._add(flat)
+
+    def _add(self, flat: torch.Tensor) -> None:
+        """What the method keeps of a batch beyond its extremes (nothing for ``max``)."""
+
+    @property
+    def amax(self) -> float:
+        """The largest magnitude seen."""
+        return max(abs(self.lo), abs(self.hi))
 
     def result(self) -> ActRange:
-        method = self.calib.method
-        amax = max(abs(self.lo), abs(self.hi))
-        if method is CalibMethod.MAX:
-            return ActRange(self.lo, self.hi, amax)
-        if method is CalibMethod.PERCENTILE:
-            values = np.array(self.percentiles).mean(axis=0)
-            return ActRange(float(values[1]), float(values[2]), float(values[0]))
+        """The calibrated range (``max``: the observed extremes)."""
+        return ActRange(self.lo, self.hi, self.amax)
+
+
+class PercentileCalibrator(Calibrator):
+    """Per-batch percentiles of ``|x|`` and of ``x`` at both ends, averaged over batches."""
+
+    def __init__(self, calib: CalibConfig) -> None:
+        super().__init__(calib)
+        self.percentiles: list[tuple[float, float, float]] = []
+
+    def _add(self, flat: torch.Tensor) -> None:
+        sample = _strided(flat, _PERCENTILE_SAMPLE)
+        p = self.calib.percentile / 100.0
+        qs = torch.quantile(sample, torch.tensor([1.0 - p, p], device=sample.device))
+        amax = torch.quantile(sample.abs(), p)
+        self.percentiles.append(tuple(torch.stack((amax, qs[0], qs[1])).tolist()))
+
+    def result(self) -> ActRange:
+        values = np.array(self.percentiles).mean(axis=0)
+        return ActRange(float(values[1]), float(values[2]), float(values[0]))
+
+
+class MseCalibrator(Calibrator):
+    """The clipping that minimises the INT8 (or UINT8) error of a strided sample of the inputs."""
+
+    def __init__(self, calib: CalibConfig) -> None:
+        super().__init__(calib)
+        self.samples: list[torch.Tensor] = []
+
+    def _add(self, flat: torch.Tensor) -> None:
+        # kept on the layer's device: the search over clipping ratios runs there too
+        self.samples.append(_strided(flat, _SAMPLES_PER_BATCH))
+
+    def result(self) -> ActRange:
         samples = torch.cat(self.samples)
-        if method is CalibMethod.MSE:
-            return ActRange(*_mse_asymmetric(samples, self.lo, self.hi), _mse_symmetric(samples, amax))
-        return ActRange(self.lo, _entropy_hi(samples, self.lo, self.hi), _entropy_amax(samples, amax))
+        return ActRange(*_mse_asymmetric(samples, self.lo, self.hi), _mse_symmetric(samples, self.amax))
+
+
+class EntropyCalibrator(MseCalibrator):
+    """TensorRT's KL-divergence clipping, on the same strided sample."""
+
+    def result(self) -> ActRange:
+        samples = torch.cat(self.samples)
+        return ActRange(self.lo, _entropy_hi(samples, self.lo, self.hi), _entropy_amax(samples, self.amax))
+
+
+# one class per method: a new calibration method is one class and one entry here
+CALIBRATORS: dict[CalibMethod, type[Calibrator]] = {
+    CalibMethod.MAX: Calibrator,
+    CalibMethod.PERCENTILE: PercentileCalibrator,
+    CalibMethod.MSE: MseCalibrator,
+    CalibMethod.ENTROPY: EntropyCalibrator,
+}
 
 
 def _quant_error(samples: torch.Tensor, ranges: Sequence[ActRange], act: ActDtype) -> torch.Tensor:
@@ -152,7 +195,7 @@ def calibrate_ranges(
     calib: CalibConfig,
 ) -> dict[str, ActRange]:
     """Input range of each named layer over the batches that ``run_batches`` drives through the model."""
-    collectors = {name: _Collector(calib) for name in layer_names}
+    collectors = {name: CALIBRATORS[calib.method](calib) for name in layer_names}
 
     def make_hook(name: str):
         def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:

@@ -10,6 +10,9 @@ statistics the weight error stands in for the output error.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -40,6 +43,38 @@ def _select(
     return grid, fake(weight, grid), errors.min(dim=0).values
 
 
+# the rounding a method puts in place of the grid's plain rounding: (weight, grid, stats, groups,
+# config) -> rounded weight, kept per output channel only where it lowers that channel's output error
+Refinement = Callable[[torch.Tensor, Grid, LayerStats, int, WeightQuantConfig], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class WeightMethodSpec:
+    """What a weight method does: search the grid by output error, and refine the rounding."""
+
+    search_grid: bool
+    refine: Refinement | None = None
+
+    @property
+    def needs_statistics(self) -> bool:
+        """Whether it uses the calibration inputs' statistics."""
+        return self.search_grid or self.refine is not None
+
+
+def _gptq(
+    weight: torch.Tensor, grid: Grid, stats: LayerStats, groups: int, config: WeightQuantConfig
+) -> torch.Tensor:
+    return gptq(weight, grid, stats, groups=groups, damp=config.gptq_damp, act_order=config.act_order)
+
+
+# one entry per method: a new rounding method is one refinement and one entry here
+WEIGHT_METHODS: dict[WeightMethod, WeightMethodSpec] = {
+    WeightMethod.RTN: WeightMethodSpec(search_grid=False),
+    WeightMethod.MSE: WeightMethodSpec(search_grid=True),
+    WeightMethod.GPTQ: WeightMethodSpec(search_grid=True, refine=_gptq),
+}
+
+
 def quantize_layer(
     layer: nn.Module,
     fmt: QuantFormat,
@@ -51,17 +86,13 @@ def quantize_layer(
     weight = layer.weight.detach().float()
     groups = getattr(layer, "groups", 1)
     importance = None if stats is None else _importance(stats, weight.shape, groups)
+    spec = WEIGHT_METHODS[config.method]
     grids = candidate_grids(
-        weight,
-        fmt,
-        symmetry=config.symmetry,
-        search=config.method is not WeightMethod.RTN,
-        importance=importance,
+        weight, fmt, symmetry=config.symmetry, search=spec.search_grid, importance=importance
     )
     grid, quantized, errors = _select(weight, fmt, grids, stats, groups)
-    method = config.method
-    if method is WeightMethod.GPTQ and stats is not None:
-        second = gptq(weight, grid, stats, groups=groups, damp=config.gptq_damp, act_order=config.act_order)
+    if spec.refine is not None and stats is not None:
+        second = spec.refine(weight, grid, stats, groups, config)
         better = row_errors(second - weight, stats, groups) < errors
         quantized = torch.where(better.reshape(-1, *([1] * (weight.dim() - 1))), second, quantized)
     codes = encode(quantized, grid.scale, grid.zero, fmt.weight)
@@ -69,7 +100,7 @@ def quantize_layer(
     if config.bias_correction and stats is not None and getattr(layer, "bias", None) is not None:
         dequantized = decode(codes, grid.scale, grid.zero)
         bias = corrected_bias(weight, dequantized, layer.bias, stats, groups=groups)
-    return QuantizedWeight(codes, grid.scale, grid.zero, fmt, bias=bias, method=method.value)
+    return QuantizedWeight(codes, grid.scale, grid.zero, fmt, bias=bias, method=config.method.value)
 
 
 def round_to_nearest(weight: torch.Tensor, fmt: QuantFormat) -> QuantizedWeight:

@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from quantsweep.core.config import ActDtype, QuantFormat, WeightMethod, WeightQuantConfig
+from quantsweep.core.config import ActDtype, QuantFormat, WeightQuantConfig
 from quantsweep.models.network import StagedNetwork
 from quantsweep.quant.gptq import LayerStats, layer_stats
-from quantsweep.quant.layer_quant import quantize_layer
+from quantsweep.quant.layer_quant import WEIGHT_METHODS, quantize_layer
 from quantsweep.quant.numerics import ActRange, act_qparams, fake_quant_act
 from quantsweep.quant.recovery import recover
 from quantsweep.quant.weights import QuantizedWeight
@@ -32,7 +32,7 @@ Ranges = Mapping[str, float | ActRange] | None
 
 def needs_statistics(config: WeightQuantConfig) -> bool:
     """True when the method needs calibration inputs (anything beyond plain round to nearest)."""
-    return config.method is not WeightMethod.RTN or config.bias_correction
+    return WEIGHT_METHODS[config.method].needs_statistics or config.bias_correction
 
 
 def _quantized_input(name: str, x: torch.Tensor, act: ActDtype, act_ranges: Ranges) -> torch.Tensor:

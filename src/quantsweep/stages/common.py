@@ -15,8 +15,8 @@ from quantsweep.core.config import SweepConfig
 from quantsweep.core.errors import InputError
 from quantsweep.core.records import read_json
 from quantsweep.data.images import Batch, load_batch, resolve_images
+from quantsweep.models import LoadedModel, load_model
 from quantsweep.models.network import StagedNetwork
-from quantsweep.models.ultralytics_adapter import LoadedModel, load_model
 from quantsweep.quant.apply import calibrate_inputs
 from quantsweep.quant.numerics import ActRange
 from quantsweep.sensitivity.runner import ProgressFn

@@ -26,8 +26,8 @@ from quantsweep.core.records import write_json
 from quantsweep.core.runs import environment, new_run_dir
 from quantsweep.evaluation.artifact_checks import torch_export_output, verify_artifact
 from quantsweep.evaluation.runtime_check import check_on_runtime, deployed_agrees, summary_line
+from quantsweep.models import LoadedModel
 from quantsweep.models.network import enumerate_layers
-from quantsweep.models.ultralytics_adapter import LoadedModel
 from quantsweep.onnx_graph.calibration import RangeCache
 from quantsweep.onnx_graph.candidates import FP32_FILE, Artifact, CandidatesIndex, TargetCandidates
 from quantsweep.onnx_graph.placement import input_ranges

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quantsweep.core.config import Recovery, SweepConfig
-from quantsweep.models.ultralytics_adapter import load_model
+from quantsweep.models import load_model
 from quantsweep.quant.calibrators import read_act_ranges
 from quantsweep.quant.recovery import recover
 from quantsweep.quant.scheme import load_records, save_records

@@ -15,8 +15,8 @@ from quantsweep.core.records import JsonLines, read_json, write_json
 from quantsweep.core.runs import environment, file_sha256, new_run_dir
 from quantsweep.data.images import fingerprint, load_batch, resolve_images
 from quantsweep.execution import create_executor
+from quantsweep.models import load_model
 from quantsweep.models.network import enumerate_layers, set_compute_dtype
-from quantsweep.models.ultralytics_adapter import load_model
 from quantsweep.quant.calibrators import write_act_ranges
 from quantsweep.quant.scheme import quantize_each_alone
 from quantsweep.sensitivity.engine import ExactSweep

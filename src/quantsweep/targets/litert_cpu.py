@@ -41,7 +41,8 @@ import torch
 
 from quantsweep.core.config import ActDtype, Granularity, QuantFormat, WeightDtype
 from quantsweep.core.errors import InputError
-from quantsweep.models.ultralytics_adapter import UltralyticsExport, load_model
+from quantsweep.models import load_model
+from quantsweep.models.ultralytics_adapter import UltralyticsExport
 from quantsweep.onnx_graph.inspect import node_precisions
 from quantsweep.onnx_graph.ort_sessions import SessionOptions, ort_session
 from quantsweep.schemes.scheme_records import Precision
