@@ -89,6 +89,10 @@ class StagedNetwork:
             outputs.append(x if record or index in self.keep else None)
         return self.finish(x), (outputs if record else [])
 
+    def step(self, index: int, previous: Any, saved: Sequence[Any]) -> Any:
+        """Run block ``index`` alone on the previous block's output and the outputs it reads."""
+        return self.blocks[index](self._inputs(index, previous, saved))
+
     def resume(self, start: int, recorded: Sequence[Any]) -> Any:
         """Run blocks ``start..end`` reusing the recorded outputs of blocks ``0..start-1``.
 

@@ -70,6 +70,17 @@ def layer_stats(layer: nn.Module, x: torch.Tensor, x_quant: torch.Tensor | None 
     return LayerStats(hessian / count, mean / count, float_mean / count, count)
 
 
+def merge_stats(a: LayerStats | None, b: LayerStats) -> LayerStats:
+    """Statistics over the union of two sets of inputs (``a`` None: ``b``)."""
+    if a is None:
+        return b
+    n = a.count + b.count
+    wa, wb = a.count / n, b.count / n
+    return LayerStats(
+        a.hessian * wa + b.hessian * wb, a.mean * wa + b.mean * wb, a.float_mean * wa + b.float_mean * wb, n
+    )
+
+
 def as_rows(weight: torch.Tensor, groups: int) -> torch.Tensor:
     """``weight`` as ``[G, rows per group, K]`` (broadcast scale tensors are expanded first)."""
     return weight.reshape(groups, weight.shape[0] // groups, -1)

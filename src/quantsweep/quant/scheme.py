@@ -3,13 +3,15 @@
 - :func:`quantize_scheme` (what the artifacts carry): layers in execution order, each one's
   statistics taken from its input as the model sees it with every earlier layer of the scheme
   already quantized (weights, corrected biases and input activations), so GPTQ and bias correction
-  also compensate the error arriving from upstream. One forward pass over the images.
+  also compensate the error arriving from upstream. One forward pass over the images, or, when
+  they are many or large, block by block over chunks of them (quant/streaming.py).
 - :func:`quantize_each_alone` (what the sweep measures): every layer from its input in the float
   model, for every format at once; a sweep measures a layer alone, so its upstream is float.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +26,7 @@ from quantsweep.quant.gptq import LayerStats, layer_stats
 from quantsweep.quant.layer_quant import WEIGHT_METHODS, quantize_layer
 from quantsweep.quant.numerics import ActRange, act_qparams, fake_quant_act
 from quantsweep.quant.recovery import recover
+from quantsweep.quant.streaming import chunks_of, collect_alone, sequential_by_block
 from quantsweep.quant.weights import QuantizedWeight
 
 LOG = logging.getLogger(__name__)
@@ -55,6 +58,25 @@ def _drive(network: StagedNetwork, images: torch.Tensor, hooks: Mapping[str, Cal
             handle.remove()
 
 
+def _stats(_name: str, layer: nn.Module, x: torch.Tensor, x_quant: torch.Tensor) -> LayerStats:
+    return layer_stats(layer, x, x_quant)
+
+
+def _stats_under(
+    name: str, layer: nn.Module, x: torch.Tensor, _x: torch.Tensor, *, act: ActDtype, act_ranges: Ranges
+) -> LayerStats:
+    return layer_stats(layer, x, _quantized_input(name, x, act, act_ranges))
+
+
+def _set_weights(layer: nn.Module, record: QuantizedWeight, saved: list) -> None:
+    """Put ``record``'s dequantized weight (and corrected bias) in ``layer``, the originals in ``saved``."""
+    saved.append((layer.weight, layer.weight.data))
+    layer.weight.data = record.dequantize().to(layer.weight.dtype)
+    if record.bias is not None:
+        saved.append((layer.bias, layer.bias.data))
+        layer.bias.data = record.bias.to(layer.bias.dtype)
+
+
 def quantize_scheme(
     network: StagedNetwork,
     assignment: Mapping[str, QuantFormat],
@@ -83,23 +105,29 @@ def quantize_scheme(
     records: dict[str, QuantizedWeight] = {}
     saved: list[tuple[nn.Parameter, torch.Tensor]] = []
 
-    def make_hook(name: str, fmt: QuantFormat):
+    def quantize(name: str, layer: nn.Module, stats: LayerStats) -> None:
+        records[name] = quantize_layer(layer, assignment[name], config=config, stats=stats)
+        _set_weights(layer, records[name], saved)
+
+    def input_quant(name: str, x: torch.Tensor) -> torch.Tensor:
+        return _quantized_input(name, x, assignment[name].act, act_ranges)
+
+    def make_hook(name: str):
         def hook(layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-            x_quant = _quantized_input(name, inputs[0], fmt.act, act_ranges)
-            stats = layer_stats(layer, inputs[0], x_quant)
-            record = quantize_layer(layer, fmt, config=config, stats=stats)
-            records[name] = record
-            saved.append((layer.weight, layer.weight.data))
-            layer.weight.data = record.dequantize().to(layer.weight.dtype)
-            if record.bias is not None:
-                saved.append((layer.bias, layer.bias.data))
-                layer.bias.data = record.bias.to(layer.bias.dtype)
+            x_quant = input_quant(name, inputs[0])
+            quantize(name, layer, layer_stats(layer, inputs[0], x_quant))
             return (x_quant, *inputs[1:])
 
         return hook
 
+    chunks = chunks_of(images)
     try:
-        _drive(network, images, {name: make_hook(name, fmt) for name, fmt in assignment.items()})
+        if len(chunks) == 1:  # one pass over every image
+            _drive(network, images, {name: make_hook(name) for name in assignment})
+        else:
+            sequential_by_block(
+                network, chunks, list(assignment), stats_of=_stats, input_quant=input_quant, quantize=quantize
+            )
     finally:
         for param, original in reversed(saved):
             param.data = original
@@ -144,6 +172,16 @@ def quantize_each_alone(
 
         return hook
 
+    chunks = chunks_of(images)
+    if len(chunks) > 1:  # statistics accumulated over chunks, then every layer quantized
+        for act in dict.fromkeys(fmt.act for fmt in formats):
+            stats_of = functools.partial(_stats_under, act=act, act_ranges=act_ranges)
+            found = collect_alone(network, chunks, layer_names, stats_of)
+            for fmt in (f for f in formats if f.act is act):
+                for name in layer_names:
+                    layer = module.get_submodule(name)
+                    records[fmt.name][name] = quantize_layer(layer, fmt, config=config, stats=found[name])
+        return records
     _drive(network, images, {name: make_hook(name) for name in layer_names})
     return records
 
