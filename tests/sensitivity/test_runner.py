@@ -132,3 +132,20 @@ def test_killed_sweep_resumes_to_the_same_report(tiny_data, tiny_checkpoint, tmp
     assert len(lines) == len({r["name"] for r in lines}) > len(done_before)  # nothing measured twice
     for combination in ("int4-fp16/per_channel", "int8-fp16/per_channel"):
         assert _ranking(_report(cut, combination)) == _ranking(_report(whole, combination))
+
+
+def test_ranking_uses_the_first_images_and_calibration_all(tiny_data, tiny_checkpoint, tmp_path) -> None:
+    """--rank-images bounds what the per-layer measurements cost; the ranges still see every image."""
+    runs = {}
+    for rank in ("2", "6"):
+        out = tmp_path / rank
+        args = [*SWEEP, "--model", str(tiny_checkpoint), "--images", str(tiny_data), "--out", str(out)]
+        args += ["--layers", "model.2*", "--weights", "int8", "--acts", "int8", "--rank-images", rank]
+        assert main(args) == 0
+        runs[rank] = _run_dir(out)
+    reports = {rank: _report(run, "int8-int8/per_channel") for rank, run in runs.items()}
+    assert reports["2"]["images"] == reports["6"]["images"] == 6
+    assert (reports["2"]["ranked_on_images"], reports["6"]["ranked_on_images"]) == (2, 6)
+    ranges = {rank: (run / "act_ranges.json").read_text() for rank, run in runs.items()}
+    assert ranges["2"] == ranges["6"]  # calibrated on all six in both
+    assert _ranking(reports["2"]) != _ranking(reports["6"])  # measured on two images, not six

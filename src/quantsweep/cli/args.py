@@ -115,6 +115,7 @@ def sweep_config_from_args(
         images=images,
         imgsz=args.imgsz,
         max_images=args.max_images,
+        rank_images=args.rank_images,
         seed=args.seed,
         batch_size=args.batch_size,
         device=args.device,

@@ -62,6 +62,13 @@ def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--granularity", help="per_layer,per_channel (default per_channel)")
     parser.add_argument("--int4-block-size", type=int, help="INT4 scales per block of input channels")
     parser.add_argument("--max-images", type=int, default=16, help="calibration images (seeded subset)")
+    parser.add_argument(
+        "--rank-images",
+        type=int,
+        default=16,
+        help="the first of the calibration images the sweep ranks layers on (default 16); "
+        "ranges, quantizer statistics and recovery use all --max-images",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the image subset")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--layers", action="append", default=[], help="glob(s) of layer names to sweep")

@@ -293,6 +293,10 @@ class SweepConfig:
     images: str
     imgsz: int = 320
     max_images: int = 16
+    # the first of them that the sweep ranks layers on: one forward pass per measured layer each,
+    # and every block output of each kept in memory; calibration ranges, GPTQ statistics and
+    # recovery use all ``max_images``
+    rank_images: int = 16
     seed: int = 0
     batch_size: int = 8
     device: str = "cpu"
@@ -314,6 +318,8 @@ class SweepConfig:
             raise InputError(f"--imgsz {self.imgsz} is not a positive multiple of 32")
         if self.max_images <= 0:
             raise InputError(f"--max-images must be positive, got {self.max_images}")
+        if self.rank_images <= 0:
+            raise InputError(f"--rank-images must be positive, got {self.rank_images}")
         if self.batch_size <= 0:
             raise InputError(f"--batch-size must be positive, got {self.batch_size}")
         if self.top_k <= 0:
@@ -322,6 +328,11 @@ class SweepConfig:
             raise InputError(
                 f"--method {self.method.value} estimates box_error only; use --rank-by box_error"
             )
+
+    @property
+    def ranked_images(self) -> int:
+        """How many calibration images the sweep ranks on."""
+        return min(self.rank_images, self.max_images)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -352,6 +363,7 @@ class SweepConfig:
         values["detect"] = DetectConfig(**data.get("detect", {}))
         values["quantizer"] = WeightQuantConfig.from_dict(data.get("quantizer"))
         values["compute_dtype"] = ComputeDtype(data.get("compute_dtype", "float32"))  # older runs: float32
+        values["rank_images"] = data.get("rank_images", data.get("max_images", 16))  # older: ranked on all
         return cls(**values)
 
 

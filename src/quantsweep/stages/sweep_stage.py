@@ -13,7 +13,7 @@ from quantsweep.core.config import ComputeDtype, ExecutorConfig, ExecutorKind, S
 from quantsweep.core.errors import InputError
 from quantsweep.core.records import JsonLines, read_json, write_json
 from quantsweep.core.runs import environment, file_sha256, new_run_dir
-from quantsweep.data.images import fingerprint, load_batch, resolve_images
+from quantsweep.data.images import Batch, fingerprint, load_batch, resolve_images
 from quantsweep.execution import create_executor
 from quantsweep.models import load_model
 from quantsweep.models.network import enumerate_layers, set_compute_dtype
@@ -62,16 +62,18 @@ def _prepare(config: SweepConfig, run_dir: Path | None, out: Path | None) -> Swe
     if needs_act_ranges(config.formats):
         act_ranges = calibrate(loaded.network, batch, config, [layer.name for layer in layers])
         write_act_ranges(run_dir, act_ranges, config.calib)
-    weights, screen, quantizer_cost = _quantize_layers(config, loaded.network, batch, layers, act_ranges)
+    ranked = _first(batch, config.ranked_images)  # what the layers are measured on
+    weights, screen, quantizer_cost = _quantize_layers(config, loaded.network, ranked, layers, act_ranges)
     # ranges and records above come from the float32 model; only the measured passes run in half
     set_compute_dtype(loaded.network, config.compute_dtype)
     engine = ExactSweep(
-        loaded.network, batch, batch_size=config.batch_size, detect=config.detect, device=config.device
+        loaded.network, ranked, batch_size=config.batch_size, detect=config.detect, device=config.device
     )
     ref = engine.reference
     context = {
         "model": loaded.name,
         "images": len(image_set.paths),
+        "ranked_on_images": len(ranked.images),
         "imgsz": config.imgsz,
         "method": config.method.value,
         "quantizer": {**config.quantizer.to_dict(), **quantizer_cost},
@@ -92,6 +94,12 @@ def _prepare(config: SweepConfig, run_dir: Path | None, out: Path | None) -> Swe
         weights=weights,
         screen=screen,
     )
+
+
+def _first(batch: Batch, count: int) -> Batch:
+    """The first ``count`` images of ``batch`` (the seeded subset's order) with their labels."""
+    labels = None if batch.labels is None else batch.labels[:count]
+    return Batch(batch.images[:count], labels)
 
 
 def _quantize_layers(config: SweepConfig, network, batch, layers, act_ranges):
