@@ -20,13 +20,13 @@ from quantsweep.core.runs import new_run_dir
 from quantsweep.data.shapes import generate_split
 from quantsweep.evaluation.accuracy_target import AccuracyTarget
 from quantsweep.report.build import build_report
+from quantsweep.schemes.policies import precisions
 from quantsweep.sensitivity.sweep_report import REPORT_NAME
 from quantsweep.stages import SchemesRequest, make_schemes, materialize_candidates, sweep
 from quantsweep.stages.common import ProgressFactory, RunCache, no_progress
 from quantsweep.stages.eval_context import EvalRequest, load_eval_batch
 from quantsweep.stages.evaluate_stage import evaluate_candidates
 from quantsweep.stages.materialize_stage import MaterializeRequest
-from quantsweep.stages.schemes_stage import precisions
 from quantsweep.stages.search_stage import SearchRequest
 from quantsweep.targets import ConvKind, get_backend
 

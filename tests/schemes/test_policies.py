@@ -10,9 +10,16 @@ from quantsweep.core.config import (
     QuantFormat,
     WeightDtype,
 )
-from quantsweep.schemes.policies import RankedLayer, SchemeSpace, budget, first_and_head, random_k, top_k
+from quantsweep.schemes.policies import (
+    RankedLayer,
+    SchemeSpace,
+    budget,
+    first_and_head,
+    precisions,
+    random_k,
+    top_k,
+)
 from quantsweep.schemes.scheme_records import Policy, Precision, Scheme
-from quantsweep.stages.schemes_stage import precisions
 
 # 6 layers in 3 blocks; block 2 is the head. Ranked: c (most sensitive), a, f, b, e, d.
 LAYERS = [

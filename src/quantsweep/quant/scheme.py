@@ -11,10 +11,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
@@ -84,10 +86,12 @@ def quantize_scheme(
     *,
     config: WeightQuantConfig,
     act_ranges: Ranges = None,
+    on_layer: Callable[[str], None] | None = None,
 ) -> dict[str, QuantizedWeight]:
     """Records for every layer of ``assignment``, quantized sequentially in execution order.
 
     The model is left as it was. Activation ranges are the float model's (calibrated once).
+    ``on_layer`` is told each layer's name once it is quantized (a progress bar).
     """
     started = time.perf_counter()
     module = network.module
@@ -108,6 +112,8 @@ def quantize_scheme(
     def quantize(name: str, layer: nn.Module, stats: LayerStats) -> None:
         records[name] = quantize_layer(layer, assignment[name], config=config, stats=stats)
         _set_weights(layer, records[name], saved)
+        if on_layer is not None:
+            on_layer(name)
 
     def input_quant(name: str, x: torch.Tensor) -> torch.Tensor:
         return _quantized_input(name, x, assignment[name].act, act_ranges)
@@ -216,6 +222,11 @@ def load_records(path: Path) -> dict[str, QuantizedWeight]:
     }
 
 
+@contextlib.contextmanager
+def _no_bar(_total: int, _label: str) -> Iterator[Callable[[str], None]]:
+    yield lambda _name: None
+
+
 WEIGHTS_DIR = "quantized_weights"
 COSTS_NAME, COSTS_KIND = "costs.json", "quantizer_costs"  # inside WEIGHTS_DIR: settings and seconds
 
@@ -246,10 +257,12 @@ class SchemeRecords:
         *,
         layer_names: Sequence[str],
         asymmetric: bool = False,
+        progress: Callable[[int, str], AbstractContextManager[Callable[[str], None]]] | None = None,
     ) -> None:
         self.directory, self.network, self.images = Path(directory), network, images
         self.config, self.act_ranges, self.layer_names = config, act_ranges, list(layer_names)
         self.asymmetric = asymmetric  # the targets write INT8 activations as UINT8 (recovery simulates it)
+        self.progress = progress  # a bar per pass: at 640 px with 128 images a pass takes minutes
         self.cache: dict[str, dict[str, QuantizedWeight]] = {}
         self.seconds: dict[str, float] = {}  # the whole pass per format, recovery included
         self.recovery_seconds: dict[str, float] = {}
@@ -263,9 +276,16 @@ class SchemeRecords:
             else:
                 started = time.perf_counter()
                 assignment = dict.fromkeys(self.layer_names, fmt)
-                records = quantize_scheme(
-                    self.network, assignment, self.images, config=self.config, act_ranges=self.act_ranges
-                )
+                bar = self.progress or _no_bar
+                with bar(len(assignment), f"quantize {fmt.name}") as step:
+                    records = quantize_scheme(
+                        self.network,
+                        assignment,
+                        self.images,
+                        config=self.config,
+                        act_ranges=self.act_ranges,
+                        on_layer=step,
+                    )
                 recovering = time.perf_counter()
                 records = recover(
                     self.network,

@@ -6,6 +6,7 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from quantsweep.core.config import ActDtype, HighPrecision, LowPrecision, QuantFormat, WeightDtype
 from quantsweep.schemes.scheme_records import LayerAssignment, Policy, Precision, Scheme
 
 
@@ -93,3 +94,27 @@ def budget(space: SchemeSpace, *, target_bits: float) -> Scheme:
             kept.append(layer.name)
             bits += added
     return space.build(f"budget_{target_bits:g}bits", Policy.BUDGET, kept)
+
+
+def precisions(fmt: QuantFormat, *, low: LowPrecision, high: HighPrecision) -> tuple[Precision, Precision]:
+    """Low and high precision for a sweep combination.
+
+    ``auto`` is the swept combination itself; INT4 and INT8 keep the sweep's activation type; FP8
+    is the usual W8A8 FP8 recipe. Kept INT8 layers take INT8 activations only when the rest does
+    (INT8 weights never pair with FP8 inputs). A 7-bit INT8 sweep (``int7``, for CPUs whose INT8
+    products saturate) keeps its 7-bit codes wherever INT8 is asked for.
+    """
+    int8 = WeightDtype.INT7 if fmt.weight is WeightDtype.INT7 else WeightDtype.INT8
+    if low is LowPrecision.AUTO:
+        low_p = Precision(fmt.weight, fmt.act, fmt.granularity, fmt.int4_block_size)
+    elif low is LowPrecision.INT4:
+        low_p = Precision(WeightDtype.INT4, fmt.act, fmt.granularity, fmt.int4_block_size)
+    elif low is LowPrecision.INT8:
+        act = fmt.act if fmt.act is not ActDtype.FP8 else ActDtype.INT8
+        low_p = Precision(int8, act, fmt.granularity)
+    else:
+        low_p = Precision(WeightDtype.FP8, ActDtype.FP8, fmt.granularity)
+    if high is HighPrecision.FLOAT:
+        return low_p, Precision(None)
+    act = ActDtype.INT8 if low_p.act is ActDtype.INT8 else ActDtype.FP16
+    return low_p, Precision(int8, act, fmt.granularity)

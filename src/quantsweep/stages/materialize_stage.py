@@ -273,7 +273,12 @@ def asymmetric_acts(matched: Mapping[str, tuple[Backend, SchemeSet]]) -> bool:
 
 
 def _prepare_writer(
-    scheme_sets: list[SchemeSet], run_dir: Path, cache: RunCache, *, asymmetric: bool
+    scheme_sets: list[SchemeSet],
+    run_dir: Path,
+    cache: RunCache,
+    *,
+    asymmetric: bool,
+    progress: ProgressFactory = no_progress,
 ) -> _Writer:
     config = scheme_sets[0].sweep_config
     loaded = cache.load(config)
@@ -291,6 +296,7 @@ def _prepare_writer(
         act_ranges,
         layer_names=[layer.name for layer in layers],
         asymmetric=asymmetric,
+        progress=progress,
     )
     nodes = {a.torch_name: a.onnx_node for a in scheme_sets[0].schemes[0].layers}
     return _Writer(loaded, batch.images, act_ranges, run_dir / FP32_FILE, records=records, nodes=nodes)
@@ -310,7 +316,9 @@ def materialize_candidates(
     matched = match_targets(scheme_sets, request.targets, kinds)
     config = scheme_sets[0].sweep_config
     run_dir = new_run_dir(out, model_name=Path(config.model).stem, stage="candidates")
-    writer = _prepare_writer(scheme_sets, run_dir, cache or RunCache(), asymmetric=asymmetric_acts(matched))
+    writer = _prepare_writer(
+        scheme_sets, run_dir, cache or RunCache(), asymmetric=asymmetric_acts(matched), progress=progress
+    )
     writer.writer = request.writer
     index = CandidatesIndex(sweep_dir=str(scheme_sets[0].sweep_dir), imgsz=config.imgsz)
     source = model_source(config, writer.fp32_path, images=writer.images)

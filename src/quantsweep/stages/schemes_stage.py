@@ -10,12 +10,10 @@ from pathlib import Path
 import torch
 
 from quantsweep.core.config import (
-    ActDtype,
     HighPrecision,
     LowPrecision,
     QuantFormat,
     SweepConfig,
-    WeightDtype,
 )
 from quantsweep.core.errors import InputError
 from quantsweep.core.layout import sweep_dir_of
@@ -23,7 +21,15 @@ from quantsweep.core.records import read_json, write_json
 from quantsweep.core.runs import environment, new_run_dir
 from quantsweep.models.network import enumerate_layers
 from quantsweep.onnx_graph.export import MappingError, export_fp32, map_layers, record_unquantized
-from quantsweep.schemes.policies import RankedLayer, SchemeSpace, budget, first_and_head, random_k, top_k
+from quantsweep.schemes.policies import (
+    RankedLayer,
+    SchemeSpace,
+    budget,
+    first_and_head,
+    precisions,
+    random_k,
+    top_k,
+)
 from quantsweep.schemes.scheme_records import LayerAssignment, Precision, Scheme
 from quantsweep.schemes.writer import INDEX_KIND, SCHEME_KIND, write_schemes
 from quantsweep.sensitivity.sweep_report import REPORT_KIND
@@ -86,30 +92,6 @@ class SchemesRequest:
     seed: int = 0
     references: bool = True  # random and first+head schemes at each K, to show what the ranking buys
     reference_ks: tuple[int, ...] | None = None  # the Ks that get them (None: every K > 0)
-
-
-def precisions(fmt: QuantFormat, *, low: LowPrecision, high: HighPrecision) -> tuple[Precision, Precision]:
-    """Low and high precision for a sweep combination.
-
-    ``auto`` is the swept combination itself; INT4 and INT8 keep the sweep's activation type; FP8
-    is the usual W8A8 FP8 recipe. Kept INT8 layers take INT8 activations only when the rest does
-    (INT8 weights never pair with FP8 inputs). A 7-bit INT8 sweep (``int7``, for CPUs whose INT8
-    products saturate) keeps its 7-bit codes wherever INT8 is asked for.
-    """
-    int8 = WeightDtype.INT7 if fmt.weight is WeightDtype.INT7 else WeightDtype.INT8
-    if low is LowPrecision.AUTO:
-        low_p = Precision(fmt.weight, fmt.act, fmt.granularity, fmt.int4_block_size)
-    elif low is LowPrecision.INT4:
-        low_p = Precision(WeightDtype.INT4, fmt.act, fmt.granularity, fmt.int4_block_size)
-    elif low is LowPrecision.INT8:
-        act = fmt.act if fmt.act is not ActDtype.FP8 else ActDtype.INT8
-        low_p = Precision(int8, act, fmt.granularity)
-    else:
-        low_p = Precision(WeightDtype.FP8, ActDtype.FP8, fmt.granularity)
-    if high is HighPrecision.FLOAT:
-        return low_p, Precision(None)
-    act = ActDtype.INT8 if low_p.act is ActDtype.INT8 else ActDtype.FP16
-    return low_p, Precision(int8, act, fmt.granularity)
 
 
 def _ranked_layers(report: dict, layers) -> list[RankedLayer]:
