@@ -116,6 +116,7 @@ def _record(run_dir: Path, config: RunConfig, sweep_config: SweepConfig, eval_da
             "low": config.schemes.low.value,
             "accuracy_target": config.accuracy_target.to_dict(),
             "max_evals": config.search.max_evals,
+            "island_order": config.search.island_order.value,
             "latency": {"rounds": config.latency_rounds, "runs_per_round": config.latency_runs},
         },
     )

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 
@@ -102,6 +103,24 @@ def test_each_target_gets_its_artifacts_in_its_own_placement(chain) -> None:
     assert "ultralytics_int8" not in {a["name"] for a in index["targets"]["size"]["artifacts"]}
 
 
+def _check_islands(chain, target: str, search: dict, *, nothing_kept: float) -> None:
+    """Islands are priced on a speed target's runtime when they are needed (island_costs.py)."""
+    eval_dir = chain["eval"]
+    islands, costs_file = search["islands"], eval_dir / "search" / target / "island_costs.json"
+    priced = target != "size" and nothing_kept < search["threshold"]
+    assert costs_file.is_file() == priced and islands["order"] == ("gain-per-ms" if priced else "rank")
+    if priced:
+        assert set(islands["kept_cost_ms"]) == set(search["kept"])
+        costs = json.loads(costs_file.read_text())
+        fp32 = onnx.load(str(chain["candidates"] / "fp32.onnx"))
+        convs = sum(node.op_type == "Conv" for node in fp32.graph.node)
+        assert len(costs["float_ms"]) == len(costs["int8_ms"]) == convs
+        assert all(ms > 0 for ms in costs["int8_ms"].values())
+        if search["kept"]:  # the report card says how the kept islands were chosen and what they cost
+            card = (eval_dir / "summary.md").read_text().split(f"\n## {target}\n")[1].split("\n## ")[0]
+            assert f"by sensitivity per millisecond they cost on {costs['runtime']}" in card
+
+
 def test_evaluation_search_timing_and_recommendation_per_target(chain) -> None:
     eval_dir = chain["eval"]
     for target in ("ort-cpu", "openvino", "size"):
@@ -144,6 +163,7 @@ def test_evaluation_search_timing_and_recommendation_per_target(chain) -> None:
         if recovery is None or not recovery["used"]:
             log = (eval_dir / "search" / target / "evaluations.jsonl").read_text().splitlines()
             assert [] not in [json.loads(line)["kept"] for line in log if line.strip()]
+        _check_islands(chain, target, search, nothing_kept=nothing_kept)
         # the passing kept sets the search found are timed beside the candidates
         assert set(search["finalists"]) <= set(models) and bool(search["finalists"]) == search["target_met"]
     if not torch.cuda.is_available():

@@ -158,6 +158,12 @@ def _add_eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-drop", type=float, default=0.01, help="allowed mAP50-95 drop from FP32")
     parser.add_argument("--drop-mode", default="relative", help="relative or absolute")
     parser.add_argument("--max-evals", type=int, default=24, help="most ONNX evaluations the search may run")
+    parser.add_argument(
+        "--island-order",
+        default="gain-per-ms",
+        help="order the search keeps convs float in: gain-per-ms (sensitivity per ms the island costs "
+        "on the target's runtime, profiled) or rank (the sweep's ranking)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

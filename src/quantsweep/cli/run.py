@@ -14,10 +14,11 @@ from quantsweep.cli.args import (
     target_names,
 )
 from quantsweep.cli.progress import tqdm_progress
-from quantsweep.core.config import HighPrecision, LowPrecision, parse_enum_list
+from quantsweep.core.config import HighPrecision, IslandOrder, LowPrecision, parse_enum_list
 from quantsweep.core.errors import InputError
 
 if TYPE_CHECKING:
+    from quantsweep.stages.search_stage import SearchRequest
     from quantsweep.workflow import RunConfig
 
 
@@ -27,10 +28,17 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
             raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
 
 
+def search_request(args: argparse.Namespace) -> SearchRequest:
+    """The search's settings from the flags ``run`` and ``evaluate`` share."""
+    from quantsweep.stages.search_stage import SearchRequest  # noqa: PLC0415
+
+    (order,) = parse_enum_list(args.island_order, IslandOrder, what="island order")
+    return SearchRequest(max_evals=args.max_evals, island_order=order)
+
+
 def run_config(args: argparse.Namespace) -> RunConfig:
     """The ``RunConfig`` of ``quantsweep run`` with these arguments (targets checked for this machine)."""
     from quantsweep.stages import SchemesRequest  # noqa: PLC0415
-    from quantsweep.stages.search_stage import SearchRequest  # noqa: PLC0415
     from quantsweep.targets import DEFAULT_TARGETS  # noqa: PLC0415
     from quantsweep.workflow import RunConfig, usable_targets  # noqa: PLC0415
 
@@ -52,7 +60,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
             target_bits=args.target_bits,
             seed=args.seed,
         ),
-        search=SearchRequest(max_evals=args.max_evals),
+        search=search_request(args),
         targets=targets,
         accuracy_target=accuracy_target(args),
         eval_images=args.eval_images,
@@ -78,7 +86,6 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from quantsweep.report.build import build_report  # noqa: PLC0415
     from quantsweep.stages.eval_context import EvalRequest  # noqa: PLC0415
     from quantsweep.stages.evaluate_stage import evaluate_candidates  # noqa: PLC0415
-    from quantsweep.stages.search_stage import SearchRequest  # noqa: PLC0415
 
     if not args.data:
         raise InputError("--data is required (labelled evaluation images)")
@@ -97,7 +104,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         accuracy_target=accuracy_target(args),
         image_root=args.image_root,
     )
-    search = SearchRequest(max_evals=args.max_evals) if args.search else None
+    search = search_request(args) if args.search else None
     executor_config = executor_config_from_args(args)
     with create_executor(executor_config) as executor:
         eval_dir = evaluate_candidates(

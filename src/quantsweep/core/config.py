@@ -132,6 +132,13 @@ class DropMode(enum.StrEnum):
     ABSOLUTE = "absolute"
 
 
+class IslandOrder(enum.StrEnum):
+    """The order the search keeps layers float in, when nothing-kept misses the accuracy target."""
+
+    GAIN_PER_MS = "gain-per-ms"  # sweep sensitivity per millisecond the island costs on the runtime
+    RANK = "rank"  # the sweep's ranking, most sensitive first
+
+
 class ApConvention(enum.StrEnum):
     """How average precision integrates precision over recall (both use 101 recall points)."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,7 @@ class SessionOptions:
     # basic optimizations only: no MatMulNBits fusion of quantized Linear weights, which computes
     # in its own lower precision, so an artifact's own semantics can be checked
     graph_as_written: bool = False
+    profile_prefix: Path | None = None  # per-node profiling to files with this prefix (not for deployment)
 
     def to_dict(self) -> dict:
         """The settings a deployer copies into their own session, JSON-ready."""
@@ -59,6 +62,9 @@ def ort_session(model: str | Path | bytes, options: SessionOptions | None = None
         settings.add_session_config_entry("session.disable_quant_qdq", "1")
     if options.optimized_model_path is not None:
         settings.optimized_model_filepath = str(options.optimized_model_path)
+    if options.profile_prefix is not None:
+        settings.enable_profiling = True
+        settings.profile_file_prefix = str(options.profile_prefix)
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(
         source,
@@ -76,3 +82,26 @@ def with_outputs(model: onnx.ModelProto, tensors: Iterable[str]) -> onnx.ModelPr
     for name in sorted(set(tensors) - existing):
         probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
     return probe
+
+
+def profiled_node_times(session: ort.InferenceSession, *, runs: int) -> dict[str, float]:
+    """Milliseconds per run of each node over a profiling session's last ``runs`` runs (the ones
+    before are warm-up); ends the session's profiling and removes its trace file.
+
+    A fused node (QDQ groups become QLinearConv) is named after the node it replaced plus a
+    ``_token_<n>`` suffix, which is dropped so that times key by the ONNX node name."""
+    trace = Path(session.end_profiling())
+    try:
+        events = json.loads(trace.read_text())
+    finally:
+        trace.unlink(missing_ok=True)
+    durations: dict[str, list[float]] = {}
+    for event in events:
+        name = event.get("name", "")
+        if event.get("cat") == "Node" and name.endswith("_kernel_time"):
+            durations.setdefault(name, []).append(event["dur"] / 1000.0)
+    times: dict[str, float] = {}
+    for name, values in durations.items():
+        node = re.sub(r"_token_\d+$", "", name.removesuffix("_kernel_time"))
+        times[node] = times.get(node, 0.0) + sum(values[-runs:]) / runs
+    return times

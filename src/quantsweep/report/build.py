@@ -151,6 +151,23 @@ def _recovery_lines(outcome: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _islands_lines(islands: dict[str, Any] | None, kept: list[str], *, recovered: bool) -> list[str]:
+    """How the search ordered float islands and what the kept ones cost (island_costs.py)."""
+    if not islands or not kept:
+        return []
+    if "kept_cost_ms" not in islands:
+        return ["Float islands were tried in the sweep's rank order.", ""]
+    costs = islands["kept_cost_ms"]
+    each = ", ".join(f"`{name}` {costs[name]:+.3f} ms" for name in kept)
+    return [
+        f"Float islands were tried by sensitivity per millisecond they cost on {islands['runtime']} "
+        f"(per-conv profile of FP32 and nothing-kept, whose conv units take {islands['int8_ms']:.2f} ms); "
+        f"kept: {each}, about {sum(costs.values()):+.3f} ms per inference before requantization at "
+        "their borders." + (" Recovery, tried first, costs no inference time." if recovered else ""),
+        "",
+    ]
+
+
 def _target_section(report: TargetReport, plots_dir: Path) -> tuple[list[str], list[Path]]:
     if report.unavailable is not None or not report.rows:
         return [], []
@@ -164,6 +181,7 @@ def _target_section(report: TargetReport, plots_dir: Path) -> tuple[list[str], l
             f"{', '.join(f'`{n}`' for n in s['finalists']) or 'none'}.",
             "",
             *_recovery_lines(s.get("recovery")),
+            *_islands_lines(s.get("islands"), s["kept"], recovered=s.get("recovery") is not None),
         ]
     if report.recommendation is not None:
         lines += [f"mAP50-95 here is {METRICS[report.recommendation['metric']]}.", ""]

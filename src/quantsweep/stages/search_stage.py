@@ -18,8 +18,15 @@ import onnx
 import torch
 
 from quantsweep.core import layout
+from quantsweep.core.config import IslandOrder
 from quantsweep.core.layout import eval_dir_of_results
 from quantsweep.core.records import JsonLines, read_json, write_json
+from quantsweep.evaluation.island_costs import (
+    IslandCosts,
+    conv_units,
+    island_order,
+    measure_island_costs,
+)
 from quantsweep.evaluation.scoring import Accuracy
 from quantsweep.evaluation.search import search
 from quantsweep.onnx_graph.calibration import RangeCache
@@ -38,6 +45,7 @@ from quantsweep.targets import Backend, Objective
 from quantsweep.targets.base import conv_kinds
 
 LOG = logging.getLogger(__name__)
+ISLAND_COSTS_FILE, ISLAND_COSTS_KIND = "island_costs.json", "island_costs"
 FINALISTS = {Objective.SPEED: 3, Objective.SIZE: 1}  # passing kept sets timed beside the candidates
 
 
@@ -46,6 +54,7 @@ class SearchRequest:
     """The search's cost bound (the accuracy target is the evaluate request's)."""
 
     max_evals: int = 24
+    island_order: IslandOrder = IslandOrder.GAIN_PER_MS
 
 
 class _Measure:
@@ -64,10 +73,6 @@ class _Measure:
         self.accuracies = {
             tuple(sorted(r["kept"])): Accuracy(**r["accuracy"]) for r in log.read() if "accuracy" in r
         }
-
-    @property
-    def ranking(self) -> list[str]:
-        return [a.torch_name for a in self.scheme_set.ranking]
 
     def model(self, kept: tuple[str, ...]) -> onnx.ModelProto:
         """The kept set as the target writes it: adapted to what it runs (as materialize does), checked."""
@@ -97,6 +102,17 @@ class _Measure:
                 {"kept": list(key), "score": acc.value(self.context.metric), "accuracy": acc.to_dict()}
             )
         return self.accuracies[key].value(self.context.metric)
+
+
+def _islands_summary(order: IslandOrder, costs: IslandCosts | None, kept, measure: _Measure) -> dict:
+    """How the islands were ordered and what the kept ones cost by the runtime's profile."""
+    summary: dict = {"order": order.value if costs is not None else IslandOrder.RANK.value}
+    if costs is not None:
+        nodes = {a.torch_name: a.onnx_node for a in measure.scheme_set.ranking}
+        summary["runtime"] = costs.runtime
+        summary["kept_cost_ms"] = {name: round(costs.cost(nodes[name]), 4) for name in kept}
+        summary["int8_ms"] = round(sum(costs.int8_ms.values()), 3)
+    return summary
 
 
 def recorded_ranges(candidates_dir: Path, images: torch.Tensor) -> RangeCache:
@@ -149,6 +165,12 @@ class TargetSearch:
         reference = self.context.reference_score
         threshold = self.eval_request.accuracy_target.threshold(reference)
         measure, recovery = self._recovery_first(backend, scheme_set, measure, threshold, search_dir)
+        costs = None
+        if self.request.island_order is IslandOrder.GAIN_PER_MS and measure(()) < threshold:
+            costs = self._island_costs(backend, measure, search_dir)  # islands are needed: price them
+        order = [
+            a.torch_name for a in island_order(scheme_set.ranking, costs, order=self.request.island_order)
+        ]
         with self.progress(self.request.max_evals, f"search {backend.name}") as step:
 
             def measured(kept: tuple[str, ...]) -> float:
@@ -156,9 +178,11 @@ class TargetSearch:
                 step(f"{len(kept)} kept: {score:.4f}")
                 return score
 
-            result = search(measure.ranking, measured, target=threshold, max_evals=self.request.max_evals)
+            result = search(order, measured, target=threshold, max_evals=self.request.max_evals)
         used = recovery is not None and recovery.used
-        finalists = self._finalists(backend, result, measure, store, search_dir, recovered=used)
+        finalists = self._finalists(
+            backend, result, measure, store, search_dir, recovered=used, order=order, costs=costs
+        )
         summary = {
             "target": backend.name,
             "reference": reference,
@@ -170,6 +194,7 @@ class TargetSearch:
             "high": scheme_set.high.label,
             "finalists": finalists,
             "recovery": None if recovery is None else recovery.to_dict(),
+            "islands": _islands_summary(self.request.island_order, costs, result.kept, measure),
         }
         write_json(search_dir / "search.json", "scheme_search", summary)
         return summary
@@ -199,12 +224,55 @@ class TargetSearch:
         LOG.info("%s: recovery before islands: nothing kept %.4f -> %.4f", backend.name, before, after)
         return (recovered if outcome.used else measure), outcome
 
+    def _island_costs(self, backend: Backend, measure: _Measure, search_dir: Path) -> IslandCosts | None:
+        """What each float island costs on ``backend``'s runtime (island_costs.py), profiled once per
+        search directory (a resumed search reads it back); None for a size target or no profiler."""
+        if backend.objective is not Objective.SPEED:
+            return None
+        path = search_dir / ISLAND_COSTS_FILE
+        if path.is_file():
+            return IslandCosts.from_dict(read_json(path, ISLAND_COSTS_KIND))
+        image = self._source.images[:1].numpy()
+        with tempfile.TemporaryDirectory() as tmp:
+            nothing_kept = backend.save(measure.model(()), Path(tmp) / "k0.onnx", source=measure.source)
+            costs = measure_island_costs(
+                backend,
+                float_path=self.candidates_dir / FP32_FILE,
+                int8_path=nothing_kept,
+                units=conv_units(self._ranges.model),
+                image=image,
+            )
+        if costs is not None:
+            write_json(path, ISLAND_COSTS_KIND, costs.to_dict())
+            LOG.info(
+                "%s: conv units take %.2f ms in float, %.2f ms in INT8 (%s profile)",
+                backend.name,
+                sum(costs.float_ms.values()),
+                sum(costs.int8_ms.values()),
+                costs.runtime,
+            )
+        return costs
+
     def _finalists(
-        self, backend, result, measure: _Measure, store: ResultStore, search_dir: Path, *, recovered: bool
+        self,
+        backend,
+        result,
+        measure: _Measure,
+        store: ResultStore,
+        search_dir: Path,
+        *,
+        recovered: bool,
+        order: list[str],
+        costs: IslandCosts | None,
     ) -> list[str]:
+        nodes = {a.torch_name: a.onnx_node for a in measure.scheme_set.ranking}
+
+        def cheapest(kept: tuple[str, ...]) -> tuple:  # least estimated island time, else fewest kept
+            estimate = len(kept) if costs is None else sum(costs.cost(nodes[n]) for n in kept)
+            return (estimate, len(kept), [order.index(n) for n in kept])
+
         passing = sorted(
-            {tuple(e["kept"]) for e in result.evaluations if e["score"] >= result.target},
-            key=lambda kept: (len(kept), [measure.ranking.index(n) for n in kept]),
+            {tuple(e["kept"]) for e in result.evaluations if e["score"] >= result.target}, key=cheapest
         )[: FINALISTS[backend.objective]]
         # a kept set some candidate already has (K=0 is the k0 scheme) is that candidate, timed as it
         # is; not with recovered records, which no candidate carries

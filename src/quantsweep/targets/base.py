@@ -99,6 +99,12 @@ class Runner(abc.ABC):
         the runtime cannot expose intermediate outputs. Used to find where an artifact departs."""
         return None
 
+    def node_times(self, image: np.ndarray, *, runs: int = 20) -> dict[str, float] | None:
+        """Milliseconds per inference spent in each executed node, keyed by the ONNX node name it came
+        from (fused nodes under the name the runtime reports), median-free sums over ``runs`` divided
+        by ``runs``; None where the runtime has no per-node profiler. Prices float islands."""
+        return None
+
 
 def onnx_source(artifact: Path) -> Path:
     """The Q/DQ ONNX an artifact was made from: every target keeps it beside the artifact, same stem

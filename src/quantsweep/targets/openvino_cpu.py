@@ -91,6 +91,22 @@ class OpenVinoRunner(Runner):
                 found[name] = np.array(values[port])
         return found
 
+    def node_times(self, image: np.ndarray, *, runs: int = 20) -> dict[str, float]:
+        """The CPU plugin's performance counters, compiled with the same config (fused eltwise
+        subgraphs and activations are charged to the node they were fused into)."""
+        compiled = self.core.compile_model(self.model, "CPU", {**self.config, "PERF_COUNT": True})
+        request = compiled.create_infer_request()
+        for _ in range(runs):  # warm-up
+            request.infer([image])
+        times: dict[str, float] = {}
+        for _ in range(runs):
+            request.infer([image])
+            for counter in request.profiling_info:
+                if counter.status.name == "EXECUTED":
+                    ms = counter.real_time.total_seconds() * 1e3 / runs
+                    times[counter.node_name] = times.get(counter.node_name, 0.0) + ms
+        return times
+
     def executed_precisions(self) -> dict[str, str]:
         """``{executed layer: runtime precision}`` of the compiled graph's convolutions."""
         result = {}

@@ -11,6 +11,8 @@ decode tail stay float.
 
 from __future__ import annotations
 
+import dataclasses
+import tempfile
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -21,7 +23,12 @@ import onnx
 from quantsweep.core.config import ActDtype, Granularity, QuantFormat, WeightDtype
 from quantsweep.core.hardware import cpu_int8_weights
 from quantsweep.models.ultralytics_adapter import ONNX_INT8
-from quantsweep.onnx_graph.ort_sessions import SessionOptions, ort_session, with_outputs
+from quantsweep.onnx_graph.ort_sessions import (
+    SessionOptions,
+    ort_session,
+    profiled_node_times,
+    with_outputs,
+)
 from quantsweep.onnx_graph.placement import Placement
 from quantsweep.schemes.scheme_records import Precision
 from quantsweep.targets.base import (
@@ -73,6 +80,15 @@ class OrtRunner(Runner):
         session = ort_session(probe.SerializeToString(), self.options)
         names = [o.name for o in session.get_outputs() if o.name in set(tensors)]
         return dict(zip(names, session.run(names, {self.input_name: image}), strict=True))
+
+    def node_times(self, image: np.ndarray, *, runs: int = 20) -> dict[str, float]:
+        """ONNX Runtime's profiler on a session with the same options (after ``runs`` warm-up runs)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            options = dataclasses.replace(self.options, profile_prefix=Path(tmp) / "profile")
+            session = ort_session(self.path, options)
+            for _ in range(2 * runs):
+                session.run(None, {self.input_name: image})
+            return profiled_node_times(session, runs=runs)
 
 
 class OrtCpuBackend(Backend):

@@ -1,0 +1,142 @@
+"""What a float island costs on the target's runtime, and the order the search tries islands in.
+
+A conv kept in float costs its own float time instead of its INT8 time, on every inference. The
+runtime's per-node profiler (``Runner.node_times``) prices that without writing one artifact per
+layer: the FP32 model and the nothing-kept artifact are each profiled once, every executed node is
+charged to the conv unit (the conv, its activation, the Q/DQ fused into them) whose node name it
+carries, and a unit's cost is its float time minus its INT8 time. Nodes no conv owns (a C2f's
+Concat, the decode) are left out. The estimate does not see the requantization an island adds at
+its borders; the evaluate stage's timing pass measures the finalists whole.
+
+The search then tries islands in the order of accuracy bought per millisecond: the sweep's
+sensitivity of a layer (its Torch-measured damage when it alone is quantized) divided by its cost.
+A conv no slower in float (the 3-channel first conv on both CPU runtimes, some depthwise convs in
+OpenVINO on a CPU without AMX) is priced at a small floor, so a sensitive one comes first.
+
+Keeping a conv float *because* it profiles faster in float does not pay: ONNX Runtime's 3-channel
+first conv of YOLOv10s at 640 px profiles 1.2 ms faster in f32 than as QLinearConv, yet the whole
+model with it float ran at 0.581x FP32 against 0.579x without, and scored 0.0074 lower (the
+QuantizeLinear its output then needs, on a 32-channel 320x320 tensor, is the border cost the
+profile cannot see), so the search does not add such convs on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from quantsweep.core.config import IslandOrder
+from quantsweep.schemes.scheme_records import LayerAssignment
+from quantsweep.targets import Backend
+
+PROFILE_RUNS = 20  # inferences profiled per model (after as many warm-up runs)
+FLOOR_SHARE = 0.1  # the least a float island is priced at, as a share of the median island cost
+
+
+ACTIVATION_OPS = frozenset(
+    {"Relu", "Sigmoid", "Mul", "HardSigmoid", "HardSwish", "LeakyRelu", "Clip", "Tanh"}
+)
+
+
+def conv_units(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """Per conv node, the ONNX nodes that run in its precision: the conv and the activation that reads
+    only its output (SiLU is ``Mul(x, Sigmoid(x))``), which runtimes fuse into it."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    constants = {init.name for init in model.graph.initializer}
+    units = {}
+    for conv in (n for n in model.graph.node if n.op_type == "Conv"):
+        members, produced, frontier = [conv.name], set(conv.output), list(conv.output)
+        while frontier:
+            for reader in readers.get(frontier.pop(), []):
+                inside = all(i in produced or i in constants or not i for i in reader.input)
+                if reader.op_type in ACTIVATION_OPS and inside and reader.name not in members:
+                    members.append(reader.name)
+                    produced.update(reader.output)
+                    frontier.extend(reader.output)
+        units[conv.name] = members
+    return units
+
+
+def unit_times(node_times: Mapping[str, float], units: Mapping[str, Sequence[str]]) -> dict[str, float]:
+    """Milliseconds per conv unit: each executed node goes to the unit with the longest ONNX node name
+    that its name contains (runtimes name fused and reordered nodes after the nodes they came from:
+    ``/model.0/conv/Conv/WithoutBiases``, ``/model.0/conv/Conv_token_9``,
+    ``images/q_DQ_/model.0/conv/Conv``)."""
+    names = sorted(
+        ((member, conv) for conv, members in units.items() for member in members), key=lambda m: -len(m[0])
+    )
+    times = {conv: 0.0 for conv in units}
+    for name, ms in node_times.items():
+        owner = next((conv for member, conv in names if member in name), None)
+        if owner is not None:
+            times[owner] += ms
+    return times
+
+
+@dataclass(frozen=True)
+class IslandCosts:
+    """Per conv (ONNX node), milliseconds per inference in float and in INT8 on one runtime."""
+
+    runtime: str
+    float_ms: dict[str, float]
+    int8_ms: dict[str, float]
+
+    def cost(self, node: str) -> float:
+        """Milliseconds one inference gains when ``node`` is kept in float (negative: float is faster)."""
+        return self.float_ms.get(node, 0.0) - self.int8_ms.get(node, 0.0)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return {"runtime": self.runtime, "float_ms": self.float_ms, "int8_ms": self.int8_ms}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> IslandCosts:
+        """Inverse of :meth:`to_dict`."""
+        return cls(data["runtime"], dict(data["float_ms"]), dict(data["int8_ms"]))
+
+
+def measure_island_costs(
+    backend: Backend,
+    *,
+    float_path: Path,
+    int8_path: Path,
+    units: Mapping[str, Sequence[str]],
+    image: np.ndarray,
+) -> IslandCosts | None:
+    """``IslandCosts`` from one profile of the FP32 model (as the runtime runs it by default) and one
+    of the nothing-kept artifact on ``backend``'s runtime; None where the runtime has no profiler."""
+    profiles = []
+    for path in (float_path, int8_path):
+        times = backend.load(path).node_times(image, runs=PROFILE_RUNS)
+        if times is None:
+            return None
+        profiles.append(unit_times(times, units))
+    return IslandCosts(backend.runtime, *profiles)
+
+
+def island_order(
+    ranking: Sequence[LayerAssignment], costs: IslandCosts | None, *, order: IslandOrder
+) -> list[LayerAssignment]:
+    """The layers in the order the search keeps them float: the ranking itself (``rank``, or no costs),
+    else the sweep's sensitivity per millisecond, best first. A cost is at least ``FLOOR_SHARE`` of
+    the median positive cost: a unit no slower in float still adds requantization at its borders,
+    and noise must not divide by zero. Layers the sweep did not measure stay last."""
+    if order is IslandOrder.RANK or costs is None:
+        return list(ranking)
+    positive = [c for c in (costs.cost(a.onnx_node) for a in ranking) if c > 0]
+    floor = max(FLOOR_SHARE * float(np.median(positive)), 1e-6) if positive else 1.0
+
+    def key(a: LayerAssignment) -> tuple[int, float]:
+        gain = a.sensitivity or 0.0
+        if gain <= 0.0:
+            return (1, 0.0)
+        return (0, -gain / max(costs.cost(a.onnx_node), floor))
+
+    return sorted(ranking, key=key)  # stable: equal keys keep the ranking's order
