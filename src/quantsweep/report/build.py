@@ -155,6 +155,14 @@ def _islands_lines(islands: dict[str, Any] | None, kept: list[str], *, recovered
     """How the search ordered float islands and what the kept ones cost (island_costs.py)."""
     if not islands or not kept:
         return []
+    free = islands.get("free_first")
+    if free is not None and free["met"]:
+        return [
+            f"`{free['layer']}` kept float alone scored {free['score']:.4f}, within the target, and the "
+            f"runtime prices it at nothing, so recovery was not run.",
+            "",
+            *_islands_lines({**islands, "free_first": None}, kept, recovered=False),
+        ]
     if "kept_cost_ms" not in islands:
         return ["Float islands were tried in the sweep's rank order.", ""]
     costs = islands["kept_cost_ms"]

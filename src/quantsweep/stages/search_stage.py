@@ -24,6 +24,7 @@ from quantsweep.core.records import JsonLines, read_json, write_json
 from quantsweep.evaluation.island_costs import (
     IslandCosts,
     conv_units,
+    free_probe,
     island_order,
     measure_island_costs,
 )
@@ -164,10 +165,9 @@ class TargetSearch:
                 measure.accuracies.setdefault(kept, Accuracy(**record["accuracy"]))
         reference = self.context.reference_score
         threshold = self.eval_request.accuracy_target.threshold(reference)
-        measure, recovery = self._recovery_first(backend, scheme_set, measure, threshold, search_dir)
-        costs = None
-        if self.request.island_order is IslandOrder.GAIN_PER_MS and measure(()) < threshold:
-            costs = self._island_costs(backend, measure, search_dir)  # islands are needed: price them
+        measure, recovery, costs, free_first = self._before_islands(
+            backend, scheme_set, measure, threshold, search_dir
+        )
         order = [
             a.torch_name for a in island_order(scheme_set.ranking, costs, order=self.request.island_order)
         ]
@@ -194,10 +194,32 @@ class TargetSearch:
             "high": scheme_set.high.label,
             "finalists": finalists,
             "recovery": None if recovery is None else recovery.to_dict(),
-            "islands": _islands_summary(self.request.island_order, costs, result.kept, measure),
+            "islands": {
+                **_islands_summary(self.request.island_order, costs, result.kept, measure),
+                "free_first": free_first,
+            },
         }
         write_json(search_dir / "search.json", "scheme_search", summary)
         return summary
+
+    def _before_islands(
+        self, backend: Backend, scheme_set: SchemeSet, measure: _Measure, threshold: float, search_dir: Path
+    ) -> tuple[_Measure, RecoveryOutcome | None, IslandCosts | None, dict | None]:
+        """When nothing-kept misses: price the islands, then the cheaper of the two moves first. An
+        island the runtime prices at nothing (island_costs.free_probe) costs one evaluation; recovery
+        costs minutes. If that island alone meets the target, recovery is not run."""
+        costs, free_first = None, None
+        if self.request.island_order is IslandOrder.GAIN_PER_MS and measure(()) < threshold:
+            costs = self._island_costs(backend, measure, search_dir)  # islands are needed: price them
+            probe = free_probe(scheme_set.ranking, costs)
+            if probe is not None:
+                score = measure((probe,))
+                free_first = {"layer": probe, "score": score, "met": score >= threshold}
+                if free_first["met"]:
+                    LOG.info("%s: %s kept float alone meets the target; no recovery", backend.name, probe)
+                    return measure, None, costs, free_first
+        measure, recovery = self._recovery_first(backend, scheme_set, measure, threshold, search_dir)
+        return measure, recovery, costs, free_first
 
     def _recovery_first(
         self, backend: Backend, scheme_set: SchemeSet, measure: _Measure, threshold: float, search_dir: Path
