@@ -100,9 +100,10 @@ class Runner(abc.ABC):
         return None
 
     def node_times(self, image: np.ndarray, *, runs: int = 20) -> dict[str, float] | None:
-        """Milliseconds per inference spent in each executed node, keyed by the ONNX node name it came
-        from (fused nodes under the name the runtime reports), median-free sums over ``runs`` divided
-        by ``runs``; None where the runtime has no per-node profiler. Prices float islands."""
+        """Milliseconds per inference spent in each executed node, keyed by the name the runtime
+        reports (fused nodes carry the ONNX names they came from), summed over ``runs`` inferences
+        after as many warm-up runs and divided by ``runs``; None where the runtime has no per-node
+        profiler. Prices float islands (evaluation/island_costs.py)."""
         return None
 
 

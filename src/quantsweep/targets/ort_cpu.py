@@ -82,7 +82,7 @@ class OrtRunner(Runner):
         return dict(zip(names, session.run(names, {self.input_name: image}), strict=True))
 
     def node_times(self, image: np.ndarray, *, runs: int = 20) -> dict[str, float]:
-        """ONNX Runtime's profiler on a session with the same options (after ``runs`` warm-up runs)."""
+        """ONNX Runtime's profiler on a session with the same options (``runs`` warm-up runs first)."""
         with tempfile.TemporaryDirectory() as tmp:
             options = dataclasses.replace(self.options, profile_prefix=Path(tmp) / "profile")
             session = ort_session(self.path, options)
