@@ -56,6 +56,11 @@ class SchemeSet:
         """Every layer, most sensitive first (layers the sweep skipped last)."""
         return sorted(self.schemes[0].layers, key=lambda a: (a.rank is None, a.rank or 0))
 
+    @property
+    def onnx_nodes(self) -> dict[str, str]:
+        """``{Torch layer: ONNX conv node}`` of every layer."""
+        return {a.torch_name: a.onnx_node for a in self.schemes[0].layers}
+
 
 def read_scheme_set(schemes_dir: Path) -> SchemeSet:
     """The checked contents of a schemes run directory (one clear error when it is not one)."""

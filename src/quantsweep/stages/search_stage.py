@@ -109,7 +109,7 @@ def _islands_summary(order: IslandOrder, costs: IslandCosts | None, kept, measur
     """How the islands were ordered and what the kept ones cost by the runtime's profile."""
     summary: dict = {"order": order.value if costs is not None else IslandOrder.RANK.value}
     if costs is not None:
-        nodes = {a.torch_name: a.onnx_node for a in measure.scheme_set.ranking}
+        nodes = measure.scheme_set.onnx_nodes
         summary["runtime"] = costs.runtime
         summary["kept_cost_ms"] = {name: round(costs.cost(nodes[name]), 4) for name in kept}
         summary["int8_ms"] = round(sum(costs.int8_ms.values()), 3)
@@ -287,7 +287,7 @@ class TargetSearch:
         order: list[str],
         costs: IslandCosts | None,
     ) -> list[str]:
-        nodes = {a.torch_name: a.onnx_node for a in measure.scheme_set.ranking}
+        nodes = measure.scheme_set.onnx_nodes
 
         def cheapest(kept: tuple[str, ...]) -> tuple:  # least estimated island time, else fewest kept
             estimate = len(kept) if costs is None else sum(costs.cost(nodes[n]) for n in kept)
