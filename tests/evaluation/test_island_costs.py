@@ -26,10 +26,14 @@ def test_conv_units_hold_the_conv_and_the_activation_fused_into_it(tiny_onnx) ->
     assert sorted(units) == sorted(convs)
     # an Ultralytics Conv module: conv, then SiLU as Mul(x, Sigmoid(x))
     assert units["/model.0/conv/Conv"] == ["/model.0/conv/Conv", "/model.0/act/Sigmoid", "/model.0/act/Mul"]
-    # DFL's bare conv feeds a reshape, no activation: the unit is the conv alone (its Softmax runs
-    # in float whatever the plan, and is not charged to it)
+    # DFL's bare conv has no activation, and the Softmax (with the Transpose and Reshape before it)
+    # only feeds it: ONNX Runtime runs that Softmax 6x slower feeding a float conv than a Q
     dfl = next(n for n in convs if "dfl" in n)
-    assert units[dfl] == [dfl]
+    assert units[dfl][0] == dfl
+    assert [n.split("/")[-1] for n in units[dfl][1:]] == ["Softmax", "Transpose", "Reshape", "Concat"]
+    # a C2f's output conv owns the Concat only it reads; a bottleneck conv shares its input
+    assert units["/model.2/cv2/conv/Conv"][3:] == ["/model.2/Concat"]
+    assert units["/model.2/m.0/cv1/conv/Conv"][3:] == []
 
 
 def test_unit_times_charge_each_node_to_the_longest_name_it_carries() -> None:
@@ -37,6 +41,7 @@ def test_unit_times_charge_each_node_to_the_longest_name_it_carries() -> None:
         "/model.1/conv/Conv": ["/model.1/conv/Conv", "/model.1/act/Mul"],
         "/model.10/conv/Conv": ["/model.10/conv/Conv"],
         "/model.2/m.0/cv1/conv/Conv": ["/model.2/m.0/cv1/conv/Conv"],
+        "/model.23/dfl/conv/Conv": ["/model.23/dfl/conv/Conv", "/model.23/dfl/Softmax", "/model.23/Concat"],
     }
     times = {
         "/model.1/conv/Conv/WithoutBiases": 1.0,  # OpenVINO
@@ -45,11 +50,15 @@ def test_unit_times_charge_each_node_to_the_longest_name_it_carries() -> None:
         "/model.10/conv/Conv_token_3": 2.0,  # not /model.1/
         "/model.2/m.0/cv1/conv/Conv_output_0_nchwc": 4.0,
         "/model.2/Concat": 8.0,  # no conv owns it
+        "/model.23/dfl/Softmax": 16.0,  # a feeder of the DFL conv
+        "/model.23/Concat_token_2": 32.0,  # the DFL conv's Concat, renamed by the runtime
+        "/model.23/Concat_1": 64.0,  # a sibling of that Concat, not it
     }
     assert unit_times(times, units) == {
         "/model.1/conv/Conv": 1.75,
         "/model.10/conv/Conv": 2.0,
         "/model.2/m.0/cv1/conv/Conv": 4.0,
+        "/model.23/dfl/conv/Conv": 48.0,
     }
 
 

@@ -30,7 +30,9 @@ from quantsweep.models import LoadedModel, load_model
 from quantsweep.models.network import enumerate_layers
 from quantsweep.onnx_graph.calibration import RangeCache
 from quantsweep.onnx_graph.export import export_fp32, map_layers
+from quantsweep.onnx_graph.output_map import producer_quants
 from quantsweep.onnx_graph.placement import Placement, apply_placement
+from quantsweep.onnx_graph.scale_groups import shared_ranges
 from quantsweep.quant.apply import calibrate_inputs
 from quantsweep.schemes.scheme_records import Precision
 from quantsweep.targets import get_backend
@@ -70,9 +72,13 @@ def k0_checks(loaded: LoadedModel, images: torch.Tensor, out: Path, *, targets=S
             network.run(images)
             yield None
 
-    ranges = calibrate_inputs(network.module, list(nodes), drive(), calib=CalibConfig())
+    calibrated = calibrate_inputs(network.module, list(nodes), drive(), calib=CalibConfig())
+    # as materialize: one range per group of tensors, residual-read ones quantized where made
+    ranges = shared_ranges(fp32, calibrated, nodes)
+    producers = producer_quants(fp32, network, nodes=nodes, ranges=ranges, image=images[:1])
     readers = {node.name: node.input[0] for node in fp32.graph.node if node.input}
-    cache = RangeCache(fp32, images, preset={readers[nodes[n]]: r for n, r in ranges.items()})
+    preset = {readers[nodes[n]]: r for n, r in ranges.items()} | {p.tensor: p.range for p in producers}
+    cache = RangeCache(fp32, images, preset=preset)
     kinds = conv_kinds(fp32)
     results = {}
     for name in targets:
@@ -86,10 +92,14 @@ def k0_checks(loaded: LoadedModel, images: torch.Tensor, out: Path, *, targets=S
         plan = {node: low if runs[node] else Precision(None) for node in nodes.values()}
         source = _model_source(loaded, images, out) if name == "litert" else None
         artifact = backend.save(
-            backend.write(fp32, plan, ranges=cache), out / f"{name}_k0.onnx", source=source
+            backend.write(fp32, plan, ranges=cache, producers=producers),
+            out / f"{name}_k0.onnx",
+            source=source,
         )
         assignment = {layer: low.as_format() for layer, node in nodes.items() if runs[node]}
-        reference = torch_export_output(network, images, assignment=assignment, act_ranges=ranges)
+        reference = torch_export_output(
+            network, images, assignment=assignment, act_ranges=ranges, producers=producers
+        )
         results[name] = (artifact, check_on_runtime(backend, artifact, images=images, torch_output=reference))
     return results
 

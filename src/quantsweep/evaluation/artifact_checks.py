@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from quantsweep.onnx_graph.inspect import average_weight_bits, precision_counts
 from quantsweep.onnx_graph.ort_sessions import SessionOptions, ort_session
 from quantsweep.quant.apply import quantized_layers
 from quantsweep.quant.numerics import ActRange
+from quantsweep.quant.producer_quant import ProducerQuant
 from quantsweep.quant.weights import QuantizedWeight
 
 
@@ -28,10 +29,12 @@ def torch_export_output(
     assignment: Mapping[str, QuantFormat],
     act_ranges: Mapping[str, float | ActRange] | None,
     weights: Mapping[str, QuantizedWeight] | None = None,
+    producers: Sequence[ProducerQuant] = (),
 ) -> np.ndarray:
     """The Torch model's output in the exported form (head in export mode), under fake quantization.
 
-    ``weights`` (layer -> record) are the precomputed quantized weights the artifact carries.
+    ``weights`` (layer -> record) are the precomputed quantized weights the artifact carries;
+    ``producers`` the module outputs it quantizes where they are made.
     """
     head = network.blocks[-1]
     previous = getattr(head, "export", False)
@@ -40,7 +43,9 @@ def torch_export_output(
     try:
         with (
             torch.no_grad(),
-            quantized_layers(network.module, assignment, act_ranges=act_ranges, weights=weights),
+            quantized_layers(
+                network.module, assignment, act_ranges=act_ranges, weights=weights, producers=producers
+            ),
         ):
             for image in images:
                 outputs.append(network.module(image[None]).cpu().numpy())

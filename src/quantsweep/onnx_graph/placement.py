@@ -15,7 +15,9 @@ from quantsweep.core.config import ActDtype
 from quantsweep.onnx_graph.calibration import RangeSource
 from quantsweep.onnx_graph.qdq_graph import QdqEditor, TensorQuant
 from quantsweep.onnx_graph.qdq_propagation import carry_codes_through_movers
+from quantsweep.onnx_graph.qdq_sharing import share_quantizers
 from quantsweep.quant.numerics import ActRange
+from quantsweep.quant.producer_quant import ProducerQuant, active_nodes
 from quantsweep.quant.weights import QuantizedWeight
 from quantsweep.schemes.scheme_records import Precision
 
@@ -39,6 +41,9 @@ class Placement:
     # a Q/DQ of the input's parameters after ops that only move values (Split, MaxPool, ...) and on
     # the inputs of a Concat that is quantized next, so those run on codes; exact (qdq_propagation)
     carry_codes: bool = False
+    # each activation quantized once, where it is produced, and never requantized on its own grid
+    # (OpenVINO fuses one FakeQuantize per tensor into its producer; qdq_sharing)
+    share_quantizers: bool = False
 
     def quant(self, found: ActRange, act: ActDtype) -> TensorQuant:
         """Per-tensor parameters for a calibrated range."""
@@ -114,11 +119,14 @@ def apply_placement(
     ranges: RangeSource,
     placement: Placement,
     weights: Mapping[str, QuantizedWeight] | None = None,
+    producers: Sequence[ProducerQuant] = (),
 ) -> onnx.ModelProto:
     """``fp32`` with every planned node at its precision, Q/DQ placed as ``placement`` says.
 
     ``weights`` (ONNX node -> quantizer record) carries the codes, scales and corrected biases the
-    Torch simulation used; nodes without one are rounded to nearest.
+    Torch simulation used; nodes without one are rounded to nearest. ``producers`` are tensors the
+    Torch simulation quantizes where they are made, for every reader (``quant.producer_quant``),
+    while a node reading them is quantized.
     """
     weights = weights or {}
     order = [node.name for node in fp32.graph.node]
@@ -152,8 +160,14 @@ def apply_placement(
             editor.quantize_output(node, placement.quant(found[node.output[0]], plan[node.name].act))
     for node in silu_nodes:  # Sigmoid first, then Mul: graph order
         editor.quantize_output(node, placement.quant(found[node.output[0]], ActDtype.INT8))
+    made_by = {out: node.name for node in fp32.graph.node for out in node.output}
+    for producer in active_nodes(producers, set(integer)).values():
+        act = next(plan[n].act for n in producer.nodes if n in integer)
+        editor.quantize_output(editor.node(made_by[producer.tensor]), placement.quant(producer.range, act))
     for name in planned:
         if name not in with_acts:  # weight-only nodes
             editor.quantize_weight(editor.node(name), plan[name].as_format(), weights.get(name))
     model = editor.build()
-    return carry_codes_through_movers(model) if placement.carry_codes else model
+    if placement.carry_codes:
+        model = carry_codes_through_movers(model)
+    return share_quantizers(model) if placement.share_quantizers else model

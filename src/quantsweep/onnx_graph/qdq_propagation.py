@@ -23,7 +23,8 @@ from quantsweep.onnx_graph.qdq_graph import topological_sort
 VALUE_MOVERS = frozenset({"Split", "Slice", "MaxPool", "Resize", "Reshape", "Transpose", "Flatten"})
 
 
-def _moves_values(node: onnx.NodeProto) -> bool:
+def moves_values(node: onnx.NodeProto) -> bool:
+    """True for an op whose every output value is one of its input values (Resize: nearest only)."""
     if node.op_type not in VALUE_MOVERS:
         return False
     if node.op_type == "Resize":
@@ -88,7 +89,7 @@ def carry_codes_through_movers(model: onnx.ModelProto) -> onnx.ModelProto:
     numerically the same graph (see the module docstring). Edits ``model`` in place, returns it."""
     graph = _Graph(model)
     for node in list(model.graph.node):  # topological: a carried output makes its readers eligible
-        if _moves_values(node):
+        if moves_values(node):
             _carry(graph, node)
         elif node.op_type == "Concat":
             _quantize_concat_inputs(graph, node)

@@ -15,6 +15,7 @@ from torch import nn
 from quantsweep.core.config import ActDtype, CalibConfig, QuantFormat
 from quantsweep.quant.calibrators import calibrate_ranges
 from quantsweep.quant.numerics import ActRange, act_qparams, fake_quant_act, fake_quant_weight
+from quantsweep.quant.producer_quant import ProducerQuant, quantized_producers
 from quantsweep.quant.weights import QuantizedWeight
 
 
@@ -25,11 +26,13 @@ def quantized_layers(
     *,
     act_ranges: Mapping[str, float | ActRange] | None = None,
     weights: Mapping[str, QuantizedWeight] | None = None,
+    producers: Sequence[ProducerQuant] = (),
 ) -> Iterator[None]:
     """Fake-quantize the named layers (weights and, unless fp16, their inputs) inside the block.
 
     A layer with a record in ``weights`` gets exactly that record's weight and bias (what the ONNX
     writer stores); any other layer is rounded to nearest on the symmetric max-based grid.
+    ``producers``: module outputs quantized where they are made while a reader is quantized.
     """
     saved: list[tuple[nn.Parameter, torch.Tensor]] = []
     handles = []
@@ -50,7 +53,8 @@ def quantized_layers(
                 if act_ranges is None or name not in act_ranges:
                     raise ValueError(f"no calibrated activation range for {name}")
                 handles.append(layer.register_forward_pre_hook(_act_hook(act_ranges[name], fmt.act)))
-        yield
+        with quantized_producers(module, producers, {n: f.act for n, f in assignment.items()}):
+            yield
     finally:
         for handle in handles:
             handle.remove()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -30,6 +30,7 @@ from quantsweep.core.config import ActDtype
 from quantsweep.models.network import StagedNetwork
 from quantsweep.models.outputs import HeadOutput
 from quantsweep.quant.numerics import ActRange, act_qparams, fake_quant_act
+from quantsweep.quant.producer_quant import ProducerQuant, quantized_producers
 from quantsweep.quant.weights import QuantizedWeight, decode
 
 LOG = logging.getLogger(__name__)
@@ -158,6 +159,7 @@ def distill_records(
     batch: int = 4,
     checks: int = DISTILL_CHECKS,
     progress: Callable[[str], None] | None = None,
+    producers: Sequence[ProducerQuant] = (),
 ) -> dict[str, QuantizedWeight]:
     """``records`` with biases and weight scales tuned so the quantized model's head output
     matches the FP32 model's on ``images``; ``asymmetric``: INT8 inputs are simulated as the
@@ -165,14 +167,20 @@ def distill_records(
 
     The loss over all of ``images`` is measured before tuning and ``checks`` times during it; the
     lowest wins, so the result never fits the calibration images worse than the records given.
-    ``progress`` is called at each of those ``checks`` points.
+    ``progress`` is called at each of those ``checks`` points. ``producers``: module outputs the
+    artifact quantizes where they are made (``quant.producer_quant``).
     """
     started = time.perf_counter()
     chunks = [images[i : i + batch] for i in range(0, len(images), batch)]
     with torch.no_grad():
         references = [network.run(chunk)[0] for chunk in chunks]
     check_at = {round(steps * (i + 1) / checks) for i in range(checks)}
-    with _tunable(network.module, records, act_ranges, asymmetric=asymmetric) as tuned, torch.enable_grad():
+    acts = {name: simulated_act(r.fmt.act, asymmetric=asymmetric) for name, r in records.items()}
+    with (
+        _tunable(network.module, records, act_ranges, asymmetric=asymmetric) as tuned,
+        quantized_producers(network.module, producers, acts),
+        torch.enable_grad(),
+    ):
         groups = [
             {"params": [w.log_scale for w, _ in tuned.values()], "lr": LEARNING_RATES["log_scale"]},
             {"params": [b.bias for _, b in tuned.values() if b is not None], "lr": LEARNING_RATES["bias"]},

@@ -7,7 +7,7 @@ is one module and one entry here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -15,6 +15,7 @@ from quantsweep.core.config import Recovery, WeightQuantConfig
 from quantsweep.models.network import StagedNetwork
 from quantsweep.quant.distill import distill_records
 from quantsweep.quant.numerics import ActRange
+from quantsweep.quant.producer_quant import ProducerQuant
 from quantsweep.quant.weights import QuantizedWeight
 
 RecoveryMethod = Callable[..., dict[str, QuantizedWeight]]
@@ -30,6 +31,7 @@ def recover(
     act_ranges: Mapping[str, float | ActRange],
     asymmetric: bool,
     progress: Callable[[str], None] | None = None,
+    producers: Sequence[ProducerQuant] = (),
 ) -> dict[str, QuantizedWeight]:
     """``records`` after ``config.recovery`` (unchanged for ``none``, and for ``auto``, which the
     search applies where it is needed); ``progress`` hears from the method as it goes."""
@@ -44,4 +46,5 @@ def recover(
         asymmetric=asymmetric,
         steps=config.recovery_steps,
         progress=progress,
+        producers=producers,
     )

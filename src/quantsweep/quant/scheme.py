@@ -27,6 +27,7 @@ from quantsweep.models.network import StagedNetwork
 from quantsweep.quant.gptq import LayerStats, layer_stats
 from quantsweep.quant.layer_quant import WEIGHT_METHODS, quantize_layer
 from quantsweep.quant.numerics import ActRange, act_qparams, fake_quant_act
+from quantsweep.quant.producer_quant import ProducerQuant, quantized_producers
 from quantsweep.quant.recovery import recover
 from quantsweep.quant.streaming import chunks_of, collect_alone, sequential_by_block
 from quantsweep.quant.weights import QuantizedWeight
@@ -87,11 +88,13 @@ def quantize_scheme(
     config: WeightQuantConfig,
     act_ranges: Ranges = None,
     on_layer: Callable[[str], None] | None = None,
+    producers: Sequence[ProducerQuant] = (),
 ) -> dict[str, QuantizedWeight]:
     """Records for every layer of ``assignment``, quantized sequentially in execution order.
 
     The model is left as it was. Activation ranges are the float model's (calibrated once).
-    ``on_layer`` is told each layer's name once it is quantized (a progress bar).
+    ``on_layer`` is told each layer's name once it is quantized (a progress bar). ``producers``:
+    module outputs quantized where they are made, as the artifacts do.
     """
     started = time.perf_counter()
     module = network.module
@@ -127,12 +130,16 @@ def quantize_scheme(
         return hook
 
     chunks = chunks_of(images)
+    acts = {name: fmt.act for name, fmt in assignment.items()}
     try:
-        if len(chunks) == 1:  # one pass over every image
-            _drive(network, images, {name: make_hook(name) for name in assignment})
-        else:
-            sequential_by_block(
-                network, chunks, list(assignment), stats_of=_stats, input_quant=input_quant, quantize=quantize
+        with quantized_producers(module, producers, acts):
+            _sequential(
+                network,
+                chunks,
+                list(assignment),
+                make_hook=make_hook,
+                input_quant=input_quant,
+                quantize=quantize,
             )
     finally:
         for param, original in reversed(saved):
@@ -147,6 +154,16 @@ def quantize_scheme(
         time.perf_counter() - started,
     )
     return records
+
+
+def _sequential(network, chunks, names, *, make_hook, input_quant, quantize) -> None:
+    """One pass (one chunk) with a hook per layer, or block by block over several chunks."""
+    if len(chunks) == 1:  # one pass over every image
+        _drive(network, chunks[0], {name: make_hook(name) for name in names})
+    else:
+        sequential_by_block(
+            network, chunks, names, stats_of=_stats, input_quant=input_quant, quantize=quantize
+        )
 
 
 def quantize_each_alone(
@@ -258,11 +275,13 @@ class SchemeRecords:
         layer_names: Sequence[str],
         asymmetric: bool = False,
         progress: Callable[[int, str], AbstractContextManager[Callable[[str], None]]] | None = None,
+        producers: Sequence[ProducerQuant] = (),
     ) -> None:
         self.directory, self.network, self.images = Path(directory), network, images
         self.config, self.act_ranges, self.layer_names = config, act_ranges, list(layer_names)
         self.asymmetric = asymmetric  # the targets write INT8 activations as UINT8 (recovery simulates it)
         self.progress = progress  # a bar per pass: at 640 px with 128 images a pass takes minutes
+        self.producers = list(producers)  # module outputs the artifacts quantize where made
         self.cache: dict[str, dict[str, QuantizedWeight]] = {}
         self.seconds: dict[str, float] = {}  # the whole pass per format, recovery included
         self.recovery_seconds: dict[str, float] = {}
@@ -285,6 +304,7 @@ class SchemeRecords:
                         config=self.config,
                         act_ranges=self.act_ranges,
                         on_layer=step,
+                        producers=self.producers,
                     )
                 recovering = time.perf_counter()
                 records = recover(
@@ -294,6 +314,7 @@ class SchemeRecords:
                     config=self.config,
                     act_ranges=self.act_ranges or {},
                     asymmetric=self.asymmetric,
+                    producers=self.producers,
                 )
                 self.recovery_seconds[fmt.name] = time.perf_counter() - recovering
                 self.seconds[fmt.name] = time.perf_counter() - started

@@ -30,9 +30,12 @@ from quantsweep.models import LoadedModel
 from quantsweep.models.network import enumerate_layers
 from quantsweep.onnx_graph.calibration import RangeCache
 from quantsweep.onnx_graph.candidates import FP32_FILE, Artifact, CandidatesIndex, TargetCandidates
+from quantsweep.onnx_graph.output_map import producer_quants
 from quantsweep.onnx_graph.placement import input_ranges
+from quantsweep.onnx_graph.scale_groups import shared_ranges
 from quantsweep.quant.calibrators import read_act_ranges, write_act_ranges
 from quantsweep.quant.numerics import ActRange
+from quantsweep.quant.producer_quant import ProducerQuant, write_producers
 from quantsweep.quant.scheme import COSTS_KIND, COSTS_NAME, WEIGHTS_DIR, SchemeRecords
 from quantsweep.schemes.scheme_records import FP32_NAME, Policy, Precision, Scheme
 from quantsweep.stages.common import ProgressFactory, RunCache, calibrate, model_source, no_progress
@@ -108,8 +111,10 @@ class _Writer:
         *,
         records,
         nodes: Mapping[str, str],
+        producers: Sequence[ProducerQuant] = (),
     ) -> None:
         self.loaded, self.images, self.act_ranges = loaded, images, act_ranges
+        self.producers = list(producers)
         self.writer = "native"
         self.fp32_path = fp32_path
         self.fp32 = onnx.load(str(fp32_path))
@@ -117,6 +122,7 @@ class _Writer:
         self.fp32_bytes = fp32_path.stat().st_size
         # the tensors quantized layers read get the Torch calibrator's ranges (MSE, percentile, ...)
         inputs = input_ranges(self.fp32, {nodes[n]: r for n, r in act_ranges.items() if n in nodes})
+        inputs |= {p.tensor: p.range for p in self.producers}
         self.ranges = RangeCache(self.fp32, images, preset=inputs)
         # GPTQ / MSE codes and corrected biases: one sequential pass per format (quant.scheme)
         self.records: SchemeRecords = records
@@ -138,6 +144,7 @@ class _Writer:
             assignment=assignment,
             act_ranges=self.act_ranges,
             weights=self.records.for_assignment(assignment),
+            producers=self.producers,
         )
         source = onnx_source(path)
         checked, as_written = verify_artifact(
@@ -185,7 +192,9 @@ class _Writer:
         if self.writer == "modelopt":
             write_modelopt(self.fp32_path, path, plan=plan, images=self.images)
         else:
-            model = backend.write(self.fp32, plan, ranges=self.ranges, weights=weights)
+            model = backend.write(
+                self.fp32, plan, ranges=self.ranges, weights=weights, producers=self.producers
+            )
             path = backend.save(model, path, source=self.source)
         seconds = time.perf_counter() - start
         expected = backend.written_counts(dict(Counter(p.label for p in written.values())))
@@ -284,10 +293,16 @@ def _prepare_writer(
     loaded = cache.load(config)
     batch = cache.batch(config)
     layers = enumerate_layers(loaded.network, batch.images[:1])
-    act_ranges = _torch_ranges(scheme_sets[0], loaded, batch, layers)
+    nodes = {a.torch_name: a.onnx_node for a in scheme_sets[0].schemes[0].layers}
+    shutil.copyfile(scheme_sets[0].directory / FP32_ONNX, run_dir / FP32_FILE)
+    fp32 = onnx.load(str(run_dir / FP32_FILE))
+    # tensors that meet at a Concat or move into each other share one range, and those a residual
+    # Add also reads are quantized where they are made (onnx_graph.scale_groups, quant.producer_quant)
+    act_ranges = shared_ranges(fp32, _torch_ranges(scheme_sets[0], loaded, batch, layers), nodes)
+    producers = producer_quants(fp32, loaded.network, nodes=nodes, ranges=act_ranges, image=batch.images[:1])
     write_json(run_dir / "environment.json", "environment", environment())
     write_act_ranges(run_dir, act_ranges, config.calib)
-    shutil.copyfile(scheme_sets[0].directory / FP32_ONNX, run_dir / FP32_FILE)
+    write_producers(run_dir, producers)
     records = SchemeRecords(
         run_dir / WEIGHTS_DIR,
         loaded.network,
@@ -297,9 +312,17 @@ def _prepare_writer(
         layer_names=[layer.name for layer in layers],
         asymmetric=asymmetric,
         progress=progress,
+        producers=producers,
     )
-    nodes = {a.torch_name: a.onnx_node for a in scheme_sets[0].schemes[0].layers}
-    return _Writer(loaded, batch.images, act_ranges, run_dir / FP32_FILE, records=records, nodes=nodes)
+    return _Writer(
+        loaded,
+        batch.images,
+        act_ranges,
+        run_dir / FP32_FILE,
+        records=records,
+        nodes=nodes,
+        producers=producers,
+    )
 
 
 def materialize_candidates(

@@ -19,6 +19,7 @@ from pathlib import Path
 from quantsweep.core.config import Recovery, SweepConfig
 from quantsweep.models import load_model
 from quantsweep.quant.calibrators import read_act_ranges
+from quantsweep.quant.producer_quant import read_producers
 from quantsweep.quant.recovery import recover
 from quantsweep.quant.scheme import load_records, save_records
 from quantsweep.stages.schemes_stage import SchemeSet
@@ -79,6 +80,7 @@ class RecoveredRecords:
             act_ranges=ranges,
             asymmetric=backend.placement.asymmetric,
             progress=progress,
+            producers=read_producers(self.candidates_dir),
         )
         save_records(path, recovered)
         return {**records, fmt.name: recovered}, time.perf_counter() - started

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from quantsweep.onnx_graph.candidates import FP32_FILE
 from quantsweep.onnx_graph.inspect import average_weight_bits
 from quantsweep.quant.distill import DISTILL_CHECKS
 from quantsweep.quant.numerics import ActRange
+from quantsweep.quant.producer_quant import ProducerQuant, read_producers
 from quantsweep.quant.scheme import WEIGHTS_DIR, load_records, records_path
 from quantsweep.schemes.scheme_records import Policy
 from quantsweep.stages.common import ProgressFactory, model_source, no_progress
@@ -62,9 +64,19 @@ class _Measure:
     """Writes a kept set in the target's placement, scores it on its runtime, logs every score."""
 
     def __init__(
-        self, backend: Backend, scheme_set: SchemeSet, ranges: RangeCache, context, log, *, records, source
+        self,
+        backend: Backend,
+        scheme_set: SchemeSet,
+        ranges: RangeCache,
+        context,
+        log,
+        *,
+        records,
+        source,
+        producers: Sequence[ProducerQuant] = (),
     ):
         self.backend, self.scheme_set, self.ranges = backend, scheme_set, ranges
+        self.producers = producers  # tensors quantized where made, as materialize wrote them
         self.source = source  # the checkpoint and calibration images, for targets that need them
         self.context, self.log = context, log
         self.records = records  # format name -> {layer: quantizer record}, from the materialize stage
@@ -90,7 +102,9 @@ class _Measure:
             record = None if fmt is None else self.records.get(fmt.name, {}).get(a.torch_name)
             if record is not None:
                 weights[a.onnx_node] = record
-        return self.backend.write(self.ranges.model, plan, ranges=self.ranges, weights=weights)
+        return self.backend.write(
+            self.ranges.model, plan, ranges=self.ranges, weights=weights, producers=self.producers
+        )
 
     def __call__(self, kept: tuple[str, ...]) -> float:
         key = tuple(sorted(kept))
@@ -155,7 +169,14 @@ class TargetSearch:
             self._source = model_source(self.context.config, self.candidates_dir / FP32_FILE)
             self._ranges = recorded_ranges(self.candidates_dir, self._source.images)
         measure = _Measure(
-            backend, scheme_set, self._ranges, self.context, log, records=records, source=self._source
+            backend,
+            scheme_set,
+            self._ranges,
+            self.context,
+            log,
+            records=records,
+            source=self._source,
+            producers=read_producers(self.candidates_dir),
         )
         # a top-K scheme already scored is the trial of its kept set (K=0: nothing kept), written
         # the same way from the same records: the search reads its score instead of scoring it again
@@ -238,7 +259,14 @@ class TargetSearch:
             )
             log = JsonLines(search_dir / "evaluations_recovered.jsonl")
             recovered = _Measure(
-                backend, scheme_set, self._ranges, self.context, log, records=records, source=self._source
+                backend,
+                scheme_set,
+                self._ranges,
+                self.context,
+                log,
+                records=records,
+                source=self._source,
+                producers=measure.producers,
             )
             after = recovered(())
             step(f"nothing kept: {before:.4f} -> {after:.4f}")

@@ -20,6 +20,7 @@ from quantsweep.core.config import HeadMode, QuantFormat
 from quantsweep.core.errors import InputError
 from quantsweep.onnx_graph.calibration import RangeSource
 from quantsweep.onnx_graph.placement import Placement, apply_placement
+from quantsweep.quant.producer_quant import ProducerQuant
 from quantsweep.quant.weights import QuantizedWeight
 from quantsweep.schemes.scheme_records import Precision
 
@@ -174,10 +175,14 @@ class Backend(abc.ABC):
         *,
         ranges: RangeSource,
         weights: Mapping[str, QuantizedWeight] | None = None,
+        producers: Sequence[ProducerQuant] = (),
     ) -> onnx.ModelProto:
         """``fp32`` with ``plan`` (ONNX node -> precision) applied in this runtime's Q/DQ placement;
-        ``weights`` (ONNX node -> quantizer record) are the codes the Torch simulation used."""
-        return apply_placement(fp32, plan, ranges=ranges, placement=self.placement, weights=weights)
+        ``weights`` (ONNX node -> quantizer record) are the codes the Torch simulation used, and
+        ``producers`` the tensors it quantizes where they are made."""
+        return apply_placement(
+            fp32, plan, ranges=ranges, placement=self.placement, weights=weights, producers=producers
+        )
 
     @abc.abstractmethod
     def load(self, path: Path) -> Runner:

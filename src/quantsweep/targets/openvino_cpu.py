@@ -127,7 +127,7 @@ class OpenVinoBackend(Backend):
     # UINT8 asymmetric conv inputs (as ort-cpu: SiLU outputs are mostly positive, so a zero point
     # keeps twice the resolution; YOLOv10s k0 0.7568 against 0.7431 signed, at the same speed) and
     # INT8 weights; Concat inputs that are quantized next carry the codes (docs/decisions.md)
-    placement = Placement(asymmetric=True, carry_codes=True)
+    placement = Placement(asymmetric=True, carry_codes=True, share_quantizers=True)
 
     def sweep_formats(self) -> tuple[QuantFormat, ...]:
         return (cpu_w8a8(),)
