@@ -35,11 +35,15 @@ import onnx
 from quantsweep.core.config import IslandOrder
 from quantsweep.schemes.scheme_records import LayerAssignment
 from quantsweep.targets import Backend
+from quantsweep.targets.timing import interleaved_latency
 
 PROFILE_RUNS = 20  # inferences profiled per model (after as many warm-up runs)
 FLOOR_SHARE = 0.1  # the least a float island is priced at, as a share of the median island cost
 # an island costing at most this share of all conv units' INT8 time is free: tried before recovery
 FREE_SHARE = 0.01
+# ... and accepted when the whole model with it is at most this much slower, timed (PROBE_ROUNDS)
+FREE_TIME_SHARE = 0.02
+PROBE_ROUNDS = 5
 
 
 # ops before a conv that run in its precision when only it reads them (see conv_units)
@@ -155,6 +159,15 @@ def measure_island_costs(
             return None
         profiles.append(unit_times(times, units))
     return IslandCosts(backend.runtime, *profiles)
+
+
+def whole_model_ratio(backend: Backend, *, int8_path: Path, island_path: Path, image: np.ndarray) -> float:
+    """The island artifact's time over the nothing-kept one's, timed whole and interleaved on
+    ``backend``'s runtime: what the profile cannot see (requantization at the island's borders, an
+    op before it that runs slower feeding a float conv) shows here."""
+    runners = {"k0": backend.load(int8_path), "island": backend.load(island_path)}
+    timings = interleaved_latency(runners, image, reference="k0", rounds=PROBE_ROUNDS, runs_per_round=5)
+    return timings["island"].ratio_to_reference
 
 
 def island_order(

@@ -153,13 +153,23 @@ def _recovery_lines(outcome: dict[str, Any] | None) -> list[str]:
 
 def _islands_lines(islands: dict[str, Any] | None, kept: list[str], *, recovered: bool) -> list[str]:
     """How the search ordered float islands and what the kept ones cost (island_costs.py)."""
-    if not islands or not kept:
-        return []
-    free = islands.get("free_first")
-    if free is not None and free["met"]:
+    free = (islands or {}).get("free_first")
+    ratio = None if free is None else free.get("x_nothing_kept")
+    if free is not None and not free["met"] and ratio is not None:
         return [
             f"`{free['layer']}` kept float alone scored {free['score']:.4f}, within the target, and the "
-            f"runtime prices it at nothing, so recovery was not run.",
+            f"profile priced it at nothing, but timed whole it ran at {ratio:.3f}x nothing-kept, so it "
+            "was not taken.",
+            "",
+            *_islands_lines({**islands, "free_first": None}, kept, recovered=recovered),
+        ]
+    if not islands or not kept:
+        return []
+    if free is not None and free["met"]:
+        timed = "" if ratio is None else f" (timed whole: {ratio:.3f}x nothing-kept)"
+        return [
+            f"`{free['layer']}` kept float alone scored {free['score']:.4f}, within the target, and the "
+            f"runtime prices it at nothing{timed}, so recovery was not run.",
             "",
             *_islands_lines({**islands, "free_first": None}, kept, recovered=False),
         ]

@@ -2,8 +2,12 @@
 
 Placement, from TensorRT's explicit-quantization rules: Q/DQ on the input and the weight of each
 quantized conv, signed and symmetric (zero point 0; TensorRT rejects UINT8), weights per output
-channel, no Q on the output (optional for TensorRT, which fuses the following Q/DQ itself). That
-is the same placement as ``openvino``.
+channel, no Q on the output (optional for TensorRT, which fuses the following Q/DQ itself).
+Tensors a residual Add also reads are quantized where they are made (as the Torch simulation
+does, ``quant.producer_quant``; TensorRT's guide quantizes residual inputs too), and the codes are
+carried through Split/Slice/MaxPool and Concat with explicit Q/DQ (exact): without them ONNX
+Runtime's QDQ propagation, which the verify pass runs, writes an invalid QuantizeLinear after a
+Slice of a signed INT8 tensor.
 
 FP8 (E4M3 weights and activations) convolutions exist on Hopper from TensorRT 10.2, but TensorRT
 has no optimized FP8 kernels for grouped or depthwise convs (YOLOv10's SCDown and C2fCIB) nor for
@@ -188,7 +192,7 @@ class TensorRtBackend(Backend):
     runtime = "tensorrt"
     objective = Objective.SPEED
     description = "TensorRT GPU: INT8 or FP8 (FP8 on regular convs only), Q/DQ on inputs and weights"
-    placement = Placement()  # signed, symmetric, inputs and weights only; see the module docstring
+    placement = Placement(carry_codes=True)  # signed, symmetric; see the module docstring
 
     def sweep_formats(self) -> tuple[QuantFormat, ...]:
         """INT8 W8A8 per channel; FP8 schemes come from a sweep with ``--weights fp8 --acts fp8``."""
