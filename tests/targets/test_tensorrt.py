@@ -56,27 +56,31 @@ def _qdq_facts(model: onnx.ModelProto):
 
 
 def _assert_trt_placement(model: onnx.ModelProto, plan) -> None:
-    """Signed, zero point 0, per-channel weights, Q/DQ read only by planned nodes at inputs 0 and 1."""
+    """Signed, zero point 0, per-channel weights; Q/DQ read by planned nodes at inputs 0 and 1, and
+    by the value-moving ops and Concats the codes are carried through (exact), so no Q feeds a
+    float reader (no output Q in ONNX Runtime's sense)."""
     inits, readers, qdq = _qdq_facts(model)
     planned = {n for n, p in plan.items() if p.weight is not None}
+    producers = {out: n for n in model.graph.node for out in n.output}
+    carriers = {"Split", "Slice", "MaxPool", "Resize", "Reshape", "Transpose", "Flatten", "Concat"}
     for node in qdq:
         zero = inits[node.input[2]]
         assert zero.data_type in (TensorProto.INT8, TensorProto.FLOAT8E4M3FN), node.name
         assert not np.any(numpy_helper.to_array(zero).astype(np.float32)), node.name
         if node.op_type == "DequantizeLinear":
             for reader, index in readers[node.output[0]]:
-                assert reader.name in planned and index in (0, 1), (node.name, reader.name)
+                assert (reader.name in planned and index in (0, 1)) or reader.op_type in carriers, (
+                    node.name,
+                    reader.name,
+                )
     nodes = {n.name: n for n in model.graph.node}
-    producers = {out: n for n in model.graph.node for out in n.output}
-    input_qs = set()
     for name in planned:
         input_dq = producers[nodes[name].input[0]]
-        input_qs.add(producers[input_dq.input[0]].name)
+        assert input_dq.op_type == "DequantizeLinear", name
         weight_dq = producers[nodes[name].input[1]]
         assert weight_dq.op_type == "DequantizeLinear" and weight_dq.input[0] in inits
         scale = numpy_helper.to_array(inits[weight_dq.input[1]])
         assert scale.shape == (inits[weight_dq.input[0]].dims[0],)  # one scale per output channel
-    assert input_qs == {n.name for n in qdq if n.op_type == "QuantizeLinear"}  # no Q on any output
     for name in set(plan) - planned:
         assert all(producers.get(i, nodes[name]).op_type != "DequantizeLinear" for i in nodes[name].input)
 

@@ -2,7 +2,9 @@
 
 OpenVINO turns Q/DQ on a conv's input and weight into FakeQuantize and runs the conv in INT8; it
 needs no Q on the output. Activations are UINT8 with a zero point (the CPU plugin runs u8 x i8 and
-subtracts the zero point's share), weights INT8 per output channel. The artifact is the IR
+subtracts the zero point's share), weights INT8 per output channel. Each tensor is quantized once,
+where it is made (``onnx_graph.qdq_sharing``), so OpenVINO fuses the FakeQuantize into the op that
+produces it and the conv writes UINT8 codes (docs/decisions.md, "one quantizer per tensor"). The artifact is the IR
 (``.xml``/``.bin``) that ``ov.convert_model`` makes from the Q/DQ ONNX, not the ONNX itself:
 compiled straight from the ``.onnx`` (``read_model`` or ``compile_model`` on the file), OpenVINO
 2026.4 ran a signed-INT8 Q/DQ conv that reads a Concat wrongly (0.2 relative error on a 2-node
@@ -123,7 +125,7 @@ class OpenVinoBackend(Backend):
     name = "openvino"
     runtime = "openvino"
     objective = Objective.SPEED
-    description = "OpenVINO CPU: INT8 W8A8, Q/DQ on conv inputs and weights, shipped as IR"
+    description = "OpenVINO CPU: INT8 W8A8, one Q/DQ per tensor and on weights, shipped as IR"
     # UINT8 asymmetric conv inputs (as ort-cpu: SiLU outputs are mostly positive, so a zero point
     # keeps twice the resolution; YOLOv10s k0 0.7568 against 0.7431 signed, at the same speed) and
     # INT8 weights; Concat inputs that are quantized next carry the codes (docs/decisions.md)
