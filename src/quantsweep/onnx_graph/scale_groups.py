@@ -55,15 +55,21 @@ def tensor_groups(fp32: onnx.ModelProto) -> _Groups:
     return groups
 
 
-def input_groups(fp32: onnx.ModelProto, nodes: Mapping[str, str]) -> list[list[str]]:
-    """Layer names (keys of ``nodes``, layer -> ONNX node) whose inputs share one group, for every
-    group of two or more; in graph order."""
+def _layers_by_group(fp32: onnx.ModelProto, nodes: Mapping[str, str]) -> tuple[_Groups, dict[str, list[str]]]:
+    """The tensor groups, and the layers (keys of ``nodes``) reading each group, by group root."""
     groups = tensor_groups(fp32)
     reads = {node.name: node.input[0] for node in fp32.graph.node if node.input}
     by_root: dict[str, list[str]] = {}
     for layer, node in nodes.items():
         if node in reads:
             by_root.setdefault(groups.find(reads[node]), []).append(layer)
+    return groups, by_root
+
+
+def input_groups(fp32: onnx.ModelProto, nodes: Mapping[str, str]) -> list[list[str]]:
+    """Layer names (keys of ``nodes``, layer -> ONNX node) whose inputs share one group, for every
+    group of two or more; in graph order."""
+    _, by_root = _layers_by_group(fp32, nodes)
     return [members for members in by_root.values() if len(members) > 1]
 
 
@@ -111,12 +117,7 @@ def producer_tensors(fp32: onnx.ModelProto, nodes: Mapping[str, str]) -> dict[st
     residual Add, and nothing else). Quantizing them where they are produced lets a runtime keep
     one quantizer per tensor; the Torch simulation then quantizes the module output
     (``quant.producer_quant``)."""
-    groups = tensor_groups(fp32)
-    reads = {node.name: node.input[0] for node in fp32.graph.node if node.input}
-    by_root: dict[str, list[str]] = {}
-    for layer, node in nodes.items():
-        if node in reads:
-            by_root.setdefault(groups.find(reads[node]), []).append(layer)
+    groups, by_root = _layers_by_group(fp32, nodes)
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in fp32.graph.node:
         for name in node.input:

@@ -89,6 +89,19 @@ class _Measure:
             tuple(sorted(r["kept"])): Accuracy(**r["accuracy"]) for r in log.read() if "accuracy" in r
         }
 
+    def with_records(self, records, log) -> _Measure:
+        """The same measure over other quantizer records (recovered ones), logging to ``log``."""
+        return _Measure(
+            self.backend,
+            self.scheme_set,
+            self.ranges,
+            self.context,
+            log,
+            records=records,
+            source=self.source,
+            producers=self.producers,
+        )
+
     def model(self, kept: tuple[str, ...]) -> onnx.ModelProto:
         """The kept set as the target writes it: adapted to what it runs (as materialize does), checked."""
         keep = set(kept)
@@ -276,16 +289,7 @@ class TargetSearch:
                 backend, scheme_set, measure.records, images=self._source.images, progress=step
             )
             log = JsonLines(search_dir / "evaluations_recovered.jsonl")
-            recovered = _Measure(
-                backend,
-                scheme_set,
-                self._ranges,
-                self.context,
-                log,
-                records=records,
-                source=self._source,
-                producers=measure.producers,
-            )
+            recovered = measure.with_records(records, log)
             after = recovered(())
             step(f"nothing kept: {before:.4f} -> {after:.4f}")
         outcome = RecoveryOutcome(AUTO_METHOD, before, after, seconds, used=after > before)

@@ -4,14 +4,14 @@ OpenVINO turns Q/DQ on a conv's input and weight into FakeQuantize and runs the 
 needs no Q on the output. Activations are UINT8 with a zero point (the CPU plugin runs u8 x i8 and
 subtracts the zero point's share), weights INT8 per output channel. Each tensor is quantized once,
 where it is made (``onnx_graph.qdq_sharing``), so OpenVINO fuses the FakeQuantize into the op that
-produces it and the conv writes UINT8 codes (docs/decisions.md, "one quantizer per tensor"). The artifact is the IR
-(``.xml``/``.bin``) that ``ov.convert_model`` makes from the Q/DQ ONNX, not the ONNX itself:
-compiled straight from the ``.onnx`` (``read_model`` or ``compile_model`` on the file), OpenVINO
-2026.4 ran a signed-INT8 Q/DQ conv that reads a Concat wrongly (0.2 relative error on a 2-node
-graph, 0.95 on YOLOv10s class scores), while the converted IR runs it as ONNX Runtime and Torch do
-(docs/decisions.md, "OpenVINO executes what it is given"). The conversion applies OpenVINO's
-offline (MOC) transformations, which the direct path skips. Verification runs both loading paths;
-only the IR is deployed.
+produces it and the conv writes UINT8 codes (docs/decisions.md, "one quantizer per tensor"). The
+artifact is the IR (``.xml``/``.bin``) that ``ov.convert_model`` makes from the Q/DQ ONNX, not the
+ONNX itself: compiled straight from the ``.onnx`` (``read_model`` or ``compile_model`` on the
+file), OpenVINO 2026.4 ran a signed-INT8 Q/DQ conv that reads a Concat wrongly (0.2 relative error
+on a 2-node graph, 0.95 on YOLOv10s class scores), while the converted IR runs it as ONNX Runtime
+and Torch do (docs/decisions.md, "OpenVINO executes what it is given"). The conversion applies
+OpenVINO's offline (MOC) transformations, which the direct path skips. Verification runs both
+loading paths; only the IR is deployed.
 
 Every figure runs at the runtime's default precision for float ops (bf16 on CPUs that have it):
 that is how a user runs the FP32 model, so it is the honest reference; the runtime check against
