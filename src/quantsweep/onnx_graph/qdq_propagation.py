@@ -21,6 +21,8 @@ from quantsweep.onnx_graph.qdq_graph import topological_sort
 
 # ops whose every output value is one of their input values (for Resize: nearest mode only)
 VALUE_MOVERS = frozenset({"Split", "Slice", "MaxPool", "Resize", "Reshape", "Transpose", "Flatten"})
+# readers of a tensor's shape only (the export computes C2f's chunk sizes from it), not its values
+SHAPE_READERS = frozenset({"Shape", "Size"})
 
 
 def moves_values(node: onnx.NodeProto) -> bool:

@@ -23,11 +23,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from quantsweep.onnx_graph.qdq_graph import topological_sort
-from quantsweep.onnx_graph.qdq_propagation import moves_values
+from quantsweep.onnx_graph.qdq_propagation import SHAPE_READERS, moves_values
 
 Grid = tuple[float, int, int]  # scale, zero point, element type
-# readers of a tensor's shape only (the export computes C2f's chunk sizes from it): not values
-SHAPE_READERS = frozenset({"Shape", "Size"})
 
 
 class _Graph:

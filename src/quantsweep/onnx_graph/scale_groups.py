@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import onnx
 
-from quantsweep.onnx_graph.qdq_propagation import moves_values
+from quantsweep.onnx_graph.qdq_propagation import SHAPE_READERS, moves_values
 from quantsweep.quant.numerics import ActRange
 
 
@@ -84,10 +84,6 @@ def shared_ranges(
         union = ActRange(min(r.lo for r in found), max(r.hi for r in found), max(r.amax for r in found))
         shared.update(dict.fromkeys(members, union))
     return shared
-
-
-# readers of a tensor's shape only (the export computes C2f's chunk sizes from it): not its values
-SHAPE_READERS = frozenset({"Shape", "Size"})
 
 
 # float readers a producer quantizer may serve: residual Adds (attention's MatMuls stay float)
