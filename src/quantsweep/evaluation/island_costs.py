@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 
 from quantsweep.core.config import IslandOrder
+from quantsweep.onnx_graph.qdq_graph import readers_of
 from quantsweep.schemes.scheme_records import LayerAssignment
 from quantsweep.targets import Backend
 from quantsweep.targets.timing import interleaved_latency
@@ -59,10 +60,8 @@ def conv_units(model: onnx.ModelProto) -> dict[str, list[str]]:
     only feed it (a C2f's Concat, the DFL's Softmax): they run on codes or in float with it (ONNX
     Runtime's Softmax before the DFL conv takes 0.12 ms feeding a QuantizeLinear and 0.75 ms
     feeding a float conv, YOLOv10s at 320 px)."""
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = readers_of(model)
+    producer = {out: node for node in model.graph.node for out in node.output}
     constants = {init.name for init in model.graph.initializer}
     units = {}
     for conv in (n for n in model.graph.node if n.op_type == "Conv"):
@@ -74,14 +73,13 @@ def conv_units(model: onnx.ModelProto) -> dict[str, list[str]]:
                     members.append(reader.name)
                     produced.update(reader.output)
                     frontier.extend(reader.output)
-        units[conv.name] = members + _feeders(model, conv, readers)
+        units[conv.name] = members + _feeders(conv, readers, producer)
     return units
 
 
-def _feeders(model: onnx.ModelProto, conv: onnx.NodeProto, readers) -> list[str]:
+def _feeders(conv: onnx.NodeProto, readers, producer) -> list[str]:
     """The chain of ``FEEDER_OPS`` right before ``conv`` that only it reads, up to and including
     a Concat (whose inputs are other units' outputs)."""
-    producer = {out: node for node in model.graph.node for out in node.output}
     found, reader, tensor = [], conv.name, conv.input[0]
     while (node := producer.get(tensor)) is not None and node.op_type in FEEDER_OPS:
         if [r.name for r in readers.get(tensor, [])] != [reader] or len(node.output) != 1:

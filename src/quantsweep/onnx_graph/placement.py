@@ -13,7 +13,7 @@ import onnx
 
 from quantsweep.core.config import ActDtype
 from quantsweep.onnx_graph.calibration import RangeSource
-from quantsweep.onnx_graph.qdq_graph import QdqEditor, TensorQuant
+from quantsweep.onnx_graph.qdq_graph import QdqEditor, TensorQuant, readers_of
 from quantsweep.onnx_graph.qdq_propagation import carry_codes_through_movers
 from quantsweep.onnx_graph.qdq_sharing import share_quantizers
 from quantsweep.quant.numerics import ActRange
@@ -60,10 +60,7 @@ def silu_after(fp32: onnx.ModelProto, convs: Sequence[str]) -> list[tuple[str, s
     """``(sigmoid, mul)`` node names of every SiLU, ``y * sigmoid(y)``, applied to a conv in ``convs``."""
     outputs = {n.output[0]: n for n in fp32.graph.node if n.name in set(convs)}
     graph_outputs = {o.name for o in fp32.graph.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in fp32.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = readers_of(fp32)
     pairs = []
     for tensor in outputs:
         found = readers.get(tensor, [])

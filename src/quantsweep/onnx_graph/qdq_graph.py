@@ -59,6 +59,15 @@ def _base_name(tensor: str, quant: TensorQuant) -> str:
     return f"{tensor}/q_fp8" if quant.dtype == TensorProto.FLOAT8E4M3FN else f"{tensor}/q"
 
 
+def readers_of(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """``{tensor: nodes reading it}``, in graph order."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
 def topological_sort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
     """Order ``nodes`` so that every input is produced before it is read (stable otherwise)."""
     producers = {out: i for i, node in enumerate(nodes) for out in node.output if out}

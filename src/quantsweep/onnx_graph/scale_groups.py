@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 import onnx
 
+from quantsweep.onnx_graph.qdq_graph import readers_of
 from quantsweep.onnx_graph.qdq_propagation import SHAPE_READERS, moves_values
 from quantsweep.quant.numerics import ActRange
 
@@ -114,10 +115,7 @@ def producer_tensors(fp32: onnx.ModelProto, nodes: Mapping[str, str]) -> dict[st
     one quantizer per tensor; the Torch simulation then quantizes the module output
     (``quant.producer_quant``)."""
     groups, by_root = _layers_by_group(fp32, nodes)
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in fp32.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = readers_of(fp32)
     graph_outputs = {out.name for out in fp32.graph.output}
     found = {}
     for node in fp32.graph.node:
