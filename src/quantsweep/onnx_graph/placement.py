@@ -109,6 +109,22 @@ def input_ranges(fp32: onnx.ModelProto, node_ranges: Mapping[str, ActRange]) -> 
     return {readers[n]: r for n, r in known.items()} | {readers[c]: known[o] for c, o in calls.items()}
 
 
+def _quantize_producers(
+    editor: QdqEditor,
+    fp32: onnx.ModelProto,
+    producers: Sequence[ProducerQuant],
+    *,
+    plan: Mapping[str, Precision],
+    integer: Sequence[str],
+    placement: Placement,
+) -> None:
+    """Quantize each producer tensor read by an integer node where it is made, for every reader."""
+    made_by = {out: node.name for node in fp32.graph.node for out in node.output}
+    for producer in active_nodes(producers, set(integer)).values():
+        act = next(plan[n].act for n in producer.nodes if n in integer)
+        editor.quantize_output(editor.node(made_by[producer.tensor]), placement.quant(producer.range, act))
+
+
 def apply_placement(
     fp32: onnx.ModelProto,
     plan: Mapping[str, Precision],
@@ -157,10 +173,7 @@ def apply_placement(
             editor.quantize_output(node, placement.quant(found[node.output[0]], plan[node.name].act))
     for node in silu_nodes:  # Sigmoid first, then Mul: graph order
         editor.quantize_output(node, placement.quant(found[node.output[0]], ActDtype.INT8))
-    made_by = {out: node.name for node in fp32.graph.node for out in node.output}
-    for producer in active_nodes(producers, set(integer)).values():
-        act = next(plan[n].act for n in producer.nodes if n in integer)
-        editor.quantize_output(editor.node(made_by[producer.tensor]), placement.quant(producer.range, act))
+    _quantize_producers(editor, fp32, producers, plan=plan, integer=integer, placement=placement)
     for name in planned:
         if name not in with_acts:  # weight-only nodes
             editor.quantize_weight(editor.node(name), plan[name].as_format(), weights.get(name))
