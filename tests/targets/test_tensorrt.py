@@ -23,6 +23,7 @@ from quantsweep.evaluation.artifact_checks import relative_l2
 from quantsweep.onnx_graph.calibration import RangeCache
 from quantsweep.onnx_graph.inspect import node_precisions, precision_counts
 from quantsweep.onnx_graph.ort_sessions import ort_session
+from quantsweep.onnx_graph.qdq_propagation import VALUE_MOVERS
 from quantsweep.schemes.scheme_records import LayerAssignment, Policy, Precision, Scheme
 from quantsweep.stages.materialize_stage import match_targets
 from quantsweep.stages.search_stage import _Measure
@@ -62,7 +63,7 @@ def _assert_trt_placement(model: onnx.ModelProto, plan) -> None:
     inits, readers, qdq = _qdq_facts(model)
     planned = {n for n, p in plan.items() if p.weight is not None}
     producers = {out: n for n in model.graph.node for out in n.output}
-    carriers = {"Split", "Slice", "MaxPool", "Resize", "Reshape", "Transpose", "Flatten", "Concat"}
+    carriers = VALUE_MOVERS | {"Concat"}
     for node in qdq:
         zero = inits[node.input[2]]
         assert zero.data_type in (TensorProto.INT8, TensorProto.FLOAT8E4M3FN), node.name

@@ -11,7 +11,7 @@ from onnx import TensorProto, numpy_helper
 
 from quantsweep.core.config import WeightDtype
 from quantsweep.onnx_graph.export import UNQUANTIZED_KEY, WEIGHTED_OPS
-from quantsweep.onnx_graph.qdq_propagation import moves_values
+from quantsweep.onnx_graph.qdq_propagation import source_dqs
 from quantsweep.quant.numerics import INT_LIMITS
 
 _LABELS = {
@@ -86,21 +86,16 @@ def node_precisions(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
     return result
 
 
-def _act_label(tensor: str, producers, model: onnx.ModelProto, inits, depth: int = 0) -> str:
+def _act_label(tensor: str, producers, model: onnx.ModelProto, inits) -> str:
     """The quantized type ``tensor``'s values lie on: a DequantizeLinear's zero-point type, also
     through value-moving ops and Concats of such tensors (a placement that quantizes each tensor
     once, where it is made: OpenVINO's); else ``fp16``."""
-    src = producers.get(tensor)
-    if src is None or depth > 32:
-        return "fp16"
-    if src.op_type == "DequantizeLinear":
-        return _LABELS.get(_dtype_of(src.input[2], model), "other") if len(src.input) > 2 else "fp16"
-    if moves_values(src):
-        return _act_label(src.input[0], producers, model, inits, depth + 1)
-    if src.op_type == "Concat":
-        found = {_act_label(i, producers, model, inits, depth + 1) for i in src.input if i and i not in inits}
-        return found.pop() if len(found) == 1 else "fp16"
-    return "fp16"
+    dqs = source_dqs(tensor, producers, inits)
+    labels = {
+        _LABELS.get(_dtype_of(dq.input[2], model), "other") if len(dq.input) > 2 else "fp16"
+        for dq in dqs or ()
+    }
+    return labels.pop() if len(labels) == 1 else "fp16"
 
 
 def precision_label(weight: str, act: str) -> str:

@@ -34,7 +34,8 @@ def _onnx_values(model: onnx.ModelProto, tensors: list[str], image: np.ndarray) 
     session = ort_session(with_outputs(model, tensors).SerializeToString())
     names = [o.name for o in session.get_outputs()]
     values = session.run(None, {session.get_inputs()[0].name: image})
-    return {n: v for n, v in zip(names, values, strict=True) if n in set(tensors)}
+    wanted = set(tensors)
+    return {n: v for n, v in zip(names, values, strict=True) if n in wanted}
 
 
 def module_outputs(

@@ -13,6 +13,7 @@ what the runtime computes; only less of it runs in float.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Container, Mapping
 
 import onnx
 from onnx import helper
@@ -33,6 +34,31 @@ def moves_values(node: onnx.NodeProto) -> bool:
         mode = next((a.s.decode() for a in node.attribute if a.name == "mode"), "nearest")
         return mode == "nearest"
     return True
+
+
+def source_dqs(
+    tensor: str, producer: Mapping[str, onnx.NodeProto], inits: Container[str]
+) -> list[onnx.NodeProto] | None:
+    """The DequantizeLinear nodes whose outputs ``tensor``'s values are, directly or through
+    value-moving ops and Concats; None where a path reaches any other op (or the graph input)."""
+    found, pending, seen = [], [tensor], set()
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        node = producer.get(current)
+        if node is None:
+            return None
+        if node.op_type == "DequantizeLinear":
+            found.append(node)
+        elif moves_values(node):
+            pending.append(node.input[0])
+        elif node.op_type == "Concat":
+            pending.extend(name for name in node.input if name and name not in inits)
+        else:
+            return None
+    return found
 
 
 class _Graph:

@@ -23,7 +23,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from quantsweep.onnx_graph.qdq_graph import topological_sort
-from quantsweep.onnx_graph.qdq_propagation import SHAPE_READERS, moves_values
+from quantsweep.onnx_graph.qdq_propagation import SHAPE_READERS, moves_values, source_dqs
 
 Grid = tuple[float, int, int]  # scale, zero point, element type
 
@@ -54,24 +54,12 @@ class _Graph:
             return None
         return float(scale.reshape(())), int(numpy_helper.to_array(zero).reshape(())), zero.data_type
 
-    def on_grid(self, tensor: str, memo: dict[str, Grid | None]) -> Grid | None:
+    def on_grid(self, tensor: str) -> Grid | None:
         """The grid every value of ``tensor`` lies on: a DQ's output, or a value-moving op or Concat
         whose inputs all lie on one grid."""
-        if tensor in memo:
-            return memo[tensor]
-        memo[tensor] = None
-        node = self.producer.get(tensor)
-        found = None
-        if node is not None and node.op_type == "DequantizeLinear":
-            found = self.grid(node)
-        elif node is not None and (moves_values(node) or node.op_type == "Concat"):
-            sources = [n for n in node.input if n and n not in self.inits][
-                : 1 if moves_values(node) else None
-            ]
-            grids = {self.on_grid(s, memo) for s in sources}
-            found = grids.pop() if len(grids) == 1 else None
-        memo[tensor] = found
-        return found
+        dqs = source_dqs(tensor, self.producer, self.inits)
+        grids = {self.grid(dq) for dq in dqs or ()}
+        return grids.pop() if len(grids) == 1 else None
 
     def bypass(self, q: onnx.NodeProto, tensor: str) -> None:
         """Readers of ``q``'s DQs read ``tensor`` instead; ``q`` and its DQs are removed."""
@@ -113,13 +101,12 @@ def _requantizes(graph: _Graph, q: onnx.NodeProto, grid: Grid) -> bool:
 
 
 def _drop_requantization(graph: _Graph) -> bool:
-    memo: dict[str, Grid | None] = {}
     for node in list(graph.model.graph.node):
         if node.op_type != "QuantizeLinear" or node.input[0] in graph.outputs:
             continue
         if node.input[0] not in graph.producer:
             continue
-        grid = graph.on_grid(node.input[0], memo)
+        grid = graph.on_grid(node.input[0])
         if grid is not None and _requantizes(graph, node, grid):
             graph.bypass(node, node.input[0])
             return True
