@@ -107,14 +107,15 @@ def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
         "--recovery",
         default=defaults.recovery.value,
         help="accuracy recovery with every layer quantized: auto (default: the search distills where "
-        "nothing-kept misses the target on a speed target), distill (every artifact), none; "
-        "distill is a label-free fine-tune of biases and weight scales (docs/quantizers.md)",
+        "nothing-kept misses the target on a speed target), distill (every artifact), reconstruct "
+        "(every artifact), reconstruct+distill, none; distill is a label-free fine-tune of biases "
+        "and weight scales, reconstruct re-rounds each block's codes (docs/quantizers.md)",
     )
     parser.add_argument(
         "--recovery-steps",
         type=int,
         default=defaults.recovery_steps,
-        help="distill: optimizer steps of 4 calibration images each",
+        help="optimizer steps of 4 calibration images each (distill: in all; reconstruct: per block)",
     )
     parser.add_argument(
         "--pseudo-conf",

@@ -64,7 +64,11 @@ class Recovery(enum.StrEnum):
 
     ``distill``: a label-free fine-tune of each quantized layer's bias and per-channel weight scale
     (codes fixed) against the FP32 model's outputs on the calibration images (quant/distill.py),
-    applied to every artifact. ``auto``: the artifacts start without it; the search runs it for a
+    applied to every artifact. ``reconstruct``: each block's integer weight codes re-rounded
+    (AdaRound, block by block as BRECQ) and its biases tuned against the FP32 block output, with
+    quantized inputs in the loop (quant/block_reconstruction.py), applied to every artifact;
+    ``reconstruct+distill``: the one, then the other (codes, then scales and biases).
+    ``auto``: the artifacts start without it; the search runs it for a
     speed target whose nothing-kept model misses the accuracy target, before any float island,
     and keeps it where it gains (a float island costs run time on every inference; recovery costs
     seconds once).
@@ -72,6 +76,8 @@ class Recovery(enum.StrEnum):
 
     NONE = "none"
     DISTILL = "distill"
+    RECONSTRUCT = "reconstruct"
+    RECONSTRUCT_DISTILL = "reconstruct+distill"
     AUTO = "auto"
 
 

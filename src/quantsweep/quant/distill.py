@@ -51,7 +51,7 @@ class _ScaledWeight(nn.Module):
         return decode(self.codes, self.scale * torch.exp(self.log_scale), self.zero)
 
 
-class _TunedBias(nn.Module):
+class TunedBias(nn.Module):
     """A parametrization: the bias is this module's parameter, started from the record's."""
 
     def __init__(self, start: torch.Tensor) -> None:
@@ -86,28 +86,35 @@ def simulated_act(act: ActDtype, *, asymmetric: bool) -> ActDtype:
     return ActDtype.UINT8 if asymmetric and act is ActDtype.INT8 else act
 
 
+WeightFactory = Callable[[nn.Module, QuantizedWeight], nn.Module]
+
+
 @contextmanager
-def _tunable(
+def tunable_layers(
     module: nn.Module,
     records: Mapping[str, QuantizedWeight],
     ranges: Mapping[str, float | ActRange],
     *,
     asymmetric: bool,
-) -> Iterator[dict[str, tuple[_ScaledWeight, _TunedBias | None]]]:
-    """The model with every record's layer quantized and tunable; restored exactly on exit."""
+    weight_of: WeightFactory = lambda _layer, record: _ScaledWeight(record),
+) -> Iterator[dict[str, tuple[nn.Module, TunedBias | None]]]:
+    """The model with every record's layer quantized and tunable: its weight the parametrization
+    ``weight_of(layer, record)`` gives (the distillation's scaled codes by default), its bias a
+    :class:`TunedBias`, its input fake-quantized as the artifact writes it, with a straight-through
+    gradient. Every other parameter is frozen; the model is restored exactly on exit."""
     frozen = [p for p in module.parameters() if p.requires_grad]
     for param in frozen:
         param.requires_grad_(False)
-    tuned: dict[str, tuple[_ScaledWeight, _TunedBias | None]] = {}
+    tuned: dict[str, tuple[nn.Module, TunedBias | None]] = {}
     handles = []
     try:
         for name, record in records.items():
             layer = module.get_submodule(name)
-            weight = _ScaledWeight(record)
+            weight = weight_of(layer, record)
             parametrize.register_parametrization(layer, "weight", weight, unsafe=True)
             bias = None
             if getattr(layer, "bias", None) is not None:
-                bias = _TunedBias(record.bias if record.bias is not None else layer.bias)
+                bias = TunedBias(record.bias if record.bias is not None else layer.bias)
                 parametrize.register_parametrization(layer, "bias", bias, unsafe=True)
             tuned[name] = (weight, bias)
             act = simulated_act(record.fmt.act, asymmetric=asymmetric)
@@ -141,7 +148,7 @@ def _calibration_loss(network: StagedNetwork, chunks, references) -> float:
         return sum(float(output_loss(network.run(c)[0], r)) for c, r in zip(chunks, references, strict=True))
 
 
-def _snapshot(tuned: Mapping[str, tuple[_ScaledWeight, _TunedBias | None]]) -> dict[str, tuple]:
+def _snapshot(tuned: Mapping[str, tuple[nn.Module, TunedBias | None]]) -> dict[str, tuple]:
     return {
         name: (w.log_scale.detach().clone(), None if b is None else b.bias.detach().clone())
         for name, (w, b) in tuned.items()
@@ -177,7 +184,7 @@ def distill_records(
     check_at = {round(steps * (i + 1) / checks) for i in range(checks)}
     acts = {name: simulated_act(r.fmt.act, asymmetric=asymmetric) for name, r in records.items()}
     with (
-        _tunable(network.module, records, act_ranges, asymmetric=asymmetric) as tuned,
+        tunable_layers(network.module, records, act_ranges, asymmetric=asymmetric) as tuned,
         quantized_producers(network.module, producers, acts),
         torch.enable_grad(),
     ):

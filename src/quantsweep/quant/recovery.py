@@ -13,13 +13,27 @@ import torch
 
 from quantsweep.core.config import Recovery, WeightQuantConfig
 from quantsweep.models.network import StagedNetwork
+from quantsweep.quant.block_reconstruction import reconstruct_records
 from quantsweep.quant.distill import distill_records
 from quantsweep.quant.numerics import ActRange
 from quantsweep.quant.producer_quant import ProducerQuant
 from quantsweep.quant.weights import QuantizedWeight
 
 RecoveryMethod = Callable[..., dict[str, QuantizedWeight]]
-RECOVERY_METHODS: dict[Recovery, RecoveryMethod] = {Recovery.DISTILL: distill_records}
+
+
+def reconstruct_then_distill(
+    network: StagedNetwork, records: Mapping[str, QuantizedWeight], images: torch.Tensor, **kwargs
+) -> dict[str, QuantizedWeight]:
+    """Block reconstruction (the codes), then distillation (weight scales and biases) on its result."""
+    return distill_records(network, reconstruct_records(network, records, images, **kwargs), images, **kwargs)
+
+
+RECOVERY_METHODS: dict[Recovery, RecoveryMethod] = {
+    Recovery.DISTILL: distill_records,
+    Recovery.RECONSTRUCT: reconstruct_records,
+    Recovery.RECONSTRUCT_DISTILL: reconstruct_then_distill,
+}
 
 
 def recover(
