@@ -4,9 +4,9 @@ AdaRound's rounding choice, optimized per block as BRECQ does, with the activati
 the loop. Blocks run in order. Each block reads its input from the quantized model as far as it
 is reconstructed, so a block corrects the error the earlier ones left. Its target is the FP32
 model's output of that block. Every integer weight of the block's quantized layers chooses
-between the two codes around its float value (``floor(w / s) + h``, with ``h`` a rectified
-sigmoid that a regularizer drives to 0 or 1). The start leans towards the code the sequential
-pass (GPTQ) chose. The layer's bias is tuned with it. Scales and zero points stay, so every
+between the two codes around its float value (``floor(w / s) + h``, ``h`` 0 or 1, learned
+through AdaRound's rectified sigmoid). The start leans towards the code the sequential pass
+(GPTQ) chose. The layer's bias is tuned with it. Scales and zero points stay, so every
 target writes the result as it writes any record.
 
 The loss is the output error relative to the FP32 output's energy. For the last block it is the
@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any
 
@@ -265,6 +264,28 @@ def _reconstruct_block(
     return chosen, before, after
 
 
+def _report(
+    index: int,
+    block: Mapping[str, QuantizedWeight],
+    losses: tuple[float, float],
+    *,
+    kept: bool,
+    progress: Callable[[str], None] | None,
+) -> None:
+    suffix = " (kept the records)" if kept else ""
+    LOG.info("reconstruct block %d (%d layers): loss %.4g -> %.4g%s", index, len(block), *losses, suffix)
+    if progress is not None:
+        progress(f"reconstruct block {index}: loss {losses[0]:.3g} -> {losses[1]:.3g}")
+
+
+def _fit_and_check(count: int) -> tuple[list[int], list[int]]:
+    """The batches fitted and the batches that choose the state (:data:`HOLDOUT` of them, held
+    out so that the choice is not overfitted; all of them when there are fewer than four)."""
+    held = int(count * HOLDOUT)
+    order = list(range(count))
+    return order[: count - held], (order[count - held :] if held else order)
+
+
 def reconstruct_records(
     network: StagedNetwork,
     records: Mapping[str, QuantizedWeight],
@@ -285,9 +306,7 @@ def reconstruct_records(
     started = time.perf_counter()
     limit = max(batch, MAX_IMAGES_PIXELS // (images.shape[-1] * images.shape[-2]))
     batches = [images[i : i + batch] for i in range(0, min(len(images), limit), batch)]
-    held = int(len(batches) * HOLDOUT)  # checked, not fitted: the choice of state is not overfitted
-    order = list(range(len(batches)))
-    split = (order[: len(order) - held], order[len(order) - held :] if held else order)
+    split = _fit_and_check(len(batches))
     acts = {name: simulated_act(r.fmt.act, asymmetric=asymmetric) for name, r in records.items()}
     by_block: dict[int, list[str]] = {}
     for name in records:
@@ -297,26 +316,18 @@ def reconstruct_records(
     for index in range(len(network.blocks)):
         targets = floats.run_all(index)
         block = {name: records[name] for name in by_block.get(index, [])}
-        with ExitStack() as stack:
-            tuned = stack.enter_context(
-                tunable_layers(network.module, block, act_ranges, asymmetric=asymmetric, weight_of=_weight_of)
-            )
-            stack.enter_context(quantized_producers(network.module, producers, acts))
+        with (
+            tunable_layers(
+                network.module, block, act_ranges, asymmetric=asymmetric, weight_of=_weight_of
+            ) as tuned,
+            quantized_producers(network.module, producers, acts),
+        ):
             if any(isinstance(weight, _Rounding) for weight, _ in tuned.values()):
                 chosen, before, after = _reconstruct_block(
                     quants, index, targets, tuned=tuned, records=block, steps=steps, split=split
                 )
                 result.update(chosen)
-                LOG.info(
-                    "reconstruct block %d (%d layers): loss %.4g -> %.4g%s",
-                    index,
-                    len(block),
-                    before,
-                    after,
-                    "" if chosen else " (kept the records)",
-                )
-                if progress is not None:
-                    progress(f"reconstruct block {index}: loss {before:.3g} -> {after:.3g}")
+                _report(index, block, (before, after), kept=not chosen, progress=progress)
                 totals[0] += before
                 totals[1] += min(before, after)
             outputs = quants.run_all(index)
