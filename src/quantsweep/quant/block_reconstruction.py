@@ -40,6 +40,7 @@ from quantsweep.models.network import StagedNetwork
 from quantsweep.quant.distill import TunedBias, output_loss, simulated_act, tunable_layers
 from quantsweep.quant.numerics import INT_LIMITS, ActRange
 from quantsweep.quant.producer_quant import ProducerQuant, quantized_producers
+from quantsweep.quant.streaming import BlockStates
 from quantsweep.quant.weights import UNSIGNED_MAX, QuantizedWeight, decode
 
 LOG = logging.getLogger(__name__)
@@ -133,27 +134,6 @@ def _block_loss(network: StagedNetwork, index: int) -> Callable[[Any, Any], torc
     return relative
 
 
-class _States:
-    """Every batch's input state before the next block: its previous output and the kept ones."""
-
-    def __init__(self, network: StagedNetwork, batches: Sequence[torch.Tensor]) -> None:
-        self.network = network
-        self.states: list[tuple[Any, list[Any]]] = [(batch, []) for batch in batches]
-
-    def run(self, index: int, which: int) -> Any:
-        previous, saved = self.states[which]
-        return self.network.step(index, previous, saved)
-
-    def run_all(self, index: int) -> list[Any]:
-        with torch.no_grad():
-            return [self.run(index, i) for i in range(len(self.states))]
-
-    def advance(self, index: int, outputs: Sequence[Any]) -> None:
-        keep = index in self.network.keep
-        pairs = zip(outputs, self.states, strict=True)
-        self.states = [(out, [*saved, out if keep else None]) for out, (_, saved) in pairs]
-
-
 def _set_mode(tuned: Mapping[str, tuple[nn.Module, TunedBias | None]], mode: str) -> None:
     for weight, _ in tuned.values():
         if isinstance(weight, _Rounding):
@@ -161,10 +141,10 @@ def _set_mode(tuned: Mapping[str, tuple[nn.Module, TunedBias | None]], mode: str
 
 
 def _mean_loss(
-    states: _States, index: int, targets: Sequence[Any], loss: Callable, which: Sequence[int]
+    states: BlockStates, index: int, targets: Sequence[Any], loss: Callable, which: Sequence[int]
 ) -> float:
     with torch.no_grad():
-        return sum(float(loss(states.run(index, i), targets[i])) for i in which) / len(which)
+        return sum(float(loss(states.step(index, i), targets[i])) for i in which) / len(which)
 
 
 def _snapshot(tuned: Mapping[str, tuple[nn.Module, TunedBias | None]]) -> dict[str, tuple]:
@@ -188,7 +168,7 @@ def _restore(tuned: Mapping[str, tuple[nn.Module, TunedBias | None]], snapshot: 
 
 
 def _optimize(
-    states: _States,
+    states: BlockStates,
     index: int,
     targets: Sequence[Any],
     *,
@@ -215,7 +195,7 @@ def _optimize(
         _set_mode(tuned, "ste")
         which = split[0][(step - 1) % len(split[0])]
         with torch.enable_grad():
-            total = loss(states.run(index, which), targets[which])
+            total = loss(states.step(index, which), targets[which])
             optimizer.zero_grad()
             total.backward()
         optimizer.step()
@@ -233,7 +213,7 @@ def _optimize(
 
 
 def _reconstruct_block(
-    states: _States,
+    states: BlockStates,
     index: int,
     targets: Sequence[Any],
     *,
@@ -311,10 +291,10 @@ def reconstruct_records(
     by_block: dict[int, list[str]] = {}
     for name in records:
         by_block.setdefault(network.block_of(name), []).append(name)
-    floats, quants = _States(network, batches), _States(network, batches)
+    floats, quants = BlockStates(network, batches), BlockStates(network, batches)
     result, totals = dict(records), [0.0, 0.0]
     for index in range(len(network.blocks)):
-        targets = floats.run_all(index)
+        targets = floats.run(index)
         block = {name: records[name] for name in by_block.get(index, [])}
         with (
             tunable_layers(
@@ -330,7 +310,7 @@ def reconstruct_records(
                 _report(index, block, (before, after), kept=not chosen, progress=progress)
                 totals[0] += before
                 totals[1] += min(before, after)
-            outputs = quants.run_all(index)
+            outputs = quants.run(index)
         floats.advance(index, targets)
         quants.advance(index, outputs)
     LOG.info(

@@ -12,6 +12,8 @@ at most :func:`images_per_chunk` images run at once (32 at 320 px, 8 at 640 px):
   re-run once per layer it holds, up to that layer (an exception stops the block there).
 
 With a single chunk the callers keep their one-pass path (same records, same arithmetic).
+:class:`BlockStates` (every chunk's state between blocks) also carries block reconstruction
+(quant/block_reconstruction.py) from block to block.
 """
 
 from __future__ import annotations
@@ -73,24 +75,30 @@ class _Reached(Exception):
     """Raised by the hook of the layer a pass was run for: the rest of the block is not needed."""
 
 
-class _Block:
+class BlockStates:
     """Every chunk's state before one block: its previous output and the outputs kept so far."""
 
     def __init__(self, network: StagedNetwork, chunks: Sequence[torch.Tensor]) -> None:
         self.network = network
         self.states: list[tuple[Any, list[Any]]] = [(chunk, []) for chunk in chunks]
 
-    def run(self, index: int, hooks: Mapping[str, Callable]) -> list[Any]:
+    def step(self, index: int, which: int) -> Any:
+        """Block ``index``'s output for chunk ``which`` (gradients as the caller's mode has them)."""
+        previous, saved = self.states[which]
+        return self.network.step(index, previous, saved)
+
+    def run(self, index: int, hooks: Mapping[str, Callable] | None = None) -> list[Any]:
         """Run block ``index`` on every chunk with ``hooks`` on the named layers; the outputs (a
         chunk whose pass a hook stopped gives None)."""
         module = self.network.module
+        hooks = hooks or {}
         handles = [module.get_submodule(n).register_forward_pre_hook(h) for n, h in hooks.items()]
         outputs = []
         try:
             with torch.no_grad():
-                for previous, saved in self.states:
+                for which in range(len(self.states)):
                     try:
-                        outputs.append(self.network.step(index, previous, saved))
+                        outputs.append(self.step(index, which))
                     except _Reached:
                         outputs.append(None)
         finally:
@@ -105,7 +113,7 @@ class _Block:
         self.states = [(out, [*saved, out if keep else None]) for out, (_, saved) in pairs]
 
 
-def _call_order(blocks: _Block, index: int, names: Sequence[str]) -> list[str]:
+def _call_order(blocks: BlockStates, index: int, names: Sequence[str]) -> list[str]:
     """The named layers of block ``index`` in the order the block calls them (first chunk)."""
     order: list[str] = []
 
@@ -116,7 +124,7 @@ def _call_order(blocks: _Block, index: int, names: Sequence[str]) -> list[str]:
 
         return hook
 
-    first = _Block(blocks.network, [])
+    first = BlockStates(blocks.network, [])
     first.states = blocks.states[:1]
     first.run(index, {name: make_hook(name) for name in names})
     return order
@@ -133,7 +141,7 @@ def sequential_by_block(
 ) -> None:
     """Quantize the named layers in execution order over every chunk (module docstring);
     ``quantize`` sets a layer's quantized weights once its statistics are complete."""
-    blocks = _Block(network, chunks)
+    blocks = BlockStates(network, chunks)
     by_block: dict[int, list[str]] = {}
     for name in names:
         by_block.setdefault(network.block_of(name), []).append(name)
