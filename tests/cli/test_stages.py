@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from quantsweep.cli.main import main
+from quantsweep.evaluation.search_moves import MoveKind, island_label, read_moves
 from quantsweep.models import load_model
 from quantsweep.onnx_graph.export import export_fp32
 from quantsweep.targets import get_backend
@@ -130,6 +131,21 @@ def _spared_by_free_island(search: dict) -> bool:
     return free_first is not None and free_first["met"]
 
 
+def _check_moves(search: dict) -> None:
+    """The search's ledger (search_moves.py) holds every move it made, in order, as measured."""
+    expected = []
+    if search["islands"]["free_first"] is not None:
+        free = search["islands"]["free_first"]
+        expected.append((MoveKind.ISLAND, free["layer"], free["score"]))
+    if search["recovery"] is not None:
+        expected.append((MoveKind.RECOVERY, search["recovery"]["method"], search["recovery"]["k0_after"]))
+    if search["kept"] and search["target_met"]:
+        expected.append((MoveKind.ISLAND, island_label(search["kept"]), search["score"]))
+    moves = read_moves(search["moves"])
+    assert [(m.kind, m.label, m.score) for m in moves] == expected
+    assert all(m.finalist in search["finalists"] for m in moves if m.finalist)
+
+
 def test_evaluation_search_timing_and_recommendation_per_target(chain) -> None:
     eval_dir = chain["eval"]
     for target in ("ort-cpu", "openvino", "size"):
@@ -161,6 +177,7 @@ def test_evaluation_search_timing_and_recommendation_per_target(chain) -> None:
         missed = nothing_kept < search["threshold"]
         # ... unless an island the runtime prices at nothing met the target alone (one evaluation)
         spared = _spared_by_free_island(search)
+        _check_moves(search)
         assert (recovery is not None) == (missed and target != "size" and not spared), (target, recovery)
         if recovery is not None:
             assert recovery["method"] == "distill" and recovery["k0_before"] == nothing_kept

@@ -12,6 +12,7 @@ from quantsweep.core.records import write_json
 from quantsweep.evaluation.accuracy_target import AccuracyTarget
 from quantsweep.evaluation.recommend import recommend
 from quantsweep.evaluation.scoring import Accuracy
+from quantsweep.evaluation.search_moves import MoveKind, SearchMove, island_label
 from quantsweep.onnx_graph.candidates import Artifact, CandidatesIndex, TargetCandidates
 from quantsweep.report.build import build_report
 from quantsweep.stages.eval_records import ResultStore
@@ -126,3 +127,49 @@ def test_report_of_a_folder_that_is_no_evaluate_run_exits_2(folder, tmp_path, ca
         (tmp_path / "results").mkdir()
     assert main(["report", "--eval", str(tmp_path)]) == 2
     assert "is not an evaluate run directory" in capsys.readouterr().err
+
+
+def test_the_search_card_shows_each_measured_move_and_which_one_was_recommended(tmp_path) -> None:
+    eval_dir = _eval_dir(tmp_path, AccuracyTarget(0.05, DropMode.RELATIVE), targets=("ort-cpu",))
+    island = SearchMove(
+        MoveKind.ISLAND,
+        island_label(("layer0",)),
+        score_before=0.852,
+        score=0.893,
+        met=True,
+        per_inference_ms=0.004,
+        seconds=3.2,
+        x_nothing_kept=1.06,
+        finalist="k5",  # the recommendation (5% relative: k0 misses, k5 is the fastest passing)
+        outcome="meets the target but runs at 1.060x nothing kept; timed against the recovered path",
+    )
+    recovery = SearchMove(
+        MoveKind.RECOVERY,
+        "distill",
+        score_before=0.852,
+        score=0.853,
+        met=False,
+        per_inference_ms=0.0,
+        seconds=71.0,
+    )
+    search = {
+        "evaluations": [{"kept": [], "score": 0.852}],
+        "threshold": 0.855,
+        "reference": 0.9,
+        "kept": [],
+        "finalists": ["k5"],
+        "islands": {"order": "gain-per-ms", "free_first": None},
+        "moves": [island.to_dict(), recovery.to_dict()],
+    }
+    write_json(eval_dir / "search" / "ort-cpu" / "search.json", "scheme_search", search)
+    card = build_report(eval_dir).read_text().split("\n## ort-cpu\n")[1]
+    assert "Nothing kept scored 0.8520, short of the target." in card
+    rows = [
+        line for line in card.splitlines() if line.startswith("| float ") or line.startswith("| recovery")
+    ]
+    assert rows == [
+        "| float `layer0` | 0.8930 | +0.0410 | +0.004 ms (profile), 1.060x nothing kept (timed whole) | 3 s "
+        "| meets the target but runs at 1.060x nothing kept; timed against the recovered path; model `k5`, "
+        "recommended |",
+        "| recovery: distill | 0.8530 | +0.0010 | none | 71 s |  |",
+    ]

@@ -8,6 +8,7 @@ from typing import Any
 from quantsweep.core.config import Recovery, WeightQuantConfig
 from quantsweep.core.records import read_json, write_text_atomic
 from quantsweep.evaluation.accuracy_target import AccuracyTarget
+from quantsweep.evaluation.search_moves import MoveKind, read_moves
 from quantsweep.onnx_graph.candidates import read_candidates
 from quantsweep.quant.scheme import COSTS_KIND, COSTS_NAME, WEIGHTS_DIR
 from quantsweep.report.html import render_html
@@ -134,45 +135,46 @@ def _cocoeval_line(rec: dict[str, Any]) -> list[str]:
     ]
 
 
-def _recovery_lines(outcome: dict[str, Any] | None) -> list[str]:
-    """What recovery before islands did on this target (search_recovery.py)."""
-    if outcome is None:
+def _moves_lines(search: dict[str, Any], *, target: str, recommended: str | None) -> list[str]:
+    """The moves the search weighed where nothing-kept missed (search_moves.py), as measured."""
+    moves = read_moves(search.get("moves"))
+    if not moves:
         return []
-    verdict = (
-        "the islands were searched on the recovered weights (`*_recovered` models)"
-        if outcome["used"]
-        else "no gain, so the islands were searched on the weights as quantized"
-    )
-    spent = f" in {outcome['seconds']:.0f} s" if outcome["seconds"] else " (recovered weights reused)"
-    return [
-        f"Recovery before islands: {outcome['method']} raised nothing-kept from {outcome['k0_before']:.4f} "
-        f"to {outcome['k0_after']:.4f}{spent}; {verdict}.",
+    nothing_kept = search["evaluations"][0]["score"]
+    lines = [
+        f"Nothing kept scored {nothing_kept:.4f}, short of the target. Moves weighed, cheapest per "
+        f"inference first, then by one-time seconds; every score on the {target} target's runtime:",
         "",
+        "| move | mAP50-95 | gain | time per inference | one-time | outcome |",
+        "|---|---|---|---|---|---|",
     ]
+    for move in moves:
+        if move.kind is MoveKind.RECOVERY:
+            what, per = f"recovery: {move.label}", "none"
+        else:
+            layers = ", ".join(f"`{n}`" for n in move.label.split(", "))
+            what = f"float {layers}" + (" (recovered weights)" if move.recovered else "")
+            per = (
+                "not priced"
+                if move.per_inference_ms is None
+                else f"{move.per_inference_ms:+.3f} ms (profile)"
+            )
+            if move.x_nothing_kept is not None:
+                per += f", {move.x_nothing_kept:.3f}x nothing kept (timed whole)"
+        outcome = move.outcome
+        if move.finalist:
+            outcome += f"; model `{move.finalist}`" + (
+                ", recommended" if move.finalist == recommended else ""
+            )
+        once = f"{move.seconds:.0f} s" if move.seconds else "read back"
+        lines.append(f"| {what} | {move.score:.4f} | {move.gain:+.4f} | {per} | {once} | {outcome} |")
+    return [*lines, ""]
 
 
-def _islands_lines(islands: dict[str, Any] | None, kept: list[str], *, recovered: bool) -> list[str]:
+def _islands_lines(islands: dict[str, Any] | None, kept: list[str]) -> list[str]:
     """How the search ordered float islands and what the kept ones cost (island_costs.py)."""
-    free = (islands or {}).get("free_first")
-    ratio = None if free is None else free.get("x_nothing_kept")
-    if free is not None and not free["met"] and ratio is not None:
-        return [
-            f"`{free['layer']}` kept float alone scored {free['score']:.4f}, within the target, and the "
-            f"profile priced it at nothing, but timed whole it ran at {ratio:.3f}x nothing-kept, so it "
-            "was not taken.",
-            "",
-            *_islands_lines({**islands, "free_first": None}, kept, recovered=recovered),
-        ]
     if not islands or not kept:
         return []
-    if free is not None and free["met"]:
-        timed = "" if ratio is None else f" (timed whole: {ratio:.3f}x nothing-kept)"
-        return [
-            f"`{free['layer']}` kept float alone scored {free['score']:.4f}, within the target, and the "
-            f"runtime prices it at nothing{timed}, so recovery was not run.",
-            "",
-            *_islands_lines({**islands, "free_first": None}, kept, recovered=False),
-        ]
     if "kept_cost_ms" not in islands:
         return ["Float islands were tried in the sweep's rank order.", ""]
     costs = islands["kept_cost_ms"]
@@ -181,7 +183,7 @@ def _islands_lines(islands: dict[str, Any] | None, kept: list[str], *, recovered
         f"Float islands were tried by sensitivity per millisecond they cost on {islands['runtime']} "
         f"(per-conv profile of FP32 and nothing-kept, whose conv units take {islands['int8_ms']:.2f} ms); "
         f"kept: {each}, about {sum(costs.values()):+.3f} ms per inference before requantization at "
-        "their borders." + (" Recovery, tried first, costs no inference time." if recovered else ""),
+        "their borders.",
         "",
     ]
 
@@ -198,8 +200,10 @@ def _target_section(report: TargetReport, plots_dir: Path) -> tuple[list[str], l
             f"{', '.join(f'`{n}`' for n in s['kept']) or 'none'}; timed finalists: "
             f"{', '.join(f'`{n}`' for n in s['finalists']) or 'none'}.",
             "",
-            *_recovery_lines(s.get("recovery")),
-            *_islands_lines(s.get("islands"), s["kept"], recovered=s.get("recovery") is not None),
+            *_moves_lines(
+                s, target=report.target, recommended=(report.recommendation or {}).get("recommended")
+            ),
+            *_islands_lines(s.get("islands"), s["kept"]),
         ]
     if report.recommendation is not None:
         lines += [f"mAP50-95 here is {METRICS[report.recommendation['metric']]}.", ""]

@@ -8,9 +8,11 @@ can pick the fastest (speed targets) or smallest (size) of all of them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,20 +25,15 @@ from quantsweep.core.config import IslandOrder
 from quantsweep.core.layout import eval_dir_of_results
 from quantsweep.core.records import JsonLines, read_json, write_json
 from quantsweep.evaluation.island_costs import (
-    FREE_TIME_SHARE,
     IslandCosts,
-    conv_units,
-    free_probe,
     island_order,
-    measure_island_costs,
-    whole_model_ratio,
 )
 from quantsweep.evaluation.scoring import Accuracy
-from quantsweep.evaluation.search import search
+from quantsweep.evaluation.search import SearchResult, search
+from quantsweep.evaluation.search_moves import MoveKind, SearchMove, island_label, paths_to_time
 from quantsweep.onnx_graph.calibration import RangeCache
 from quantsweep.onnx_graph.candidates import FP32_FILE
 from quantsweep.onnx_graph.inspect import average_weight_bits
-from quantsweep.quant.distill import DISTILL_CHECKS
 from quantsweep.quant.numerics import ActRange
 from quantsweep.quant.producer_quant import ProducerQuant, read_producers
 from quantsweep.quant.scheme import WEIGHTS_DIR, load_records, records_path
@@ -45,12 +42,11 @@ from quantsweep.stages.common import ProgressFactory, model_source, no_progress
 from quantsweep.stages.eval_context import EvalContext, EvalRequest
 from quantsweep.stages.eval_records import ResultStore
 from quantsweep.stages.schemes_stage import SchemeSet, read_scheme_set
-from quantsweep.stages.search_recovery import AUTO_METHOD, RecoveredRecords, RecoveryOutcome
+from quantsweep.stages.search_opening import SearchOpening, SearchStart
 from quantsweep.targets import Backend, Objective
 from quantsweep.targets.base import conv_kinds
 
 LOG = logging.getLogger(__name__)
-ISLAND_COSTS_FILE, ISLAND_COSTS_KIND = "island_costs.json", "island_costs"
 FINALISTS = {Objective.SPEED: 3, Objective.SIZE: 1}  # passing kept sets timed beside the candidates
 
 
@@ -173,7 +169,7 @@ class TargetSearch:
         self.progress: ProgressFactory = no_progress
         self._ranges: RangeCache | None = None  # one FP32 graph and calibration batch for every target
         self._source = None
-        self._recovered: RecoveredRecords | None = None
+        self._opening: SearchOpening | None = None  # the moves before islands, made with the ranges
 
     def __call__(self, backend: Backend, store: ResultStore) -> dict:
         scheme_set = read_scheme_set(Path(self.index.targets[backend.name].schemes_dir))
@@ -183,6 +179,14 @@ class TargetSearch:
         if self._ranges is None:
             self._source = model_source(self.context.config, self.candidates_dir / FP32_FILE)
             self._ranges = recorded_ranges(self.candidates_dir, self._source.images)
+            self._opening = SearchOpening(
+                context=self.context,
+                candidates_dir=self.candidates_dir,
+                ranges=self._ranges,
+                source=self._source,
+                island_order=self.request.island_order,
+                progress=self.progress,
+            )
         measure = _Measure(
             backend,
             scheme_set,
@@ -201,24 +205,19 @@ class TargetSearch:
                 measure.accuracies.setdefault(kept, Accuracy(**record["accuracy"]))
         reference = self.context.reference_score
         threshold = self.eval_request.accuracy_target.threshold(reference)
-        measure, recovery, costs, free_first = self._before_islands(
-            backend, scheme_set, measure, threshold, search_dir
-        )
-        order = [
-            a.torch_name for a in island_order(scheme_set.ranking, costs, order=self.request.island_order)
-        ]
-        with self.progress(self.request.max_evals, f"search {backend.name}") as step:
-
-            def measured(kept: tuple[str, ...]) -> float:
-                score = measure(kept)
-                step(f"{len(kept)} kept: {score:.4f}")
-                return score
-
-            result = search(order, measured, target=threshold, max_evals=self.request.max_evals)
-        used = recovery is not None and recovery.used
+        start = self._opening(backend, scheme_set, measure, threshold, search_dir)
+        result, order, seconds = self._search_islands(backend, start, threshold)
         finalists = self._finalists(
-            backend, result, measure, store, search_dir, recovered=used, order=order, costs=costs
+            backend,
+            start.measure,
+            store,
+            search_dir,
+            passing=[tuple(e["kept"]) for e in result.evaluations if e["score"] >= result.target],
+            recovered=start.recovered,
+            order=order,
+            costs=start.costs,
         )
+        moves = self._ledger(start, result, finalists, seconds=seconds, store=store, search_dir=search_dir)
         summary = {
             "target": backend.name,
             "reference": reference,
@@ -228,124 +227,101 @@ class TargetSearch:
             **asdict(result),
             "low": scheme_set.low.label,
             "high": scheme_set.high.label,
-            "finalists": finalists,
-            "recovery": None if recovery is None else recovery.to_dict(),
+            "finalists": list(
+                dict.fromkeys([*finalists.values(), *(m.finalist for m in moves if m.finalist)])
+            ),
+            "recovery": None if start.recovery is None else start.recovery.to_dict(),
             "islands": {
-                **_islands_summary(self.request.island_order, costs, result.kept, measure),
-                "free_first": free_first,
+                **_islands_summary(self.request.island_order, start.costs, result.kept, start.measure),
+                "free_first": start.free_first,
             },
+            "moves": [m.to_dict() for m in moves],
         }
         write_json(search_dir / "search.json", "scheme_search", summary)
         return summary
 
-    def _before_islands(
-        self, backend: Backend, scheme_set: SchemeSet, measure: _Measure, threshold: float, search_dir: Path
-    ) -> tuple[_Measure, RecoveryOutcome | None, IslandCosts | None, dict | None]:
-        """When nothing-kept misses: price the islands, then the cheaper of the two moves first. An
-        island the runtime prices at nothing (island_costs.free_probe) costs one evaluation; recovery
-        costs minutes. If that island alone meets the target, recovery is not run."""
-        costs, free_first = None, None
-        if self.request.island_order is IslandOrder.GAIN_PER_MS and measure(()) < threshold:
-            costs = self._island_costs(backend, measure, search_dir)  # islands are needed: price them
-            probe = free_probe(scheme_set.ranking, costs)
-            if probe is not None:
-                score = measure((probe,))
-                free_first = {"layer": probe, "score": score, "met": score >= threshold}
-                if free_first["met"]:  # priced by the profile; now timed whole against nothing kept
-                    free_first["x_nothing_kept"] = ratio = self._probe_ratio(backend, measure, probe)
-                    free_first["met"] = ratio <= 1.0 + FREE_TIME_SHARE
-                if free_first["met"]:
-                    LOG.info("%s: %s kept float alone meets the target; no recovery", backend.name, probe)
-                    return measure, None, costs, free_first
-        measure, recovery = self._recovery_first(backend, scheme_set, measure, threshold, search_dir)
-        return measure, recovery, costs, free_first
+    def _search_islands(
+        self, backend: Backend, start: SearchStart, threshold: float
+    ) -> tuple[SearchResult, list[str], float]:
+        """The fewest float islands on ``start``'s measure; the island order; the seconds it took."""
+        order = [
+            a.torch_name
+            for a in island_order(
+                start.measure.scheme_set.ranking, start.costs, order=self.request.island_order
+            )
+        ]
+        started = time.perf_counter()
+        with self.progress(self.request.max_evals, f"search {backend.name}") as step:
 
-    def _probe_ratio(self, backend: Backend, measure: _Measure, probe: str) -> float:
-        """The free island's whole-model time over nothing-kept's on ``backend``'s runtime."""
-        with tempfile.TemporaryDirectory() as tmp:
-            paths = [
-                backend.save(measure.model(kept), Path(tmp) / f"{name}.onnx", source=measure.source)
-                for name, kept in (("k0", ()), ("island", (probe,)))
-            ]
-            ratio = whole_model_ratio(
-                backend, int8_path=paths[0], island_path=paths[1], image=self._source.images[:1].numpy()
-            )
-        LOG.info("%s: %s kept float runs at %.3fx nothing kept", backend.name, probe, ratio)
-        return ratio
+            def measured(kept: tuple[str, ...]) -> float:
+                score = start.measure(kept)
+                step(f"{len(kept)} kept: {score:.4f}")
+                return score
 
-    def _recovery_first(
-        self, backend: Backend, scheme_set: SchemeSet, measure: _Measure, threshold: float, search_dir: Path
-    ) -> tuple[_Measure, RecoveryOutcome | None]:
-        """Recovery before islands (search_recovery.py): the measure the islands are searched with."""
-        if self._recovered is None:
-            self._recovered = RecoveredRecords(
-                self.context.config, candidates_dir=self.candidates_dir, root=search_dir.parent
-            )
-        if not self._recovered.needed(backend) or (before := measure(())) >= threshold:
-            return measure, None
-        # the distillation's checkpoints (DISTILL_CHECKS), then nothing-kept scored again
-        with self.progress(DISTILL_CHECKS + 1, f"recover {backend.name}") as step:
-            records, seconds = self._recovered.for_target(
-                backend, scheme_set, measure.records, images=self._source.images, progress=step
-            )
-            log = JsonLines(search_dir / "evaluations_recovered.jsonl")
-            recovered = measure.with_records(records, log)
-            after = recovered(())
-            step(f"nothing kept: {before:.4f} -> {after:.4f}")
-        outcome = RecoveryOutcome(AUTO_METHOD, before, after, seconds, used=after > before)
-        LOG.info("%s: recovery before islands: nothing kept %.4f -> %.4f", backend.name, before, after)
-        return (recovered if outcome.used else measure), outcome
+            result = search(order, measured, target=threshold, max_evals=self.request.max_evals)
+        return result, order, time.perf_counter() - started
 
-    def _island_costs(self, backend: Backend, measure: _Measure, search_dir: Path) -> IslandCosts | None:
-        """What each float island costs on ``backend``'s runtime (island_costs.py), profiled once per
-        search directory (a resumed search reads it back); None for a size target or no profiler."""
-        if backend.objective is not Objective.SPEED:
-            return None
-        path = search_dir / ISLAND_COSTS_FILE
-        if path.is_file():
-            return IslandCosts.from_dict(read_json(path, ISLAND_COSTS_KIND))
-        image = self._source.images[:1].numpy()
-        with tempfile.TemporaryDirectory() as tmp:
-            nothing_kept = backend.save(measure.model(()), Path(tmp) / "k0.onnx", source=measure.source)
-            costs = measure_island_costs(
-                backend,
-                float_path=self.candidates_dir / FP32_FILE,
-                int8_path=nothing_kept,
-                units=conv_units(self._ranges.model),
-                image=image,
+    def _ledger(
+        self, start: SearchStart, result: SearchResult, finalists: dict, *, seconds: float, store, search_dir
+    ) -> list[SearchMove]:
+        """The measured moves (search_moves.py) with the island search's own; an island that met the
+        target alone for a cost per inference while recovery ran becomes a finalist too, so the timing
+        pass weighs it against the recovered path."""
+        moves = list(start.moves)
+        if result.kept and result.target_met:
+            nodes = start.measure.scheme_set.onnx_nodes
+            cost = None if start.costs is None else sum(start.costs.cost(nodes[n]) for n in result.kept)
+            moves.append(
+                SearchMove(
+                    MoveKind.ISLAND,
+                    island_label(result.kept),
+                    score_before=start.measure(()),
+                    score=result.score,
+                    met=True,
+                    per_inference_ms=None if cost is None else round(cost, 4),
+                    seconds=round(seconds, 1),
+                    recovered=start.recovered,
+                    finalist=finalists.get(tuple(result.kept)),
+                    outcome="the fewest kept that meet the target",
+                )
             )
-        if costs is not None:
-            write_json(path, ISLAND_COSTS_KIND, costs.to_dict())
-            LOG.info(
-                "%s: conv units take %.2f ms in float, %.2f ms in INT8 (%s profile)",
-                backend.name,
-                sum(costs.float_ms.values()),
-                sum(costs.int8_ms.values()),
-                costs.runtime,
+        for move in paths_to_time(moves):
+            kept = tuple(move.label.split(", "))
+            names = self._finalists(
+                start.backend,
+                start.unrecovered,
+                store,
+                search_dir,
+                passing=[kept],
+                recovered=False,
+                order=list(kept),
+                costs=start.costs,
             )
-        return costs
+            outcome = f"{move.outcome}; timed against the recovered path"
+            moves[moves.index(move)] = dataclasses.replace(move, finalist=names[kept], outcome=outcome)
+        return moves
 
     def _finalists(
         self,
-        backend,
-        result,
+        backend: Backend,
         measure: _Measure,
         store: ResultStore,
         search_dir: Path,
         *,
+        passing: Sequence[tuple[str, ...]],
         recovered: bool,
         order: list[str],
         costs: IslandCosts | None,
-    ) -> list[str]:
+    ) -> dict[tuple[str, ...], str]:
+        """The cheapest passing kept sets (by the islands' estimated time, else fewest kept) written as
+        models the timing pass measures: kept set -> model name."""
         nodes = measure.scheme_set.onnx_nodes
 
-        def cheapest(kept: tuple[str, ...]) -> tuple:  # least estimated island time, else fewest kept
+        def cheapest(kept: tuple[str, ...]) -> tuple:
             estimate = len(kept) if costs is None else sum(costs.cost(nodes[n]) for n in kept)
             return (estimate, len(kept), [order.index(n) for n in kept])
 
-        passing = sorted(
-            {tuple(e["kept"]) for e in result.evaluations if e["score"] >= result.target}, key=cheapest
-        )[: FINALISTS[backend.objective]]
+        passing = sorted(set(passing), key=cheapest)[: FINALISTS[backend.objective]]
         # a kept set some candidate already has (K=0 is the k0 scheme) is that candidate, timed as it
         # is; not with recovered records, which no candidate carries
         existing = {
@@ -354,12 +330,12 @@ class TargetSearch:
             if Policy(r["policy"]).is_scheme and not recovered
         }
         suffix = "_recovered" if recovered else ""
-        names = []
+        names: dict[tuple[str, ...], str] = {}
         for kept in passing:
             if frozenset(kept) in existing:
-                names.append(existing[frozenset(kept)])
+                names[kept] = existing[frozenset(kept)]
                 continue
-            same = sum(n.startswith(f"search_k{len(kept)}{suffix}") for n in names)
+            same = sum(n.startswith(f"search_k{len(kept)}{suffix}") for n in names.values())
             name = f"search_k{len(kept)}{suffix}" + (f"_{same + 1}" if same else "")
             if not store.has(name):
                 model = measure.model(kept)
@@ -377,5 +353,5 @@ class TargetSearch:
                     "recovered": recovered,
                 }
                 store.write_result(record, acc)
-            names.append(name)
+            names[kept] = name
         return names

@@ -1,0 +1,210 @@
+"""The search's moves before its island search, on one target (search_moves.py).
+
+When nothing-kept misses the accuracy target: the float islands are priced on the runtime
+(island_costs.py), the island the runtime prices at nothing is tried first (one evaluation, timed
+whole where it meets the target), and recovery (search_recovery.py, minutes) runs only if that
+island does not meet the target at no inference cost. Every move is recorded as measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from quantsweep.core.config import IslandOrder
+from quantsweep.core.records import JsonLines, read_json, write_json
+from quantsweep.evaluation.island_costs import (
+    IslandCosts,
+    conv_units,
+    free_probe,
+    measure_island_costs,
+    whole_model_ratio,
+)
+from quantsweep.evaluation.search_moves import MoveKind, SearchMove
+from quantsweep.onnx_graph.calibration import RangeCache
+from quantsweep.onnx_graph.candidates import FP32_FILE
+from quantsweep.quant.distill import DISTILL_CHECKS
+from quantsweep.stages.common import ProgressFactory
+from quantsweep.stages.schemes_stage import SchemeSet
+from quantsweep.stages.search_recovery import AUTO_METHOD, RecoveredRecords, RecoveryOutcome
+from quantsweep.targets import Backend, Objective
+
+if TYPE_CHECKING:
+    from quantsweep.stages.search_stage import _Measure as Measure
+
+LOG = logging.getLogger(__name__)
+ISLAND_COSTS_FILE, ISLAND_COSTS_KIND = "island_costs.json", "island_costs"
+
+
+@dataclass
+class SearchStart:
+    """Where the island search starts on one target: the moves made before it (search_moves.py)."""
+
+    backend: Backend
+    measure: Measure  # what the islands are searched with (recovered records, where recovery gained)
+    unrecovered: Measure  # the records as materialize quantized them
+    costs: IslandCosts | None = None
+    recovery: RecoveryOutcome | None = None
+    free_first: dict | None = None
+    moves: list[SearchMove] = field(default_factory=list)
+
+    @property
+    def recovered(self) -> bool:
+        """The islands are searched on recovered records."""
+        return self.recovery is not None and self.recovery.used
+
+
+class SearchOpening:
+    """The moves before the island search, per target; the recovered records are made once per run."""
+
+    def __init__(
+        self,
+        *,
+        context,
+        candidates_dir: Path,
+        ranges: RangeCache,
+        source,
+        island_order: IslandOrder,
+        progress: ProgressFactory,
+    ) -> None:
+        self.context, self.candidates_dir = context, Path(candidates_dir)
+        self._ranges, self._source = ranges, source
+        self.island_order, self.progress = island_order, progress
+        self._recovered: RecoveredRecords | None = None
+
+    def __call__(
+        self, backend: Backend, scheme_set: SchemeSet, measure: Measure, threshold: float, search_dir: Path
+    ) -> SearchStart:
+        """When nothing-kept misses: price the islands, then the cheaper of the two moves first. An
+        island the runtime prices at nothing (island_costs.free_probe) costs one evaluation; recovery
+        costs minutes. If that island alone meets the target at no inference cost, timed whole,
+        recovery is not run (search_moves.py)."""
+        start = SearchStart(backend, measure, unrecovered=measure)
+        if self.island_order is IslandOrder.GAIN_PER_MS and measure(()) < threshold:
+            start.costs = self._island_costs(backend, measure, search_dir)  # islands needed: price them
+            probe = free_probe(scheme_set.ranking, start.costs)
+            if probe is not None and self._probe(start, probe, threshold):
+                LOG.info("%s: %s kept float alone meets the target; no recovery", backend.name, probe)
+                return start
+        return self._recovery_first(scheme_set, start, threshold, search_dir)
+
+    def _probe(self, start: SearchStart, probe: str, threshold: float) -> bool:
+        """Score the free island, time it whole where it meets the target, record the move; whether
+        it is taken (meets the target at no inference cost)."""
+        started, measure = time.perf_counter(), start.measure
+        score = measure((probe,))
+        ratio = self._probe_ratio(start.backend, measure, probe) if score >= threshold else None
+        move = SearchMove(
+            MoveKind.ISLAND,
+            probe,
+            score_before=measure(()),
+            score=score,
+            met=score >= threshold,
+            per_inference_ms=round(start.costs.cost(measure.scheme_set.onnx_nodes[probe]), 4),
+            seconds=round(time.perf_counter() - started, 1),
+            x_nothing_kept=ratio,
+        )
+        taken = move.met and move.free
+        start.free_first = {"layer": probe, "score": score, "met": taken, "x_nothing_kept": ratio}
+        if taken:
+            outcome = "taken: meets the target at no inference cost; recovery not run"
+        elif move.met:
+            outcome = f"meets the target but runs at {ratio:.3f}x nothing kept"
+        else:
+            outcome = "short of the target"
+        start.moves.append(dataclasses.replace(move, outcome=outcome))
+        return taken
+
+    def _probe_ratio(self, backend: Backend, measure: Measure, probe: str) -> float:
+        """The free island's whole-model time over nothing-kept's on ``backend``'s runtime."""
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = [
+                backend.save(measure.model(kept), Path(tmp) / f"{name}.onnx", source=measure.source)
+                for name, kept in (("k0", ()), ("island", (probe,)))
+            ]
+            ratio = whole_model_ratio(
+                backend, int8_path=paths[0], island_path=paths[1], image=self._source.images[:1].numpy()
+            )
+        LOG.info("%s: %s kept float runs at %.3fx nothing kept", backend.name, probe, ratio)
+        return ratio
+
+    def _recovery_first(
+        self, scheme_set: SchemeSet, start: SearchStart, threshold: float, search_dir: Path
+    ) -> SearchStart:
+        """Recovery before islands (search_recovery.py): ``start`` with the measure the islands are
+        searched with, and the recovery move recorded."""
+        backend, measure = start.backend, start.measure
+        if self._recovered is None:
+            self._recovered = RecoveredRecords(
+                self.context.config, candidates_dir=self.candidates_dir, root=search_dir.parent
+            )
+        if not self._recovered.needed(backend) or (before := measure(())) >= threshold:
+            return start
+        # the distillation's checkpoints (DISTILL_CHECKS), then nothing-kept scored again
+        started = time.perf_counter()
+        with self.progress(DISTILL_CHECKS + 1, f"recover {backend.name}") as step:
+            records, seconds = self._recovered.for_target(
+                backend, scheme_set, measure.records, images=self._source.images, progress=step
+            )
+            log = JsonLines(search_dir / "evaluations_recovered.jsonl")
+            recovered = measure.with_records(records, log)
+            after = recovered(())
+            step(f"nothing kept: {before:.4f} -> {after:.4f}")
+        start.recovery = RecoveryOutcome(AUTO_METHOD, before, after, seconds, used=after > before)
+        LOG.info("%s: recovery before islands: nothing kept %.4f -> %.4f", backend.name, before, after)
+        if start.recovery.used:
+            start.measure = recovered
+        if after >= threshold:
+            outcome = "taken: meets the target at no inference cost"
+        elif start.recovery.used:
+            outcome = "taken: the islands were searched on the recovered weights"
+        else:
+            outcome = "no gain: the islands were searched on the weights as quantized"
+        spent = time.perf_counter() - started if seconds else 0.0  # 0: recovered records read back
+        start.moves.append(
+            SearchMove(
+                MoveKind.RECOVERY,
+                AUTO_METHOD.value,
+                score_before=before,
+                score=after,
+                met=after >= threshold,
+                per_inference_ms=0.0,
+                seconds=round(spent, 1),
+                outcome=outcome,
+            )
+        )
+        return start
+
+    def _island_costs(self, backend: Backend, measure: Measure, search_dir: Path) -> IslandCosts | None:
+        """What each float island costs on ``backend``'s runtime (island_costs.py), profiled once per
+        search directory (a resumed search reads it back); None for a size target or no profiler."""
+        if backend.objective is not Objective.SPEED:
+            return None
+        path = search_dir / ISLAND_COSTS_FILE
+        if path.is_file():
+            return IslandCosts.from_dict(read_json(path, ISLAND_COSTS_KIND))
+        image = self._source.images[:1].numpy()
+        with tempfile.TemporaryDirectory() as tmp:
+            nothing_kept = backend.save(measure.model(()), Path(tmp) / "k0.onnx", source=measure.source)
+            costs = measure_island_costs(
+                backend,
+                float_path=self.candidates_dir / FP32_FILE,
+                int8_path=nothing_kept,
+                units=conv_units(self._ranges.model),
+                image=image,
+            )
+        if costs is not None:
+            write_json(path, ISLAND_COSTS_KIND, costs.to_dict())
+            LOG.info(
+                "%s: conv units take %.2f ms in float, %.2f ms in INT8 (%s profile)",
+                backend.name,
+                sum(costs.float_ms.values()),
+                sum(costs.int8_ms.values()),
+                costs.runtime,
+            )
+        return costs
