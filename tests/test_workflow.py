@@ -14,6 +14,7 @@ import pytest
 from quantsweep.cli.main import main
 from quantsweep.core.config import DetectConfig, QuantFormat
 from quantsweep.data.images import load_batch, resolve_images
+from quantsweep.evaluation.search_moves import MoveKind, read_moves
 from quantsweep.models import load_model
 from quantsweep.models.network import enumerate_layers
 from quantsweep.quant.scheme import WEIGHTS_DIR, load_records, records_path
@@ -127,6 +128,13 @@ def test_each_target_recommends_a_model_within_one_percent(default_run, target) 
         assert len(search["kept"]) <= 6 and rec["size_reduction"] >= 6
     else:  # a speed target ships a quantized model only where it timed faster than FP32
         assert chosen["latency"]["ratio_to_reference"] < 1.0 and rec["speedup"] > 1.0
+        # nothing kept meets the target here, and the island the runtime prices at nothing is still
+        # tried once for accuracy: a finalist, timed, where it scores higher at no inference cost
+        (move,) = read_moves(search["moves"])
+        assert move.kind is MoveKind.ISLAND and move.score_before == search["evaluations"][0]["score"]
+        assert bool(move.finalist) == (move.gain > 0 and move.free)
+        if move.finalist:
+            assert _result(default_run, move.finalist, target)["latency"]["rounds"] >= 5
 
 
 def test_summary_opens_with_one_card_per_target(default_run) -> None:

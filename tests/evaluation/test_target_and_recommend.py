@@ -72,6 +72,19 @@ def test_speed_target_recommends_the_fastest_model_within_the_target(tmp_path) -
     assert rec["closest"] == "fast_ok" and "InferenceSession" in rec["deploy"]
 
 
+def test_of_models_timed_alike_the_more_accurate_is_recommended(tmp_path) -> None:
+    # within 2% of the fastest the pass cannot tell them apart: the more accurate wins; 3% slower loses
+    models = {**MODELS, "alike_better": (0.898, 0.509, 31), "slower_best": (0.899, 0.515, 31)}
+    rec = recommend(
+        get_backend("openvino"),
+        _store(tmp_path, models),
+        reference=0.9,
+        metric="map50_95_gt",
+        target=AccuracyTarget(0.01),
+    )
+    assert rec["recommended"] == "alike_better"
+
+
 def test_size_target_recommends_the_smallest_model_within_the_target(tmp_path) -> None:
     rec = recommend(
         get_backend("size"),

@@ -44,8 +44,8 @@ PROFILE_RUNS = 20  # inferences profiled per model (after as many warm-up runs)
 FLOOR_SHARE = 0.1  # the least a float island is priced at, as a share of the median island cost
 # an island costing at most this share of all conv units' INT8 time is free: tried before recovery
 FREE_SHARE = 0.01
-# ... and accepted when the whole model with it is at most this much slower, timed (PROBE_ROUNDS)
-FREE_TIME_SHARE = 0.02
+# ... and accepted when the whole model with it, timed in PROBE_ROUNDS, is no slower than
+# timing.SAME_TIME_SHARE
 PROBE_ROUNDS = 5
 
 

@@ -5,7 +5,9 @@ is passed over, and the recommendation says which and why.
 
 Speed targets: the fastest model (median over rounds of its time relative to FP32, measured in one
 interleaved pass) whose mAP50-95 meets the accuracy target; kept float layers cost time through
-their kernels and the Q/DQ around them, so the count of kept layers is not the objective. Size
+their kernels and the Q/DQ around them, so the count of kept layers is not the objective. Models
+within ``timing.SAME_TIME_SHARE`` of the fastest are not told apart by the pass: of those, the most
+accurate is recommended (the search's free island: the same speed, a higher score). Size
 target: the smallest file that meets it. Where the fastest passing model is still slower than FP32,
 the recommendation is FP32 itself (and says so) instead of shipping a slower model; where no
 quantized model passes, there is no recommendation and the closest model is named.
@@ -18,6 +20,7 @@ from typing import Any
 from quantsweep.evaluation.accuracy_target import AccuracyTarget
 from quantsweep.schemes.scheme_records import FP32_NAME, Policy
 from quantsweep.targets import Backend, Objective
+from quantsweep.targets.timing import SAME_TIME_SHARE
 
 
 def _speed_ratio(record: dict[str, Any]) -> float:
@@ -76,6 +79,9 @@ def recommend(
     departs = [r for r in passing if r.get("runtime_agrees") is False]
     passing = [r for r in passing if r.get("runtime_agrees") is not False]
     best = min(passing, key=_objective_key(backend), default=None)
+    if backend.objective is Objective.SPEED and best is not None and _speed_ratio(best) < float("inf"):
+        tied = [r for r in passing if _speed_ratio(r) <= _speed_ratio(best) * (1.0 + SAME_TIME_SHARE)]
+        best = max(tied, key=_score)
     if backend.objective is Objective.SPEED and best is not None and _speed_ratio(best) >= 1.0:
         best = fp32
     closest = max(quantized, key=_score, default=None)

@@ -21,7 +21,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from quantsweep.evaluation.island_costs import FREE_TIME_SHARE
+from quantsweep.targets.timing import SAME_TIME_SHARE
 
 
 class MoveKind(enum.StrEnum):
@@ -54,10 +54,10 @@ class SearchMove:
 
     @property
     def free(self) -> bool:
-        """Costs no inference time: recovery, or an island timed whole within ``FREE_TIME_SHARE``."""
+        """Costs no inference time: recovery, or an island timed whole within ``SAME_TIME_SHARE``."""
         if self.kind is MoveKind.RECOVERY:
             return True
-        return self.x_nothing_kept is not None and self.x_nothing_kept <= 1.0 + FREE_TIME_SHARE
+        return self.x_nothing_kept is not None and self.x_nothing_kept <= 1.0 + SAME_TIME_SHARE
 
     def to_dict(self) -> dict:
         """JSON-ready form."""

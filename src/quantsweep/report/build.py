@@ -141,8 +141,9 @@ def _moves_lines(search: dict[str, Any], *, target: str, recommended: str | None
     if not moves:
         return []
     nothing_kept = search["evaluations"][0]["score"]
+    verdict = "within" if nothing_kept >= search["threshold"] else "short of"
     lines = [
-        f"Nothing kept scored {nothing_kept:.4f}, short of the target. Moves weighed, cheapest per "
+        f"Nothing kept scored {nothing_kept:.4f}, {verdict} the target. Moves weighed, cheapest per "
         f"inference first, then by one-time seconds; every score on the {target} target's runtime:",
         "",
         "| move | mAP50-95 | gain | time per inference | one-time | outcome |",

@@ -52,6 +52,7 @@ class SearchStart:
     recovery: RecoveryOutcome | None = None
     free_first: dict | None = None
     moves: list[SearchMove] = field(default_factory=list)
+    finalists: list[tuple[str, ...]] = field(default_factory=list)  # timed whatever the search finds
 
     @property
     def recovered(self) -> bool:
@@ -80,18 +81,51 @@ class SearchOpening:
     def __call__(
         self, backend: Backend, scheme_set: SchemeSet, measure: Measure, threshold: float, search_dir: Path
     ) -> SearchStart:
-        """When nothing-kept misses: price the islands, then the cheaper of the two moves first. An
-        island the runtime prices at nothing (island_costs.free_probe) costs one evaluation; recovery
-        costs minutes. If that island alone meets the target at no inference cost, timed whole,
-        recovery is not run (search_moves.py)."""
+        """Price the islands of a speed target, then try the island the runtime prices at nothing
+        (island_costs.free_probe; one evaluation). Where nothing-kept misses the target, that island
+        goes before recovery (minutes), which is not run if the island alone meets the target at no
+        inference cost, timed whole; where nothing-kept meets it, the island is a finalist if it is
+        more accurate at no inference cost (search_moves.py)."""
         start = SearchStart(backend, measure, unrecovered=measure)
-        if self.island_order is IslandOrder.GAIN_PER_MS and measure(()) < threshold:
-            start.costs = self._island_costs(backend, measure, search_dir)  # islands needed: price them
-            probe = free_probe(scheme_set.ranking, start.costs)
-            if probe is not None and self._probe(start, probe, threshold):
-                LOG.info("%s: %s kept float alone meets the target; no recovery", backend.name, probe)
-                return start
+        if self.island_order is not IslandOrder.GAIN_PER_MS:
+            return self._recovery_first(scheme_set, start, threshold, search_dir)
+        start.costs = self._island_costs(backend, measure, search_dir)
+        probe = free_probe(scheme_set.ranking, start.costs)
+        if probe is not None and measure(()) >= threshold:
+            self._free_gain(start, probe)
+            return start
+        if probe is not None and self._probe(start, probe, threshold):
+            LOG.info("%s: %s kept float alone meets the target; no recovery", backend.name, probe)
+            return start
         return self._recovery_first(scheme_set, start, threshold, search_dir)
+
+    def _free_gain(self, start: SearchStart, probe: str) -> None:
+        """Nothing-kept meets the target: the free island becomes a finalist where it scores higher
+        and, timed whole, costs no inference time (the recommendation prefers the more accurate of
+        models that run equally fast)."""
+        started, measure = time.perf_counter(), start.measure
+        score, before = measure((probe,)), measure(())
+        ratio = self._probe_ratio(start.backend, measure, probe) if score > before else None
+        move = SearchMove(
+            MoveKind.ISLAND,
+            probe,
+            score_before=before,
+            score=score,
+            met=True,
+            per_inference_ms=round(start.costs.cost(measure.scheme_set.onnx_nodes[probe]), 4),
+            seconds=round(time.perf_counter() - started, 1),
+            x_nothing_kept=ratio,
+        )
+        taken = score > before and move.free
+        start.free_first = {"layer": probe, "score": score, "met": taken, "x_nothing_kept": ratio}
+        if taken:
+            start.finalists.append((probe,))
+            outcome = "more accurate than nothing kept at no inference cost: timed as a finalist"
+        elif score > before:
+            outcome = f"more accurate than nothing kept but runs at {ratio:.3f}x it"
+        else:
+            outcome = "no more accurate than nothing kept"
+        start.moves.append(dataclasses.replace(move, outcome=outcome))
 
     def _probe(self, start: SearchStart, probe: str, threshold: float) -> bool:
         """Score the free island, time it whole where it meets the target, record the move; whether

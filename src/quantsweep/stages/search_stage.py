@@ -212,7 +212,10 @@ class TargetSearch:
             start.measure,
             store,
             search_dir,
-            passing=[tuple(e["kept"]) for e in result.evaluations if e["score"] >= result.target],
+            passing=[
+                *(tuple(e["kept"]) for e in result.evaluations if e["score"] >= result.target),
+                *start.finalists,
+            ],
             recovered=start.recovered,
             order=order,
             costs=start.costs,
@@ -267,7 +270,13 @@ class TargetSearch:
         """The measured moves (search_moves.py) with the island search's own; an island that met the
         target alone for a cost per inference while recovery ran becomes a finalist too, so the timing
         pass weighs it against the recovered path."""
-        moves = list(start.moves)
+        named = {} if start.recovered else finalists  # the finalists' records are the moves' records
+        moves = [  # an island move whose kept set became a finalist (the free island) names it
+            dataclasses.replace(m, finalist=named[kept])
+            if m.kind is MoveKind.ISLAND and (kept := tuple(m.label.split(", "))) in named
+            else m
+            for m in start.moves
+        ]
         if result.kept and result.target_met:
             nodes = start.measure.scheme_set.onnx_nodes
             cost = None if start.costs is None else sum(start.costs.cost(nodes[n]) for n in result.kept)

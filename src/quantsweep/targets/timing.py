@@ -18,6 +18,9 @@ import numpy as np
 from quantsweep.targets.base import Runner
 
 ProgressFn = Callable[[str], None]
+# ratios to the reference within this share of each other are not told apart: an interleaved
+# pass's medians moved by 1-3% between passes on the 2-core machines (docs/figures.md)
+SAME_TIME_SHARE = 0.02
 
 
 @dataclass(frozen=True)
