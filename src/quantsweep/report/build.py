@@ -140,7 +140,7 @@ def _moves_lines(search: dict[str, Any], *, target: str, recommended: str | None
     moves = read_moves(search.get("moves"))
     if not moves:
         return []
-    nothing_kept = search["evaluations"][0]["score"]
+    nothing_kept = moves[0].score_before  # before any move (the island search may start recovered)
     verdict = "within" if nothing_kept >= search["threshold"] else "short of"
     lines = [
         f"Nothing kept scored {nothing_kept:.4f}, {verdict} the target. Moves weighed, cheapest per "
