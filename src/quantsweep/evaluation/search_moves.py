@@ -11,7 +11,10 @@ inference (one island the profile prices at nothing: one evaluation) goes before
 (minutes), and islands beyond it go in the order of gain per millisecond (``island_costs.py``).
 Where an island met the target alone but cost time per inference and recovery then ran, both
 paths become finalists and the evaluate stage's timing pass picks the faster: the choice between
-recovery and islands is made on measured time, not assumed. The report prints the ledger.
+recovery and islands is made on measured time, not assumed. Where nothing-kept already meets the
+target, the free island is still tried once, and is a finalist where it scores higher at no
+inference cost (the recommendation prefers the more accurate of models timed alike). The report
+prints the ledger.
 """
 
 from __future__ import annotations
