@@ -56,6 +56,11 @@ class SearchMove:
         return self.score - self.score_before
 
     @property
+    def kept(self) -> tuple[str, ...]:
+        """The layers an island move keeps float (empty for recovery)."""
+        return tuple(self.label.split(", ")) if self.kind is MoveKind.ISLAND else ()
+
+    @property
     def free(self) -> bool:
         """Costs no inference time: recovery, or an island timed whole within ``SAME_TIME_SHARE``."""
         if self.kind is MoveKind.RECOVERY:

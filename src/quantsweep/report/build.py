@@ -153,7 +153,7 @@ def _moves_lines(search: dict[str, Any], *, target: str, recommended: str | None
         if move.kind is MoveKind.RECOVERY:
             what, per = f"recovery: {move.label}", "none"
         else:
-            layers = ", ".join(f"`{n}`" for n in move.label.split(", "))
+            layers = ", ".join(f"`{n}`" for n in move.kept)
             what = f"float {layers}" + (" (recovered weights)" if move.recovered else "")
             per = (
                 "not priced"

@@ -272,9 +272,7 @@ class TargetSearch:
         pass weighs it against the recovered path."""
         named = {} if start.recovered else finalists  # the finalists' records are the moves' records
         moves = [  # an island move whose kept set became a finalist (the free island) names it
-            dataclasses.replace(m, finalist=named[kept])
-            if m.kind is MoveKind.ISLAND and (kept := tuple(m.label.split(", "))) in named
-            else m
+            dataclasses.replace(m, finalist=named[m.kept]) if m.kept and m.kept in named else m
             for m in start.moves
         ]
         if result.kept and result.target_met:
@@ -295,7 +293,7 @@ class TargetSearch:
                 )
             )
         for move in paths_to_time(moves):
-            kept = tuple(move.label.split(", "))
+            kept = move.kept
             names = self._finalists(
                 start.backend,
                 start.unrecovered,
