@@ -168,7 +168,8 @@ def test_the_search_card_shows_each_measured_move_and_which_one_was_recommended(
         line for line in card.splitlines() if line.startswith("| float ") or line.startswith("| recovery")
     ]
     assert rows == [
-        "| float `layer0` | 0.8930 | +0.0410 | +0.004 ms (profile), 1.060x nothing kept (timed whole) | 3 s "
+        "| float `layer0` | 0.8930 | +0.0410 | +0.004 ms (profile), 1.060x nothing kept "
+        "(timed whole, lower quartiles) | 3 s "
         "| meets the target but runs at 1.060x nothing kept; timed against the recovered path; model `k5`, "
         "recommended |",
         "| recovery: distill | 0.8530 | +0.0010 | none | 71 s |  |",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from quantsweep.targets.base import Runner
-from quantsweep.targets.timing import interleaved_latency
+from quantsweep.targets.timing import interleaved_latency, lower_quartile_ratios
 
 
 class _Sleeper(Runner):
@@ -41,3 +41,26 @@ def test_ratios_rounds_and_rotation() -> None:
 def test_reference_must_be_timed() -> None:
     with pytest.raises(ValueError, match="reference"):
         interleaved_latency({"a": _Sleeper(0.0, [], "a")}, np.zeros(1), reference="fp32")
+
+
+class _Bursty(_Sleeper):
+    """Slowed 3x on three runs in five: load elsewhere lengthens runs, never shortens them."""
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        slowed = len(self.log) % 5 < 3
+        self.log.append(self.name)
+        time.sleep(self.seconds * (3 if slowed else 1))
+        return image
+
+
+def test_lower_quartile_ratios_see_the_models_cost_through_bursts_of_load() -> None:
+    runners = {
+        "k0": _Sleeper(0.01, [], "k0"),
+        "bursty_same": _Bursty(0.01, [], "bursty_same"),
+        "half": _Sleeper(0.005, [], "half"),
+    }
+    robust = lower_quartile_ratios(runners, np.zeros(1), reference="k0", rounds=4, runs_per_round=5, warmup=0)
+    assert robust["k0"] == 1.0 and 0.8 < robust["bursty_same"] < 1.3 and 0.3 < robust["half"] < 0.75
+    # the median of per-round ratios takes the bursts for the model's own cost
+    medians = interleaved_latency(runners, np.zeros(1), reference="k0", rounds=4, runs_per_round=5, warmup=0)
+    assert medians["bursty_same"].ratio_to_reference > 2.0

@@ -161,7 +161,7 @@ def _moves_lines(search: dict[str, Any], *, target: str, recommended: str | None
                 else f"{move.per_inference_ms:+.3f} ms (profile)"
             )
             if move.x_nothing_kept is not None:
-                per += f", {move.x_nothing_kept:.3f}x nothing kept (timed whole)"
+                per += f", {move.x_nothing_kept:.3f}x nothing kept (timed whole, lower quartiles)"
         outcome = move.outcome
         if move.finalist:
             outcome += f"; model `{move.finalist}`" + (
