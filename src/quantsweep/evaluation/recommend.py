@@ -3,7 +3,7 @@
 An artifact whose own runtime departed from the Torch simulation at materialize (its runtime check)
 is passed over, and the recommendation says which and why.
 
-Speed targets: the fastest model (median over rounds of its time relative to FP32, measured in one
+Speed targets: the fastest model (its median latency relative to FP32's, measured in one
 interleaved pass) whose mAP50-95 meets the accuracy target; kept float layers cost time through
 their kernels and the Q/DQ around them, so the count of kept layers is not the objective. Models
 within ``timing.SAME_TIME_SHARE`` of the fastest are not told apart by the pass: of those, the most

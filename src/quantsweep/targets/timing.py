@@ -1,9 +1,13 @@
 """Latency that can be trusted on a shared machine: every model timed in the same interleaved rounds.
 
 Timing one model after another lets a burst of load elsewhere land on one of them. Here each
-round visits every model (in a rotated order, so no model always runs first), and a model's speed
-is stated as the median over rounds of its time divided by the reference model's time in the same
-round: load that slows a whole round cancels out of the ratio.
+round visits every model (in a rotated order, so no model always runs first), so every model is
+sampled across the same stretch of time, and a model's speed is its median latency over the pass
+divided by the reference model's. (Until the fourteenth session it was the median over rounds of
+per-round ratios of 5-run medians; on ONNX Runtime on a 2-core VM a burst inside one model's five
+runs moved that statistic so much that two models with the same 21.7 ms median latency were stated
+as 0.51x and 0.47x, and four 15-round passes of one pair gave 0.95-1.34, against 0.98-1.04 for the
+ratio of medians and 1.026-1.028 for the ratio of lower quartiles: docs/figures.md.)
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ class Timing:
     median_ms: float
     p10_ms: float
     p90_ms: float
-    ratio_to_reference: float  # median over rounds of (this model's round median / reference's)
-    ratio_spread: float  # max - min of the per-round ratios
+    ratio_to_reference: float  # this model's median latency over the pass / the reference's
+    ratio_spread: float  # max - min of the per-round ratios of 5-run medians: how noisy the pass was
     runs: int
     rounds: int
     device: str
@@ -117,6 +121,7 @@ def interleaved_latency(
         runners, image, rounds=rounds, runs_per_round=runs_per_round, warmup=warmup, progress=progress
     )
     ref_medians = [statistics.median(times) for times in per_round[reference]]
+    ref_median = statistics.median(t for times in per_round[reference] for t in times)
     result = {}
     for name in names:
         flat = [t for times in per_round[name] for t in times]
@@ -125,7 +130,7 @@ def interleaved_latency(
             median_ms=statistics.median(flat),
             p10_ms=float(np.percentile(flat, 10)),
             p90_ms=float(np.percentile(flat, 90)),
-            ratio_to_reference=statistics.median(ratios),
+            ratio_to_reference=statistics.median(flat) / ref_median,
             ratio_spread=max(ratios) - min(ratios),
             runs=len(flat),
             rounds=rounds,
