@@ -92,14 +92,14 @@ class SearchOpening:
         start.costs = self._island_costs(backend, measure, search_dir)
         probe = free_probe(scheme_set.ranking, start.costs)
         if probe is not None and measure(()) >= threshold:
-            self._free_gain(start, probe)
+            self._free_gain(start, probe, threshold)
             return start
         if probe is not None and self._probe(start, probe, threshold):
             LOG.info("%s: %s kept float alone meets the target; no recovery", backend.name, probe)
             return start
         return self._recovery_first(scheme_set, start, threshold, search_dir)
 
-    def _free_gain(self, start: SearchStart, probe: str) -> None:
+    def _free_gain(self, start: SearchStart, probe: str, threshold: float) -> None:
         """Nothing-kept meets the target: the free island becomes a finalist where it scores higher
         and, timed whole, costs no inference time (the recommendation prefers the more accurate of
         models that run equally fast)."""
@@ -111,7 +111,7 @@ class SearchOpening:
             probe,
             score_before=before,
             score=score,
-            met=True,
+            met=score >= threshold,  # more accurate than nothing kept, which meets it, or not
             per_inference_ms=round(start.costs.cost(measure.scheme_set.onnx_nodes[probe]), 4),
             seconds=round(time.perf_counter() - started, 1),
             x_nothing_kept=ratio,
