@@ -52,6 +52,17 @@ def _store(tmp_path: Path, models: dict[str, tuple[float, float, int]]) -> Resul
     return store
 
 
+def _recommend(tmp_path: Path, target: str, models: dict[str, tuple[float, float, int]]) -> dict:
+    """``target``'s recommendation among ``models`` (see ``_store``), FP32 0.9, 1% relative target."""
+    return recommend(
+        get_backend(target),
+        _store(tmp_path, models),
+        reference=0.9,
+        metric="map50_95_gt",
+        target=AccuracyTarget(0.01),
+    )
+
+
 MODELS = {
     "fp32": (0.9, 1.0, 100),
     "fast_bad": (0.85, 0.4, 25),  # fastest, but misses 1%
@@ -61,13 +72,7 @@ MODELS = {
 
 
 def test_speed_target_recommends_the_fastest_model_within_the_target(tmp_path) -> None:
-    rec = recommend(
-        get_backend("ort-cpu"),
-        _store(tmp_path, MODELS),
-        reference=0.9,
-        metric="map50_95_gt",
-        target=AccuracyTarget(0.01),
-    )
+    rec = _recommend(tmp_path, "ort-cpu", MODELS)
     assert rec["recommended"] == "fast_ok" and rec["speedup"] == pytest.approx(2.0)
     assert rec["closest"] == "fast_ok" and "InferenceSession" in rec["deploy"]
 
@@ -75,36 +80,18 @@ def test_speed_target_recommends_the_fastest_model_within_the_target(tmp_path) -
 def test_of_models_timed_alike_the_more_accurate_is_recommended(tmp_path) -> None:
     # within 2% of the fastest the pass cannot tell them apart: the more accurate wins; 3% slower loses
     models = {**MODELS, "alike_better": (0.898, 0.509, 31), "slower_best": (0.899, 0.515, 31)}
-    rec = recommend(
-        get_backend("openvino"),
-        _store(tmp_path, models),
-        reference=0.9,
-        metric="map50_95_gt",
-        target=AccuracyTarget(0.01),
-    )
+    rec = _recommend(tmp_path, "openvino", models)
     assert rec["recommended"] == "alike_better"
 
 
 def test_size_target_recommends_the_smallest_model_within_the_target(tmp_path) -> None:
-    rec = recommend(
-        get_backend("size"),
-        _store(tmp_path, MODELS),
-        reference=0.9,
-        metric="map50_95_gt",
-        target=AccuracyTarget(0.01),
-    )
+    rec = _recommend(tmp_path, "size", MODELS)
     assert rec["recommended"] == "small_ok" and rec["size_reduction"] == pytest.approx(5.0)
 
 
 def test_fp32_is_recommended_when_nothing_quantized_is_faster_and_accurate(tmp_path) -> None:
     models = {"fp32": (0.9, 1.0, 100), "slow": (0.9, 1.3, 25), "bad": (0.5, 0.5, 25)}
-    rec = recommend(
-        get_backend("ort-cpu"),
-        _store(tmp_path, models),
-        reference=0.9,
-        metric="map50_95_gt",
-        target=AccuracyTarget(0.01),
-    )
+    rec = _recommend(tmp_path, "ort-cpu", models)
     assert rec["recommended"] == "fp32"
 
 
