@@ -92,65 +92,46 @@ class SearchOpening:
         start.costs = self._island_costs(backend, measure, search_dir)
         probe = free_probe(scheme_set.ranking, start.costs)
         if probe is not None and measure(()) >= threshold:
-            self._free_gain(start, probe, threshold)
+            self._probe(start, probe, threshold)  # a finalist where it gains at no inference cost
             return start
         if probe is not None and self._probe(start, probe, threshold):
             LOG.info("%s: %s kept float alone meets the target; no recovery", backend.name, probe)
             return start
         return self._recovery_first(scheme_set, start, threshold, search_dir)
 
-    def _free_gain(self, start: SearchStart, probe: str, threshold: float) -> None:
-        """Nothing-kept meets the target: the free island becomes a finalist where it scores higher
-        and, timed whole, costs no inference time (the recommendation prefers the more accurate of
-        models that run equally fast)."""
+    def _probe(self, start: SearchStart, probe: str, threshold: float) -> bool:
+        """Score the free island, time it whole where it is wanted, record the move; whether it is
+        taken. Where nothing-kept misses the target it is wanted if it meets the target, and taken
+        at no inference cost (recovery is then not run); where nothing-kept meets it, it is wanted if
+        it scores higher, and taken at no inference cost as a finalist (the recommendation prefers
+        the more accurate of models that run equally fast)."""
         started, measure = time.perf_counter(), start.measure
         score, before = measure((probe,)), measure(())
-        ratio = self._probe_ratio(start.backend, measure, probe) if score > before else None
+        gain_only = before >= threshold
+        wanted = score > before if gain_only else score >= threshold
+        ratio = self._probe_ratio(start.backend, measure, probe) if wanted else None
         move = SearchMove(
             MoveKind.ISLAND,
             probe,
             score_before=before,
-            score=score,
-            met=score >= threshold,  # more accurate than nothing kept, which meets it, or not
-            per_inference_ms=round(start.costs.cost(measure.scheme_set.onnx_nodes[probe]), 4),
-            seconds=round(time.perf_counter() - started, 1),
-            x_nothing_kept=ratio,
-        )
-        taken = score > before and move.free
-        start.free_first = {"layer": probe, "score": score, "met": taken, "x_nothing_kept": ratio}
-        if taken:
-            start.finalists.append((probe,))
-            outcome = "more accurate than nothing kept at no inference cost: timed as a finalist"
-        elif score > before:
-            outcome = f"more accurate than nothing kept but runs at {ratio:.3f}x it"
-        else:
-            outcome = "no more accurate than nothing kept"
-        start.moves.append(dataclasses.replace(move, outcome=outcome))
-
-    def _probe(self, start: SearchStart, probe: str, threshold: float) -> bool:
-        """Score the free island, time it whole where it meets the target, record the move; whether
-        it is taken (meets the target at no inference cost)."""
-        started, measure = time.perf_counter(), start.measure
-        score = measure((probe,))
-        ratio = self._probe_ratio(start.backend, measure, probe) if score >= threshold else None
-        move = SearchMove(
-            MoveKind.ISLAND,
-            probe,
-            score_before=measure(()),
             score=score,
             met=score >= threshold,
             per_inference_ms=round(start.costs.cost(measure.scheme_set.onnx_nodes[probe]), 4),
             seconds=round(time.perf_counter() - started, 1),
             x_nothing_kept=ratio,
         )
-        taken = move.met and move.free
+        taken = wanted and move.free
         start.free_first = {"layer": probe, "score": score, "met": taken, "x_nothing_kept": ratio}
-        if taken:
+        if taken and gain_only:
+            start.finalists.append((probe,))
+            outcome = "more accurate than nothing kept at no inference cost: timed as a finalist"
+        elif taken:
             outcome = "taken: meets the target at no inference cost; recovery not run"
-        elif move.met:
-            outcome = f"meets the target but runs at {ratio:.3f}x nothing kept"
+        elif wanted:
+            what = "more accurate than nothing kept" if gain_only else "meets the target"
+            outcome = f"{what} but runs at {ratio:.3f}x nothing kept"
         else:
-            outcome = "short of the target"
+            outcome = "no more accurate than nothing kept" if gain_only else "short of the target"
         start.moves.append(dataclasses.replace(move, outcome=outcome))
         return taken
 
