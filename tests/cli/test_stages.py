@@ -16,6 +16,7 @@ from quantsweep.cli.main import main
 from quantsweep.evaluation.search_moves import MoveKind, island_label, read_moves
 from quantsweep.models import load_model
 from quantsweep.onnx_graph.export import export_fp32
+from quantsweep.stages.search_stage import kept_set_writer
 from quantsweep.targets import get_backend
 from tests.conftest import CPU_INT8
 
@@ -102,6 +103,17 @@ def test_each_target_gets_its_artifacts_in_its_own_placement(chain) -> None:
         assert baseline["policy"] == "baseline" and baseline["file"].endswith(suffix)
         assert (chain["candidates"] / baseline["file"]).is_file()
     assert "ultralytics_int8" not in {a["name"] for a in index["targets"]["size"]["artifacts"]}
+
+
+def test_a_kept_set_written_for_a_benchmark_is_the_scheme_materialize_wrote(chain, tmp_path) -> None:
+    int8 = next(s for s in chain["schemes"] if "int4" not in (s / "candidates.md").read_text())
+    kept = tuple(json.loads((int8 / "scheme_k3.json").read_text())["kept_layers"])
+    for target in ("ort-cpu", "openvino"):
+        write = kept_set_writer(get_backend(target), candidates_dir=chain["candidates"], schemes_dir=int8)
+        write(kept, tmp_path / f"{target}.onnx")
+        written = onnx.load(str(tmp_path / f"{target}.onnx")).graph
+        materialized = onnx.load(str(chain["candidates"] / target / "k3.onnx")).graph
+        assert written.SerializeToString() == materialized.SerializeToString(), target
 
 
 def _check_islands(chain, target: str, search: dict) -> None:

@@ -149,6 +149,31 @@ def recorded_ranges(candidates_dir: Path, images: torch.Tensor) -> RangeCache:
     return cache
 
 
+def kept_set_writer(backend: Backend, *, candidates_dir: Path, schemes_dir: Path):
+    """``write(kept, path) -> artifact``: a kept set (Torch names) written in ``backend``'s placement
+    from a finished run's candidates and schemes exactly as the search writes its trials, for
+    benchmarks that time kept sets (benchmarks/island_groups.py)."""
+    scheme_set = read_scheme_set(Path(schemes_dir))
+    source = model_source(scheme_set.sweep_config, Path(candidates_dir) / FP32_FILE)
+    ranges = recorded_ranges(Path(candidates_dir), source.images)
+    with tempfile.TemporaryDirectory() as tmp:
+        measure = _Measure(
+            backend,
+            scheme_set,
+            ranges,
+            None,
+            JsonLines(Path(tmp) / "unused.jsonl"),
+            records=_records(Path(candidates_dir), scheme_set),
+            source=source,
+            producers=read_producers(Path(candidates_dir)),
+        )
+
+    def write(kept: tuple[str, ...], path: Path) -> Path:
+        return backend.save(measure.model(kept), path, source=source)
+
+    return write
+
+
 def _records(candidates_dir: Path, scheme_set: SchemeSet) -> dict[str, dict]:
     """The materialize stage's quantizer records of the schemes' two precisions (none: round to nearest)."""
     found = {}
