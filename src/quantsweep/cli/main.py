@@ -82,6 +82,23 @@ def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--hybrid-exact", type=int, help="layers hybrid measures exactly (default 2*top-k+10)"
     )
+    _add_quantizer_args(parser)
+    parser.add_argument(
+        "--pseudo-conf",
+        type=float,
+        default=0.25,
+        help="FP32 detections at or above this confidence are the pseudo-labels",
+    )
+    parser.add_argument(
+        "--compute-dtype",
+        help="dtype the sweep runs the network in: float32 (default), float16 (statistics stay float32)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("runs"), help="parent of run directories")
+    parser.add_argument("--resume", type=Path, help="finish an interrupted sweep run directory")
+
+
+def _add_quantizer_args(parser: argparse.ArgumentParser) -> None:
+    """How activations are calibrated and weights quantized and recovered."""
     parser.add_argument(
         "--calib",
         default=CalibConfig().method.value,
@@ -117,18 +134,6 @@ def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
         default=defaults.recovery_steps,
         help="optimizer steps of 4 calibration images each (distill: in all; reconstruct: per block)",
     )
-    parser.add_argument(
-        "--pseudo-conf",
-        type=float,
-        default=0.25,
-        help="FP32 detections at or above this confidence are the pseudo-labels",
-    )
-    parser.add_argument(
-        "--compute-dtype",
-        help="dtype the sweep runs the network in: float32 (default), float16 (statistics stay float32)",
-    )
-    parser.add_argument("--out", type=Path, default=Path("runs"), help="parent of run directories")
-    parser.add_argument("--resume", type=Path, help="finish an interrupted sweep run directory")
 
 
 def _add_target_arg(parser: argparse.ArgumentParser, *, default: tuple[str, ...] = ()) -> None:

@@ -63,6 +63,42 @@ def _baseline(record: dict[str, Any], *, target: AccuracyTarget, reference: floa
     }
 
 
+def _choose(backend: Backend, passing: list[dict[str, Any]], fp32: dict[str, Any]) -> dict[str, Any] | None:
+    """The passing model the target is for: the fastest (of those timed within ``SAME_TIME_SHARE``
+    of it, the most accurate; FP32 itself where even the fastest is slower) or the smallest."""
+    best = min(passing, key=_objective_key(backend), default=None)
+    if backend.objective is not Objective.SPEED or best is None:
+        return best
+    if _speed_ratio(best) < float("inf"):
+        tied = [r for r in passing if _speed_ratio(r) <= _speed_ratio(best) * (1.0 + SAME_TIME_SHARE)]
+        best = max(tied, key=_score)
+    return fp32 if _speed_ratio(best) >= 1.0 else best
+
+
+def _recommended(best: dict[str, Any], *, backend: Backend, fp32: dict[str, Any], results, store) -> dict:
+    """The recommendation's own fields."""
+    ratio = _speed_ratio(best)
+    return {
+        "recommended": best["name"],
+        "file": best["file"],
+        "policy": best["policy"],
+        "map50_95": best["score"],
+        "cocoeval_map50_95": _cocoeval(best),
+        "drop": best["drop"],
+        "relative_drop": best["relative_drop"],
+        "kept": best.get("kept"),
+        "kept_layers": best.get("kept_layers"),
+        "latency_ms": (best.get("latency") or {}).get("median_ms"),
+        "speedup": None if ratio in (0, float("inf")) else 1.0 / ratio,
+        "size_bytes": best["size_bytes"],
+        "size_reduction": fp32["size_bytes"] / best["size_bytes"],
+        "deploy": backend.deploy_hint(store.artifact_path(best)),
+        "runtime_check": _runtime_check(best, results),
+        "float_precision": (best.get("latency") or {}).get("float_precision"),
+        "fp32_float_precision": (fp32.get("latency") or {}).get("float_precision"),
+    }
+
+
 def recommend(
     backend: Backend, store, *, reference: float, metric: str, target: AccuracyTarget
 ) -> dict[str, Any]:
@@ -77,13 +113,7 @@ def recommend(
     passing = [r for r in quantized if target.met(r["score"], reference)]
     # an artifact its own runtime executes differently from what was simulated is not shipped
     departs = [r for r in passing if r.get("runtime_agrees") is False]
-    passing = [r for r in passing if r.get("runtime_agrees") is not False]
-    best = min(passing, key=_objective_key(backend), default=None)
-    if backend.objective is Objective.SPEED and best is not None and _speed_ratio(best) < float("inf"):
-        tied = [r for r in passing if _speed_ratio(r) <= _speed_ratio(best) * (1.0 + SAME_TIME_SHARE)]
-        best = max(tied, key=_score)
-    if backend.objective is Objective.SPEED and best is not None and _speed_ratio(best) >= 1.0:
-        best = fp32
+    best = _choose(backend, [r for r in passing if r.get("runtime_agrees") is not False], fp32)
     closest = max(quantized, key=_score, default=None)
     payload: dict[str, Any] = {
         "target": backend.name,
@@ -113,25 +143,6 @@ def recommend(
         "recommended": None,
     }
     if best is not None:
-        ratio = _speed_ratio(best)
-        payload.update(
-            recommended=best["name"],
-            file=best["file"],
-            policy=best["policy"],
-            map50_95=best["score"],
-            cocoeval_map50_95=_cocoeval(best),
-            drop=best["drop"],
-            relative_drop=best["relative_drop"],
-            kept=best.get("kept"),
-            kept_layers=best.get("kept_layers"),
-            latency_ms=(best.get("latency") or {}).get("median_ms"),
-            speedup=None if ratio in (0, float("inf")) else 1.0 / ratio,
-            size_bytes=best["size_bytes"],
-            size_reduction=fp32["size_bytes"] / best["size_bytes"],
-            deploy=backend.deploy_hint(store.artifact_path(best)),
-            runtime_check=_runtime_check(best, results),
-            float_precision=(best.get("latency") or {}).get("float_precision"),
-            fp32_float_precision=(fp32.get("latency") or {}).get("float_precision"),
-        )
+        payload.update(_recommended(best, backend=backend, fp32=fp32, results=results, store=store))
     store.write_recommendation(payload)
     return payload

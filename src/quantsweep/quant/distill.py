@@ -181,33 +181,15 @@ def distill_records(
     chunks = [images[i : i + batch] for i in range(0, len(images), batch)]
     with torch.no_grad():
         references = [network.run(chunk)[0] for chunk in chunks]
-    check_at = {round(steps * (i + 1) / checks) for i in range(checks)}
     acts = {name: simulated_act(r.fmt.act, asymmetric=asymmetric) for name, r in records.items()}
     with (
         tunable_layers(network.module, records, act_ranges, asymmetric=asymmetric) as tuned,
         quantized_producers(network.module, producers, acts),
         torch.enable_grad(),
     ):
-        groups = [
-            {"params": [w.log_scale for w, _ in tuned.values()], "lr": LEARNING_RATES["log_scale"]},
-            {"params": [b.bias for _, b in tuned.values() if b is not None], "lr": LEARNING_RATES["bias"]},
-        ]
-        optimizer = torch.optim.Adam(groups)
-        start_loss = best_loss = _calibration_loss(network, chunks, references)
-        best = _snapshot(tuned)
-        for step in range(1, steps + 1):
-            index = (step - 1) % len(chunks)
-            loss = output_loss(network.run(chunks[index])[0], references[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if step in check_at:
-                current = _calibration_loss(network, chunks, references)
-                LOG.info("distill step %d/%d: calibration loss %.4g", step, steps, current)
-                if progress is not None:
-                    progress(f"distill step {step}/{steps}: loss {current:.4g}")
-                if current < best_loss:
-                    best_loss, best = current, _snapshot(tuned)
+        start_loss, best_loss, best = _tune(
+            network, tuned, chunks, references, steps=steps, checks=checks, progress=progress
+        )
     result = {name: _tuned_record(records[name], *best[name]) for name in records}
     LOG.info(
         "distilled %d layers in %d steps: calibration loss %.4g -> %.4g in %.1f s",
@@ -218,6 +200,33 @@ def distill_records(
         time.perf_counter() - started,
     )
     return result
+
+
+def _tune(network: StagedNetwork, tuned, chunks, references, *, steps: int, checks: int, progress):
+    """Adam over the tunable scales and biases, one chunk per step; the calibration loss is checked
+    ``checks`` times: (loss before, lowest loss, the tunables' snapshot at the lowest)."""
+    check_at = {round(steps * (i + 1) / checks) for i in range(checks)}
+    groups = [
+        {"params": [w.log_scale for w, _ in tuned.values()], "lr": LEARNING_RATES["log_scale"]},
+        {"params": [b.bias for _, b in tuned.values() if b is not None], "lr": LEARNING_RATES["bias"]},
+    ]
+    optimizer = torch.optim.Adam(groups)
+    start_loss = best_loss = _calibration_loss(network, chunks, references)
+    best = _snapshot(tuned)
+    for step in range(1, steps + 1):
+        index = (step - 1) % len(chunks)
+        loss = output_loss(network.run(chunks[index])[0], references[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step in check_at:
+            current = _calibration_loss(network, chunks, references)
+            LOG.info("distill step %d/%d: calibration loss %.4g", step, steps, current)
+            if progress is not None:
+                progress(f"distill step {step}/{steps}: loss {current:.4g}")
+            if current < best_loss:
+                best_loss, best = current, _snapshot(tuned)
+    return start_loss, best_loss, best
 
 
 def _tuned_record(

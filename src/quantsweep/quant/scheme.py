@@ -109,51 +109,73 @@ def quantize_scheme(
             time.perf_counter() - started,
         )
         return records
-    records: dict[str, QuantizedWeight] = {}
-    saved: list[tuple[nn.Parameter, torch.Tensor]] = []
-
-    def quantize(name: str, layer: nn.Module, stats: LayerStats) -> None:
-        records[name] = quantize_layer(layer, assignment[name], config=config, stats=stats)
-        _set_weights(layer, records[name], saved)
-        if on_layer is not None:
-            on_layer(name)
-
-    def input_quant(name: str, x: torch.Tensor) -> torch.Tensor:
-        return _quantized_input(name, x, assignment[name].act, act_ranges)
-
-    def make_hook(name: str):
-        def hook(layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-            x_quant = input_quant(name, inputs[0])
-            quantize(name, layer, layer_stats(layer, inputs[0], x_quant))
-            return (x_quant, *inputs[1:])
-
-        return hook
-
-    chunks = chunks_of(images)
+    quantizer = _LayerQuantizer(assignment, config=config, act_ranges=act_ranges, on_layer=on_layer)
     acts = {name: fmt.act for name, fmt in assignment.items()}
     try:
         with quantized_producers(module, producers, acts):
             _sequential(
                 network,
-                chunks,
+                chunks_of(images),
                 list(assignment),
-                make_hook=make_hook,
-                input_quant=input_quant,
-                quantize=quantize,
+                make_hook=quantizer.make_hook,
+                input_quant=quantizer.input_quant,
+                quantize=quantizer.quantize,
             )
     finally:
-        for param, original in reversed(saved):
-            param.data = original
-    missing = set(assignment) - set(records)
+        quantizer.restore()
+    missing = set(assignment) - set(quantizer.records)
     if missing:
         raise ValueError(f"layers never ran on the calibration images: {sorted(missing)[:5]}")
     LOG.info(
         "quantized %d layers sequentially (%s) in %.1f s",
-        len(records),
+        len(quantizer.records),
         config.method.value,
         time.perf_counter() - started,
     )
-    return records
+    return quantizer.records
+
+
+class _LayerQuantizer:
+    """Quantizes each layer as the sequential pass reaches it and runs the rest of the pass on its
+    quantized weights (``restore`` puts the float weights back)."""
+
+    def __init__(
+        self, assignment: Mapping[str, QuantFormat], *, config, act_ranges: Ranges, on_layer
+    ) -> None:
+        self.assignment, self.config, self.act_ranges, self.on_layer = (
+            assignment,
+            config,
+            act_ranges,
+            on_layer,
+        )
+        self.records: dict[str, QuantizedWeight] = {}
+        self.saved: list[tuple[nn.Parameter, torch.Tensor]] = []
+
+    def quantize(self, name: str, layer: nn.Module, stats: LayerStats) -> None:
+        """Quantize ``layer`` from ``stats`` and set its weights to the result."""
+        self.records[name] = quantize_layer(layer, self.assignment[name], config=self.config, stats=stats)
+        _set_weights(layer, self.records[name], self.saved)
+        if self.on_layer is not None:
+            self.on_layer(name)
+
+    def input_quant(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as the layer's quantized input reads it."""
+        return _quantized_input(name, x, self.assignment[name].act, self.act_ranges)
+
+    def make_hook(self, name: str):
+        """A forward pre-hook that quantizes the layer from its input, then feeds it the quantized input."""
+
+        def hook(layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            x_quant = self.input_quant(name, inputs[0])
+            self.quantize(name, layer, layer_stats(layer, inputs[0], x_quant))
+            return (x_quant, *inputs[1:])
+
+        return hook
+
+    def restore(self) -> None:
+        """The float weights back, in reverse order of setting."""
+        for param, original in reversed(self.saved):
+            param.data = original
 
 
 def _sequential(network, chunks, names, *, make_hook, input_quant, quantize) -> None:

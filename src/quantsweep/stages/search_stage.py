@@ -199,35 +199,7 @@ class TargetSearch:
     def __call__(self, backend: Backend, store: ResultStore) -> dict:
         scheme_set = read_scheme_set(Path(self.index.targets[backend.name].schemes_dir))
         search_dir = layout.search_dir(eval_dir_of_results(store.directory), backend.name)
-        log = JsonLines(search_dir / "evaluations.jsonl")
-        records = _records(self.candidates_dir, scheme_set)
-        if self._ranges is None:
-            self._source = model_source(self.context.config, self.candidates_dir / FP32_FILE)
-            self._ranges = recorded_ranges(self.candidates_dir, self._source.images)
-            self._opening = SearchOpening(
-                context=self.context,
-                candidates_dir=self.candidates_dir,
-                ranges=self._ranges,
-                source=self._source,
-                island_order=self.request.island_order,
-                progress=self.progress,
-            )
-        measure = _Measure(
-            backend,
-            scheme_set,
-            self._ranges,
-            self.context,
-            log,
-            records=records,
-            source=self._source,
-            producers=read_producers(self.candidates_dir),
-        )
-        # a top-K scheme already scored is the trial of its kept set (K=0: nothing kept), written
-        # the same way from the same records: the search reads its score instead of scoring it again
-        for record in store.all().values():
-            if record.get("policy") == Policy.TOP_K and record.get("accuracy"):
-                kept = tuple(sorted(record.get("kept_layers") or ()))
-                measure.accuracies.setdefault(kept, Accuracy(**record["accuracy"]))
+        measure = self._measure(backend, scheme_set, store, log=JsonLines(search_dir / "evaluations.jsonl"))
         reference = self.context.reference_score
         threshold = self.eval_request.accuracy_target.threshold(reference)
         start = self._opening(backend, scheme_set, measure, threshold, search_dir)
@@ -267,6 +239,37 @@ class TargetSearch:
         }
         write_json(search_dir / "search.json", "scheme_search", summary)
         return summary
+
+    def _measure(self, backend: Backend, scheme_set: SchemeSet, store: ResultStore, *, log) -> _Measure:
+        """The target's measure of kept sets, knowing the scores of the top-K schemes already scored."""
+        if self._ranges is None:
+            self._source = model_source(self.context.config, self.candidates_dir / FP32_FILE)
+            self._ranges = recorded_ranges(self.candidates_dir, self._source.images)
+            self._opening = SearchOpening(
+                context=self.context,
+                candidates_dir=self.candidates_dir,
+                ranges=self._ranges,
+                source=self._source,
+                island_order=self.request.island_order,
+                progress=self.progress,
+            )
+        measure = _Measure(
+            backend,
+            scheme_set,
+            self._ranges,
+            self.context,
+            log,
+            records=_records(self.candidates_dir, scheme_set),
+            source=self._source,
+            producers=read_producers(self.candidates_dir),
+        )
+        # a top-K scheme already scored is the trial of its kept set (K=0: nothing kept), written
+        # the same way from the same records: the search reads its score instead of scoring it again
+        for record in store.all().values():
+            if record.get("policy") == Policy.TOP_K and record.get("accuracy"):
+                kept = tuple(sorted(record.get("kept_layers") or ()))
+                measure.accuracies.setdefault(kept, Accuracy(**record["accuracy"]))
+        return measure
 
     def _search_islands(
         self, backend: Backend, start: SearchStart, threshold: float

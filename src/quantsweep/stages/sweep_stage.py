@@ -45,19 +45,7 @@ def _prepare(config: SweepConfig, run_dir: Path | None, out: Path | None) -> Swe
         enumerate_layers(loaded.network, batch.images[:1].to(config.device)), config.layer_patterns
     )
     if run_dir is None:
-        run_dir = new_run_dir(out, model_name=loaded.name, stage="layer_sensitivity")
-        write_json(run_dir / "config.json", "sweep_config", config.to_dict())
-        write_json(run_dir / "environment.json", "environment", environment())
-        inputs = {
-            "model": {
-                "path": str(Path(config.model).resolve()),
-                "sha256": file_sha256(Path(config.model)) if Path(config.model).is_file() else None,
-            },
-            "images": fingerprint(image_set),
-            "labels": image_set.has_labels,
-            "layers": [layer.to_dict() for layer in layers],
-        }
-        write_json(run_dir / "inputs.json", "sweep_inputs", inputs)
+        run_dir = _new_sweep_dir(config, out, model_name=loaded.name, image_set=image_set, layers=layers)
     act_ranges = None
     if needs_act_ranges(config.formats):
         act_ranges = calibrate(loaded.network, batch, config, [layer.name for layer in layers])
@@ -94,6 +82,24 @@ def _prepare(config: SweepConfig, run_dir: Path | None, out: Path | None) -> Swe
         weights=weights,
         screen=screen,
     )
+
+
+def _new_sweep_dir(config: SweepConfig, out: Path | None, *, model_name: str, image_set, layers) -> Path:
+    """A new run directory holding the resolved config, the environment and the inputs."""
+    run_dir = new_run_dir(out, model_name=model_name, stage="layer_sensitivity")
+    write_json(run_dir / "config.json", "sweep_config", config.to_dict())
+    write_json(run_dir / "environment.json", "environment", environment())
+    inputs = {
+        "model": {
+            "path": str(Path(config.model).resolve()),
+            "sha256": file_sha256(Path(config.model)) if Path(config.model).is_file() else None,
+        },
+        "images": fingerprint(image_set),
+        "labels": image_set.has_labels,
+        "layers": [layer.to_dict() for layer in layers],
+    }
+    write_json(run_dir / "inputs.json", "sweep_inputs", inputs)
+    return run_dir
 
 
 def _first(batch: Batch, count: int) -> Batch:
