@@ -24,7 +24,7 @@ import onnx
 
 from quantsweep.core.runs import cpu_line
 from quantsweep.evaluation.island_costs import conv_units, measure_island_costs
-from quantsweep.onnx_graph.candidates import FP32_FILE
+from quantsweep.onnx_graph.candidates import FP32_FILE, read_candidates
 from quantsweep.stages.common import model_source
 from quantsweep.stages.schemes_stage import read_scheme_set
 from quantsweep.stages.search_stage import kept_set_writer
@@ -45,7 +45,7 @@ ROUNDS = {"ort-cpu": 31, "openvino": 15}  # ONNX Runtime needs more rounds on th
 
 def _target(run_dir: Path, target: str, *, passes: int) -> None:
     candidates = next(run_dir.glob("*_candidates/*"))
-    schemes = next(run_dir.glob("*_schemes/*"))
+    schemes = Path(read_candidates(candidates).targets[target].schemes_dir)  # the target's own schemes
     scheme_set = read_scheme_set(schemes)
     names = {a.torch_name for a in scheme_set.ranking}
     pairs = [p for p in PAIRS if set(p) <= names]
