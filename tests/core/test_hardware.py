@@ -4,6 +4,13 @@ both CPU runtimes and the 7-bit weights the targets then write run exactly; else
 
 from __future__ import annotations
 
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -11,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quantsweep.core.config import WeightDtype
 from quantsweep.core.hardware import cpu_int8_weights, int8_products_saturate
+from quantsweep.core.runs import cpu_flags
 from quantsweep.quant.numerics import INT_LIMITS
 
 CHANNELS = 64
@@ -97,3 +105,34 @@ def test_the_weight_type_chosen_here_runs_exactly_and_full_int8_departs_only_whe
         assert full > 0.2, f"{runtime} ran full-range INT8 exactly on a CPU said to saturate"
     else:
         assert full < 0.011, f"{runtime} saturated full-range INT8 on a CPU with VNNI/AMX"
+
+
+# run in a child process: oneDNN reads ONEDNN_MAX_CPU_ISA once, when OpenVINO first loads it
+_CAPPED_ERRORS = """
+import json, pathlib, tempfile
+from quantsweep.core.config import WeightDtype
+from quantsweep.quant.numerics import INT_LIMITS
+from tests.core.test_hardware import _openvino, _qdq_conv, _relative_error
+errors = {}
+for weight in (WeightDtype.INT8, WeightDtype.INT7):
+    model, x, exact = _qdq_conv(INT_LIMITS[weight][1])
+    errors[weight.value] = _relative_error(_openvino(model, x, pathlib.Path(tempfile.mkdtemp())), exact)
+print(json.dumps(errors))
+"""
+
+
+def test_openvino_on_the_kernels_of_a_cpu_without_vnni_saturates_int8_and_runs_int7_exactly() -> None:
+    """``ONEDNN_MAX_CPU_ISA=AVX2`` makes OpenVINO's CPU plugin run the INT8 kernels of an x86 CPU
+    without VNNI (``jit_avx2_I8``, 16-bit pair sums), so the INT7 decision is checked on every x86
+    machine, not only on one that lacks VNNI; the same cap let us measure what an artifact built on
+    a VNNI machine scores on such a CPU (docs/decisions.md)."""
+    if platform.machine().lower() not in ("x86_64", "amd64") or "avx2" not in cpu_flags():
+        pytest.skip("the capped kernels are x86 AVX2 ones")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, "-c", _CAPPED_ERRORS], env=env, cwd=root, capture_output=True, text=True, check=True
+    )
+    errors = json.loads(done.stdout.strip().splitlines()[-1])
+    assert errors["int8"] > 0.2, "full-range INT8 ran exactly on the kernels of a CPU without VNNI"
+    assert errors["int7"] < 0.011
