@@ -22,7 +22,7 @@ os.environ.setdefault(
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 from quantsweep.core.config import ActDtype, CalibConfig, HeadMode, QuantFormat
-from quantsweep.core.hardware import cpu_int8_weights
+from quantsweep.core.hardware import portable_int8_weights
 from quantsweep.core.records import JsonLines
 from quantsweep.data.images import Batch, load_batch, resolve_images
 from quantsweep.data.shapes import generate_split
@@ -49,9 +49,9 @@ FAMILIES = {
 REPO = Path(__file__).resolve().parent.parent
 TESTBED = REPO.parent / "shared" / "testbed" / "yolov10m-shapes.pt"
 BUNDLED = REPO / "src" / "quantsweep" / "assets" / "yolov10m-shapes.pt"
-# INT8 W8A8 as this CPU's integer kernels run it exactly (7-bit weight codes on x86 without VNNI):
-# what the CPU targets sweep and write here, and what a runtime-vs-Torch comparison must use
-CPU_W8A8 = Precision(cpu_int8_weights(), ActDtype.INT8)
+# INT8 W8A8 as every CPU of this architecture runs it exactly (7-bit weight codes on x86): what the
+# CPU targets sweep and write by default, and what a runtime-vs-Torch comparison must use
+CPU_W8A8 = Precision(portable_int8_weights(), ActDtype.INT8)
 CPU_INT8 = CPU_W8A8.weight.value
 
 

@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from quantsweep.core.config import WeightDtype
-from quantsweep.core.hardware import cpu_int8_weights, int8_products_saturate
+from quantsweep.core.hardware import cpu_int8_weights, int8_products_saturate, portable_int8_weights
 from quantsweep.core.runs import cpu_flags
 from quantsweep.quant.numerics import INT_LIMITS
 
@@ -88,6 +88,9 @@ def test_flags_decide_the_weight_type() -> None:
         assert cpu_int8_weights(frozenset({"avx2", "amx_int8"})) is WeightDtype.INT8
     if int8_products_saturate(frozenset({"avx2"})):
         assert cpu_int8_weights(frozenset({"avx2", "avx512f"})) is WeightDtype.INT7
+    # what the CPU targets write: exact on every CPU of the architecture, whichever builds it
+    assert portable_int8_weights("x86_64") is WeightDtype.INT7
+    assert portable_int8_weights("aarch64") is WeightDtype.INT8
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
@@ -100,6 +103,7 @@ def test_the_weight_type_chosen_here_runs_exactly_and_full_int8_departs_only_whe
         return _relative_error(out, exact)
 
     assert error(cpu_int8_weights()) < 0.011  # the output Q step is 1/100 of the maximum
+    assert error(portable_int8_weights()) < 0.011
     full = error(WeightDtype.INT8)
     if int8_products_saturate():
         assert full > 0.2, f"{runtime} ran full-range INT8 exactly on a CPU said to saturate"

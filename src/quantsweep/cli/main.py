@@ -53,7 +53,9 @@ def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", help="image folder, .txt list, Ultralytics data .yaml or COCO .json")
     parser.add_argument("--image-root", help="folder of a COCO json's images (default: the json's folder)")
     parser.add_argument(
-        "--weights", help="weight dtypes: int8,int4,fp8 (default: what the targets run, else int4)"
+        "--weights",
+        help="weight dtypes: int8,int7,int4,fp8 (default: what the targets run, else int4; the CPU "
+        "targets write int7 on x86, exact on CPUs without VNNI too: int8 if every deployment CPU has VNNI)",
     )
     parser.add_argument(
         "--acts",

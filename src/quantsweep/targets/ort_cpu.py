@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from quantsweep.core.config import ActDtype, Granularity, QuantFormat, WeightDtype
-from quantsweep.core.hardware import cpu_int8_weights
+from quantsweep.core.hardware import portable_int8_weights
 from quantsweep.models.ultralytics_adapter import ONNX_INT8
 from quantsweep.onnx_graph.ort_sessions import (
     SessionOptions,
@@ -44,14 +44,15 @@ from quantsweep.targets.ultralytics_baseline import ULTRALYTICS_INT8, write_ultr
 ORT_CPU_FLOAT_RUN = "onnxruntime-cpu"  # how ort-cpu and size run a float graph: the same way
 
 W8A8 = QuantFormat(WeightDtype.INT8, ActDtype.INT8, Granularity.PER_CHANNEL)
-# both weight types run in the integer kernels; which one this CPU executes exactly: cpu_w8a8
+# both weight types run in the integer kernels; which one the CPU targets write by default: cpu_w8a8
 CPU_INT8_WEIGHTS = (WeightDtype.INT8, WeightDtype.INT7)
 
 
 def cpu_w8a8() -> QuantFormat:
-    """W8A8 per channel as this CPU's integer kernels execute it exactly (``hardware``): 7-bit
-    weight codes where UINT8 x INT8 products saturate (x86 without VNNI), else full INT8."""
-    return QuantFormat(cpu_int8_weights(), ActDtype.INT8, Granularity.PER_CHANNEL)
+    """W8A8 per channel as every CPU of this architecture executes it exactly (``hardware``):
+    7-bit weight codes on x86, where CPUs without VNNI saturate UINT8 x INT8 products, whichever
+    CPU builds the artifact; full INT8 elsewhere."""
+    return QuantFormat(portable_int8_weights(), ActDtype.INT8, Granularity.PER_CHANNEL)
 
 
 class OrtRunner(Runner):
