@@ -142,12 +142,10 @@ class _LayerQuantizer:
     def __init__(
         self, assignment: Mapping[str, QuantFormat], *, config, act_ranges: Ranges, on_layer
     ) -> None:
-        self.assignment, self.config, self.act_ranges, self.on_layer = (
-            assignment,
-            config,
-            act_ranges,
-            on_layer,
-        )
+        self.assignment = assignment
+        self.config = config
+        self.act_ranges = act_ranges
+        self.on_layer = on_layer  # told each layer's name once it is quantized (a progress bar)
         self.records: dict[str, QuantizedWeight] = {}
         self.saved: list[tuple[nn.Parameter, torch.Tensor]] = []
 

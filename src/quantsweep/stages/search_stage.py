@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -156,17 +157,16 @@ def kept_set_writer(backend: Backend, *, candidates_dir: Path, schemes_dir: Path
     scheme_set = read_scheme_set(Path(schemes_dir))
     source = model_source(scheme_set.sweep_config, Path(candidates_dir) / FP32_FILE)
     ranges = recorded_ranges(Path(candidates_dir), source.images)
-    with tempfile.TemporaryDirectory() as tmp:
-        measure = _Measure(
-            backend,
-            scheme_set,
-            ranges,
-            None,
-            JsonLines(Path(tmp) / "unused.jsonl"),
-            records=_records(Path(candidates_dir), scheme_set),
-            source=source,
-            producers=read_producers(Path(candidates_dir)),
-        )
+    measure = _Measure(
+        backend,
+        scheme_set,
+        ranges,
+        None,  # no scoring context: the writer only writes
+        JsonLines(Path(os.devnull)),  # an empty log that nothing appends to
+        records=_records(Path(candidates_dir), scheme_set),
+        source=source,
+        producers=read_producers(Path(candidates_dir)),
+    )
 
     def write(kept: tuple[str, ...], path: Path) -> Path:
         return backend.save(measure.model(kept), path, source=source)
