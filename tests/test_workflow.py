@@ -128,6 +128,8 @@ def test_each_target_recommends_a_model_within_one_percent(default_run, target) 
         assert len(search["kept"]) <= 6 and rec["size_reduction"] >= 6
     else:  # a speed target ships a quantized model only where it timed faster than FP32
         assert chosen["latency"]["ratio_to_reference"] < 1.0 and rec["speedup"] > 1.0
+        # and says which CPUs run its weight codes exactly (7-bit codes on x86: every one)
+        assert {"int7": "7-bit codes", "int8": "full-range INT8"}[CPU_INT8] in rec["weight_codes"]
         # nothing kept meets the target here, and the island the runtime prices at nothing is still
         # tried once for accuracy: a finalist, timed, where it scores higher at no inference cost
         (move,) = read_moves(search["moves"])

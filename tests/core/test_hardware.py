@@ -140,3 +140,21 @@ def test_openvino_on_the_kernels_of_a_cpu_without_vnni_saturates_int8_and_runs_i
     errors = json.loads(done.stdout.strip().splitlines()[-1])
     assert errors["int8"] > 0.2, "full-range INT8 ran exactly on the kernels of a CPU without VNNI"
     assert errors["int7"] < 0.011
+
+
+@pytest.mark.parametrize("target", ["ort-cpu", "openvino"])
+def test_a_cpu_target_says_which_cpus_run_its_weight_codes_exactly(target, tmp_path) -> None:
+    from quantsweep.targets import get_backend  # noqa: PLC0415
+
+    notes = {}
+    for weight in (WeightDtype.INT8, WeightDtype.INT7):
+        model, _, _ = _qdq_conv(INT_LIMITS[weight][1])
+        path = tmp_path / f"{weight.value}.onnx"
+        onnx.save(model, str(path))
+        # the openvino artifact is the IR; its Q/DQ ONNX lies beside it
+        notes[weight] = get_backend(target).weight_codes_note(
+            path.with_suffix(".xml") if target == "openvino" else path
+        )
+    assert "without VNNI saturates" in notes[WeightDtype.INT8]
+    assert "exact on every x86 CPU" in notes[WeightDtype.INT7]
+    assert get_backend(target).weight_codes_note(tmp_path / "absent.onnx") is None

@@ -174,3 +174,11 @@ def test_the_search_card_shows_each_measured_move_and_which_one_was_recommended(
         "recommended |",
         "| recovery: distill | 0.8530 | +0.0010 | none | 71 s |  |",
     ]
+
+
+def test_the_card_says_which_cpus_run_the_recommendations_weight_codes() -> None:
+    from quantsweep.report.build import _runtime_lines  # noqa: PLC0415
+
+    note = "7-bit codes (-64..63): exact on every x86 CPU, with VNNI or without, and on ARM"
+    assert f"- Weights: {note}." in _runtime_lines({"runtime": "onnxruntime", "weight_codes": note})
+    assert not any(line.startswith("- Weights") for line in _runtime_lines({"runtime": "onnxruntime"}))

@@ -96,6 +96,7 @@ def _recommended(best: dict[str, Any], *, backend: Backend, fp32: dict[str, Any]
         "runtime_check": _runtime_check(best, results),
         "float_precision": (best.get("latency") or {}).get("float_precision"),
         "fp32_float_precision": (fp32.get("latency") or {}).get("float_precision"),
+        "weight_codes": backend.weight_codes_note(store.artifact_path(best)),
     }
 
 

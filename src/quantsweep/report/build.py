@@ -120,6 +120,8 @@ def _runtime_lines(rec: dict[str, Any]) -> list[str]:
         lines.append(f"- Float ops ran in {ours}; the FP32 reference in {fp32} (the runtime's default here).")
     if rec.get("runtime_check"):
         lines.append(f"- Runtime check on {rec['runtime']}: {rec['runtime_check']}.")
+    if rec.get("weight_codes"):
+        lines.append(f"- Weights: {rec['weight_codes']}.")
     lines += [f"- Passed over `{p['name']}`: {p['reason']}." for p in rec.get("passed_over") or []]
     return lines
 

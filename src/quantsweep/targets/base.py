@@ -229,6 +229,12 @@ class Backend(abc.ABC):
         """How a deployer loads ``path`` with the settings it was measured with."""
         return f"load {path} in {self.runtime}"
 
+    def weight_codes_note(self, artifact: Path) -> str | None:
+        """Which CPUs execute ``artifact``'s integer weights as Torch simulated them, where that
+        depends on the CPU (x86 without VNNI saturates full-range INT8: core/hardware.py); None
+        where it does not or the file is not here."""
+        return None
+
     def adapt_plan(
         self, plan: Mapping[str, Precision], kinds: Mapping[str, ConvKind]
     ) -> dict[str, Precision]:

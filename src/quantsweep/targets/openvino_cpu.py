@@ -43,7 +43,7 @@ from quantsweep.targets.base import (
     Runner,
     onnx_source,
 )
-from quantsweep.targets.ort_cpu import CPU_INT8_WEIGHTS, cpu_w8a8
+from quantsweep.targets.ort_cpu import CPU_INT8_WEIGHTS, cpu_w8a8, cpu_weight_codes_note
 from quantsweep.targets.ultralytics_baseline import ULTRALYTICS_INT8, write_ultralytics_int8
 
 DEPLOY_CONFIG = {"PERFORMANCE_HINT": "LATENCY"}  # float ops at the runtime's default precision
@@ -174,6 +174,9 @@ class OpenVinoBackend(Backend):
     def baselines(self) -> dict[str, BaselineWriter]:
         """Ultralytics' ``format='openvino', int8=True`` export (NNCF), as IR."""
         return {ULTRALYTICS_INT8: partial(write_ultralytics_int8, fmt=OPENVINO_INT8)}
+
+    def weight_codes_note(self, artifact: Path) -> str | None:
+        return cpu_weight_codes_note(artifact)
 
     def deploy_hint(self, path: Path) -> str:
         return (

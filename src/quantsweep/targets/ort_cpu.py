@@ -23,6 +23,7 @@ import onnx
 from quantsweep.core.config import ActDtype, Granularity, QuantFormat, WeightDtype
 from quantsweep.core.hardware import portable_int8_weights
 from quantsweep.models.ultralytics_adapter import ONNX_INT8
+from quantsweep.onnx_graph.inspect import node_precisions
 from quantsweep.onnx_graph.ort_sessions import (
     SessionOptions,
     ort_session,
@@ -38,6 +39,7 @@ from quantsweep.targets.base import (
     ConvKind,
     Objective,
     Runner,
+    onnx_source,
 )
 from quantsweep.targets.ultralytics_baseline import ULTRALYTICS_INT8, write_ultralytics_int8
 
@@ -53,6 +55,25 @@ def cpu_w8a8() -> QuantFormat:
     7-bit weight codes on x86, where CPUs without VNNI saturate UINT8 x INT8 products, whichever
     CPU builds the artifact; full INT8 elsewhere."""
     return QuantFormat(portable_int8_weights(), ActDtype.INT8, Granularity.PER_CHANNEL)
+
+
+def cpu_weight_codes_note(artifact: Path) -> str | None:
+    """What a CPU target's artifact needs of an x86 CPU, read from the weight codes its Q/DQ ONNX
+    stores (``inspect.node_precisions``): 7-bit codes run exactly on any; full-range INT8 only with
+    VNNI or AMX. None for a file that is not here or has no INT8 weights."""
+    source = onnx_source(artifact)
+    if not source.is_file():
+        return None
+    weights = {w for w, act in node_precisions(onnx.load(str(source))).values() if act != "fp16"}
+    if WeightDtype.INT8.value in weights:
+        return (
+            "full-range INT8 codes: exact on x86 CPUs with VNNI or AMX and on ARM; an x86 CPU without "
+            "VNNI saturates them (YOLOv10m lost 0.022 mAP50-95 so, docs/targets.md): for such CPUs "
+            "build without --weights int8"
+        )
+    if weights == {WeightDtype.INT7.value}:
+        return "7-bit codes (-64..63): exact on every x86 CPU, with VNNI or without, and on ARM"
+    return None
 
 
 class OrtRunner(Runner):
@@ -127,6 +148,9 @@ class OrtCpuBackend(Backend):
 
     def load(self, path: Path) -> Runner:
         return OrtRunner(path, self.session_options())
+
+    def weight_codes_note(self, artifact: Path) -> str | None:
+        return cpu_weight_codes_note(artifact)
 
     def deploy_hint(self, path: Path) -> str:
         return (
