@@ -64,7 +64,9 @@ def cpu_weight_codes_note(artifact: Path) -> str | None:
     source = onnx_source(artifact)
     if not source.is_file():
         return None
-    weights = {w for w, act in node_precisions(onnx.load(str(source))).values() if act != "fp16"}
+    # convs kept float (islands) read dequantized tensors but store no codes: they do not count
+    precisions = node_precisions(onnx.load(str(source))).values()
+    weights = {w for w, act in precisions if act != "fp16" and w != "float"}
     if WeightDtype.INT8.value in weights:
         return (
             "full-range INT8 codes: exact on x86 CPUs with VNNI or AMX and on ARM; an x86 CPU without "
