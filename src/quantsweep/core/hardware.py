@@ -19,13 +19,15 @@ import platform
 from quantsweep.core.config import WeightDtype
 from quantsweep.core.runs import cpu_flags
 
+# platform.machine() names of x86 CPUs, the only ones whose UINT8 x INT8 products can saturate
+_X86_MACHINES = frozenset({"x86_64", "amd64", "i686", "x86"})
 # any of these gives 32-bit accumulation of UINT8 x INT8 products
 _EXACT_INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "avx_vnni_int8"})
 
 
 def int8_products_saturate(flags: frozenset[str] | None = None) -> bool:
     """True on an x86 CPU whose UINT8 x INT8 dot products saturate (no VNNI, no AMX)."""
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+    if platform.machine().lower() not in _X86_MACHINES:
         return False
     flags = cpu_flags() if flags is None else flags
     return not flags & _EXACT_INT8_FLAGS
@@ -46,4 +48,4 @@ def portable_int8_weights(machine: str | None = None) -> WeightDtype:
     ones nothing; on this VNNI CPU INT7 costs 0.000-0.003 in OpenVINO and gains 0.001 in ONNX
     Runtime. ``--weights int8`` keeps full INT8 for CPUs known to have VNNI or AMX."""
     machine = (machine or platform.machine()).lower()
-    return WeightDtype.INT7 if machine in ("x86_64", "amd64", "i686", "x86") else WeightDtype.INT8
+    return WeightDtype.INT7 if machine in _X86_MACHINES else WeightDtype.INT8

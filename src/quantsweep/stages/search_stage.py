@@ -157,21 +157,36 @@ def kept_set_writer(backend: Backend, *, candidates_dir: Path, schemes_dir: Path
     scheme_set = read_scheme_set(Path(schemes_dir))
     source = model_source(scheme_set.sweep_config, Path(candidates_dir) / FP32_FILE)
     ranges = recorded_ranges(Path(candidates_dir), source.images)
-    measure = _Measure(
+    measure = _run_measure(
         backend,
         scheme_set,
         ranges,
-        None,  # no scoring context: the writer only writes
-        JsonLines(Path(os.devnull)),  # an empty log that nothing appends to
-        records=_records(Path(candidates_dir), scheme_set),
+        candidates_dir=Path(candidates_dir),
         source=source,
-        producers=read_producers(Path(candidates_dir)),
+        context=None,  # no scoring context: the writer only writes
+        log=JsonLines(Path(os.devnull)),  # an empty log that nothing appends to
     )
 
     def write(kept: tuple[str, ...], path: Path) -> Path:
         return backend.save(measure.model(kept), path, source=source)
 
     return write
+
+
+def _run_measure(
+    backend: Backend, scheme_set: SchemeSet, ranges: RangeCache, *, candidates_dir: Path, source, context, log
+) -> _Measure:
+    """A measure of kept sets over a finished materialize run's quantizer records and producers."""
+    return _Measure(
+        backend,
+        scheme_set,
+        ranges,
+        context,
+        log,
+        records=_records(candidates_dir, scheme_set),
+        source=source,
+        producers=read_producers(candidates_dir),
+    )
 
 
 def _records(candidates_dir: Path, scheme_set: SchemeSet) -> dict[str, dict]:
@@ -253,15 +268,14 @@ class TargetSearch:
                 island_order=self.request.island_order,
                 progress=self.progress,
             )
-        measure = _Measure(
+        measure = _run_measure(
             backend,
             scheme_set,
             self._ranges,
-            self.context,
-            log,
-            records=_records(self.candidates_dir, scheme_set),
+            candidates_dir=self.candidates_dir,
             source=self._source,
-            producers=read_producers(self.candidates_dir),
+            context=self.context,
+            log=log,
         )
         # a top-K scheme already scored is the trial of its kept set (K=0: nothing kept), written
         # the same way from the same records: the search reads its score instead of scoring it again

@@ -70,7 +70,7 @@ def cpu_weight_codes_note(artifact: Path) -> str | None:
     if WeightDtype.INT8.value in weights:
         return (
             "full-range INT8 codes: exact on x86 CPUs with VNNI or AMX and on ARM; an x86 CPU without "
-            "VNNI saturates them (YOLOv10m lost 0.022 mAP50-95 so, docs/targets.md): for such CPUs "
+            "VNNI saturates them (measured losses: docs/targets.md): for such CPUs "
             "build without --weights int8"
         )
     if weights == {WeightDtype.INT7.value}:
