@@ -64,3 +64,29 @@ def test_lower_quartile_ratios_see_the_models_cost_through_bursts_of_load() -> N
     # a median takes bursts on most runs for the model's own cost
     medians = interleaved_latency(runners, np.zeros(1), reference="k0", rounds=4, runs_per_round=5, warmup=0)
     assert medians["bursty_same"].ratio_to_reference > 2.0
+
+
+class _Spun(_Sleeper):
+    """Three times slower while another model's threads still spin: a run that starts less than
+    ``window`` seconds after a different runner's last run ended (ONNX Runtime on 2 cores)."""
+
+    def __init__(self, seconds: float, ended: dict[str, float], name: str, window: float) -> None:
+        super().__init__(seconds, [], name)
+        self.ended, self.window = ended, window
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        others = [t for n, t in self.ended.items() if n != self.name]
+        spun = bool(others) and time.perf_counter() - max(others) < self.window
+        time.sleep(self.seconds * (3 if spun else 1))
+        self.ended[self.name] = time.perf_counter()
+        return image
+
+
+def test_each_visit_waits_for_the_previous_models_threads_to_stop() -> None:
+    ended: dict[str, float] = {}
+    runners = {"fp32": _Spun(0.02, ended, "fp32", 0.05), "quarter": _Spun(0.005, ended, "quarter", 0.05)}
+    settled = interleaved_latency(runners, np.zeros(1), reference="fp32", rounds=3, warmup=1)
+    assert 0.15 < settled["quarter"].ratio_to_reference < 0.45
+    # without the pause the cheap model spends most of each 5-run visit beside the spinning threads
+    unsettled = interleaved_latency(runners, np.zeros(1), reference="fp32", rounds=3, warmup=1, settle_s=0.0)
+    assert unsettled["quarter"].ratio_to_reference > 0.55

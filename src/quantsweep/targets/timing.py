@@ -7,7 +7,9 @@ divided by the reference model's. (Until the fourteenth session it was the media
 per-round ratios of 5-run medians; on ONNX Runtime on a 2-core VM a burst inside one model's five
 runs moved that statistic so much that two models with the same 21.7 ms median latency were stated
 as 0.51x and 0.47x, and four 15-round passes of one pair gave 0.95-1.34, against 0.98-1.04 for the
-ratio of medians and 1.026-1.028 for the ratio of lower quartiles: docs/figures.md.)
+ratio of medians and 1.026-1.028 for the ratio of lower quartiles: docs/figures.md.) Each visit
+starts after an idle pause (``SETTLE_S``), so that no model is timed while the previous model's
+runtime threads still spin; much of what looked like load on ONNX Runtime was that.
 """
 
 from __future__ import annotations
@@ -22,6 +24,13 @@ import numpy as np
 from quantsweep.targets.base import Runner
 
 ProgressFn = Callable[[str], None]
+# an idle pause before each visit: a runtime's worker threads go on spinning for a while after the
+# model they served returns, and on a 2-core machine the next model's threads then share the cores
+# with them. Measured (sixteenth session, ONNX Runtime, YOLOv10s at 320 px): with no pause the
+# first 2-4 runs of a visit took up to 2x their steady time, so medians over 5-run visits stated
+# `k0` at 0.61x FP32 where each model timed alone gives 0.45x; a pause of 50 ms removed it
+# (benchmarks/timing_settle.py). OpenVINO showed no such effect.
+SETTLE_S = 0.1
 # ratios to the reference within this share of each other are not told apart: an interleaved
 # pass's medians moved by 1-3% between passes on the 2-core machines (docs/figures.md)
 SAME_TIME_SHARE = 0.02
@@ -62,9 +71,11 @@ def _interleaved_times(
     rounds: int,
     runs_per_round: int,
     warmup: int,
+    settle_s: float = SETTLE_S,
     progress: ProgressFn | None = None,
 ) -> dict[str, list[list[float]]]:
-    """Per model, per round, the milliseconds of its runs; rounds visit every model in rotated order."""
+    """Per model, per round, the milliseconds of its runs; rounds visit every model in rotated order,
+    each visit after an idle pause of ``settle_s`` (``SETTLE_S``: the previous model's threads stop)."""
     names = list(runners)
     for name in names:
         for _ in range(warmup):
@@ -73,6 +84,7 @@ def _interleaved_times(
     for r in range(rounds):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
+            time.sleep(settle_s)
             per_round[name].append(_round_times(runners[name], image, runs_per_round))
         if progress is not None:
             progress(f"round {r + 1}/{rounds}")
@@ -87,6 +99,7 @@ def lower_quartile_ratios(
     rounds: int = 15,
     runs_per_round: int = 5,
     warmup: int = 3,
+    settle_s: float = SETTLE_S,
 ) -> dict[str, float]:
     """Each model's lower-quartile latency over one interleaved pass, divided by the reference's: a
     decision statistic for models that differ by a few percent. Bursts of load elsewhere lengthen
@@ -94,7 +107,7 @@ def lower_quartile_ratios(
     ONNX Runtime (YOLOv10s, one float conv against none, 2 cores) four 15-round passes gave
     1.026-1.028 this way, and 0.95-1.34 as the median of per-round ratios."""
     per_round = _interleaved_times(
-        runners, image, rounds=rounds, runs_per_round=runs_per_round, warmup=warmup
+        runners, image, rounds=rounds, runs_per_round=runs_per_round, warmup=warmup, settle_s=settle_s
     )
     quartile = {
         name: float(np.percentile([t for times in visits for t in times], 25))
@@ -111,6 +124,7 @@ def interleaved_latency(
     rounds: int = 7,
     runs_per_round: int = 5,
     warmup: int = 3,
+    settle_s: float = SETTLE_S,
     progress: ProgressFn | None = None,
 ) -> dict[str, Timing]:
     """Time every runner on ``image`` in ``rounds`` rotated rounds; ratios are against ``reference``."""
@@ -118,7 +132,13 @@ def interleaved_latency(
         raise ValueError(f"the reference {reference} is not among the timed models")
     names = list(runners)
     per_round = _interleaved_times(
-        runners, image, rounds=rounds, runs_per_round=runs_per_round, warmup=warmup, progress=progress
+        runners,
+        image,
+        rounds=rounds,
+        runs_per_round=runs_per_round,
+        warmup=warmup,
+        settle_s=settle_s,
+        progress=progress,
     )
     ref_medians = [statistics.median(times) for times in per_round[reference]]
     ref_median = statistics.median(t for times in per_round[reference] for t in times)
