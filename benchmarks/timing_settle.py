@@ -5,7 +5,8 @@
 For each CPU target of a finished run, FP32 and the target's candidates (``k0``, ``k5``, ...: the
 models one timing pass of ``evaluate`` visits) are timed three ways:
 
-- **alone**: each model in its own child process, nothing else loaded (what a deployment runs);
+- **alone**: each model in a fresh child process, nothing else loaded (what a deployment runs),
+  the processes taking turns over five rounds;
 - **interleaved, no pause**: one process, ``timing.interleaved_latency`` with rounds visiting
   every model back to back (the timing pass before the sixteenth session);
 - **interleaved, settled**: the same with ``timing.SETTLE_S`` of idle time before each visit (the
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +34,7 @@ from quantsweep.targets import get_backend
 from quantsweep.targets.timing import SETTLE_S, interleaved_latency
 
 SUFFIX = {"ort-cpu": ".onnx", "openvino": ".xml"}
+ALONE_ROUNDS = 5
 
 
 def _paths(run_dir: Path, target: str) -> dict[str, Path]:
@@ -56,6 +59,19 @@ def _in_child(target: str, paths: dict[str, Path], *, rounds: int, imgsz: int, s
     args += ["--settle", str(settle_s)] + [f"{name}={path}" for name, path in paths.items()]
     out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def _alone(target: str, paths: dict[str, Path], *, rounds: int, imgsz: int) -> dict[str, float]:
+    """Median milliseconds per model, each timed in a fresh process of its own; the processes take
+    turns over ``ALONE_ROUNDS`` rounds, so the VM's drift between minutes lands on every model."""
+    found: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(ALONE_ROUNDS):
+        for name, path in paths.items():
+            one = _in_child(
+                target, {name: path}, rounds=max(1, rounds // ALONE_ROUNDS), imgsz=imgsz, settle_s=0.0
+            )
+            found[name].append(one[name])
+    return {name: statistics.median(values) for name, values in found.items()}
 
 
 def _line(label: str, medians: dict[str, float]) -> str:
@@ -83,9 +99,7 @@ def main() -> None:
     for target in SUFFIX:
         paths = _paths(args.run, target)
         common = {"rounds": args.rounds, "imgsz": imgsz}
-        alone = {}
-        for name, path in paths.items():
-            alone |= _in_child(target, {name: path}, settle_s=0.0, **common)
+        alone = _alone(target, paths, **common)
         print(f"\n{target}")
         print(_line("alone (own process)", alone))
         print(_line("interleaved, no pause", _in_child(target, paths, settle_s=0.0, **common)))
