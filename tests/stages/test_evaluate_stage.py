@@ -101,3 +101,36 @@ def test_a_resumed_pass_keeps_its_scores_and_skips_the_same(tmp_path) -> None:
     again, store = _pass(tmp_path, scores, ARTIFACTS)
     assert again.scored == []  # everything scored before is read back, k0 passing still spares k5, k10
     assert set(store.skipped()) == {"k5", "k10"}
+
+
+def _sized(name: str, policy: str, kept: int | None, size: int) -> Artifact:
+    layers = None if kept is None else tuple(f"model.{i}" for i in range(kept))
+    return Artifact(name, f"{name}.onnx", policy, layers, size, 4.0, True, 0.0)
+
+
+def test_on_a_size_target_a_file_no_smaller_than_a_passing_one_is_not_scored(tmp_path) -> None:
+    artifacts = [
+        _sized("fp32", "fp32", None, 4_000_000),
+        _sized("k0", "top_k", 0, 1_000_000),
+        _sized("k5", "top_k", 5, 1_100_000),
+        _sized("budget_4.5bits", "budget", 30, 1_200_000),  # larger than k5, which meets the target
+        _sized("random_k5", "random", 5, 1_150_000),  # a reference scheme: always scored
+    ]
+    context = _Context(
+        {"fp32": REFERENCE, "k0": 0.85, "k5": 0.895, "budget_4.5bits": 0.899, "random_k5": 0.8}
+    )
+    store = ResultStore(
+        tmp_path / "results" / "size",
+        target="size",
+        candidates_dir=tmp_path,
+        metric=context.metric,
+        reference=REFERENCE,
+    )
+    meets = lambda score: _meets(score, target=AccuracyTarget(), reference=REFERENCE)  # noqa: E731
+    _accuracy_pass(
+        get_backend("size"), artifacts, context, store, step=lambda _: None, executor=None, meets=meets
+    )
+    assert context.scored == ["fp32", "k0", "k5", "random_k5"]
+    assert store.skipped() == {
+        "budget_4.5bits": "`k5` meets the accuracy target in a file no larger (1.1 MB)"
+    }

@@ -12,9 +12,9 @@ inference (one island the profile prices at nothing: one evaluation) goes before
 Where an island met the target alone but cost time per inference and recovery then ran, both
 paths become finalists and the evaluate stage's timing pass picks the faster: the choice between
 recovery and islands is made on measured time, not assumed. Where nothing-kept already meets the
-target, the free island is still tried once, and is a finalist where it scores higher at no
-inference cost (the recommendation prefers the more accurate of models timed alike). The report
-prints the ledger.
+target, the free island is still tried once, and is a finalist where it scores higher: the timing
+pass times it beside nothing kept, and the recommendation prefers the more accurate of models
+timed alike (median and lower quartile within 2%). The report prints the ledger.
 """
 
 from __future__ import annotations

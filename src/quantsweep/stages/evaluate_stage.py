@@ -41,14 +41,25 @@ def _score_path(path: str, *, target: str, context: EvalContext) -> dict[str, An
 REFERENCE_POLICIES = ("random", "first_head")  # schemes a top-K scheme is compared with at its K
 
 
-def _dominated(artifact: Artifact, artifacts: list[Artifact], passing: list[Artifact]) -> str | None:
-    """Why a top-K artifact need not be scored: a top-K artifact of the same placement with fewer
-    float layers already meets the accuracy target, so this one can be neither faster (each float
-    layer adds its float kernel and Q/DQ around it) nor smaller. A top-K artifact a reference
-    scheme is compared with at the same K is always scored."""
-    if artifact.policy != Policy.TOP_K or artifact.kept is None:
+def _dominated(
+    artifact: Artifact, artifacts: list[Artifact], passing: list[Artifact], *, objective: Objective
+) -> str | None:
+    """Why an artifact need not be scored: a top-K artifact of the same placement with fewer float
+    layers already meets the accuracy target, so this one can be neither faster (each float layer
+    adds its float kernel and Q/DQ around it) nor smaller; on a size target, any scheme's artifact
+    at least as large as one that meets it. A reference scheme, and a top-K artifact a reference
+    scheme is compared with at the same K, are always scored."""
+    if artifact.policy in REFERENCE_POLICIES or artifact.policy in (Policy.FP32, Policy.BASELINE):
         return None
     if any(a.policy in REFERENCE_POLICIES and a.kept == artifact.kept for a in artifacts):
+        return None
+    if objective is Objective.SIZE:
+        smaller = [a for a in passing if a.size_bytes <= artifact.size_bytes]
+        if smaller:
+            best = min(smaller, key=lambda a: a.size_bytes)
+            size_mb = best.size_bytes / 1e6
+            return f"`{best.name}` meets the accuracy target in a file no larger ({size_mb:.1f} MB)"
+    if artifact.policy != Policy.TOP_K or artifact.kept is None:
         return None
     fewer = [a for a in passing if a.policy == Policy.TOP_K and a.kept is not None and a.kept < artifact.kept]
     if not fewer:
@@ -88,7 +99,7 @@ def _accuracy_pass(
         step(f"{backend.name} {artifact.name} (as run before)")
     if executor is None:
         for artifact in sorted(missing, key=_scoring_order):
-            reason = _dominated(artifact, artifacts, passing)
+            reason = _dominated(artifact, artifacts, passing, objective=backend.objective)
             if reason is not None:
                 store.write_skipped(artifact.name, reason)
                 step(f"{backend.name} {artifact.name} (not needed)")

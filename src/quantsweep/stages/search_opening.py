@@ -85,14 +85,14 @@ class SearchOpening:
         (island_costs.free_probe; one evaluation). Where nothing-kept misses the target, that island
         goes before recovery (minutes), which is not run if the island alone meets the target at no
         inference cost, timed whole; where nothing-kept meets it, the island is a finalist if it is
-        more accurate at no inference cost (search_moves.py)."""
+        more accurate, recommended only if the timing pass times it as fast (search_moves.py)."""
         start = SearchStart(backend, measure, unrecovered=measure)
         if self.island_order is not IslandOrder.GAIN_PER_MS:
             return self._recovery_first(scheme_set, start, threshold, search_dir)
         start.costs = self._island_costs(backend, measure, search_dir)
         probe = free_probe(scheme_set.ranking, start.costs)
         if probe is not None and measure(()) >= threshold:
-            self._probe(start, probe, threshold)  # a finalist where it gains at no inference cost
+            self._probe(start, probe, threshold)  # a finalist where it gains
             return start
         if probe is not None and self._probe(start, probe, threshold):
             LOG.info("%s: %s kept float alone meets the target; no recovery", backend.name, probe)
@@ -100,16 +100,20 @@ class SearchOpening:
         return self._recovery_first(scheme_set, start, threshold, search_dir)
 
     def _probe(self, start: SearchStart, probe: str, threshold: float) -> bool:
-        """Score the free island, time it whole where it is wanted, record the move; whether it is
-        taken. Where nothing-kept misses the target it is wanted if it meets the target, and taken
-        at no inference cost (recovery is then not run); where nothing-kept meets it, it is wanted if
-        it scores higher, and taken at no inference cost as a finalist (the recommendation prefers
-        the more accurate of models that run equally fast)."""
+        """Score the free island, record the move; whether it is taken. Where nothing-kept misses
+        the target it is wanted if it meets the target, and taken if, timed whole here, it costs no
+        inference time (recovery is then not run); where nothing-kept meets it, it is wanted and taken
+        as a finalist if it scores higher: the timing pass times it beside nothing kept and the
+        recommendation prefers the more accurate of models that run equally fast."""
         started, measure = time.perf_counter(), start.measure
         score, before = measure((probe,)), measure(())
         gain_only = before >= threshold
         wanted = score > before if gain_only else score >= threshold
-        ratio = self._probe_ratio(start.backend, measure, probe) if wanted else None
+        # where nothing kept meets the target the evaluate stage's timing pass times the island
+        # beside nothing kept anyway, and the recommendation takes it only if it times the same
+        # (recommend._same_time): a pass of its own here would only repeat that
+        timed_here = wanted and not gain_only
+        ratio = self._probe_ratio(start.backend, measure, probe) if timed_here else None
         move = SearchMove(
             MoveKind.ISLAND,
             probe,
@@ -120,11 +124,14 @@ class SearchOpening:
             seconds=round(time.perf_counter() - started, 1),
             x_nothing_kept=ratio,
         )
-        taken = wanted and move.free
+        taken = wanted and (gain_only or move.free)
         start.free_first = {"layer": probe, "score": score, "met": taken, "x_nothing_kept": ratio}
         if taken and gain_only:
             start.finalists.append((probe,))
-            outcome = "more accurate than nothing kept at no inference cost: timed as a finalist"
+            outcome = (
+                "more accurate than nothing kept: timed as a finalist beside it, recommended only "
+                "if it times the same"
+            )
         elif taken:
             outcome = "taken: meets the target at no inference cost; recovery not run"
         elif wanted:

@@ -49,6 +49,9 @@ class Timing:
     rounds: int
     device: str
     float_precision: str | None = None  # what the runtime ran non-quantized ops in (f32, bf16)
+    # the lower quartile over the pass: bursts of load lengthen runs and never shorten them, so it
+    # tells apart models a few percent apart where the median cannot (lower_quartile_ratios)
+    p25_ms: float | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
@@ -150,6 +153,7 @@ def interleaved_latency(
             median_ms=statistics.median(flat),
             p10_ms=float(np.percentile(flat, 10)),
             p90_ms=float(np.percentile(flat, 90)),
+            p25_ms=float(np.percentile(flat, 25)),
             ratio_to_reference=statistics.median(flat) / ref_median,
             ratio_spread=max(ratios) - min(ratios),
             runs=len(flat),
