@@ -39,19 +39,19 @@ def _artifact(name: str, policy: str, kept: int | None) -> Artifact:
 
 
 def _pass(
-    tmp_path: Path, scores: dict[str, float], artifacts: list[Artifact]
+    tmp_path: Path, scores: dict[str, float], artifacts: list[Artifact], *, target: str = "ort-cpu"
 ) -> tuple[_Context, ResultStore]:
     context = _Context(scores)
     store = ResultStore(
-        tmp_path / "results" / "ort-cpu",
-        target="ort-cpu",
+        tmp_path / "results" / target,
+        target=target,
         candidates_dir=tmp_path,
         metric=context.metric,
         reference=REFERENCE,
     )
     meets = lambda score: _meets(score, target=AccuracyTarget(), reference=REFERENCE)  # noqa: E731
     _accuracy_pass(
-        get_backend("ort-cpu"), artifacts, context, store, step=lambda _: None, executor=None, meets=meets
+        get_backend(target), artifacts, context, store, step=lambda _: None, executor=None, meets=meets
     )
     return context, store
 
@@ -116,20 +116,8 @@ def test_on_a_size_target_a_file_no_smaller_than_a_passing_one_is_not_scored(tmp
         _sized("budget_4.5bits", "budget", 30, 1_200_000),  # larger than k5, which meets the target
         _sized("random_k5", "random", 5, 1_150_000),  # a reference scheme: always scored
     ]
-    context = _Context(
-        {"fp32": REFERENCE, "k0": 0.85, "k5": 0.895, "budget_4.5bits": 0.899, "random_k5": 0.8}
-    )
-    store = ResultStore(
-        tmp_path / "results" / "size",
-        target="size",
-        candidates_dir=tmp_path,
-        metric=context.metric,
-        reference=REFERENCE,
-    )
-    meets = lambda score: _meets(score, target=AccuracyTarget(), reference=REFERENCE)  # noqa: E731
-    _accuracy_pass(
-        get_backend("size"), artifacts, context, store, step=lambda _: None, executor=None, meets=meets
-    )
+    scores = {"fp32": REFERENCE, "k0": 0.85, "k5": 0.895, "budget_4.5bits": 0.899, "random_k5": 0.8}
+    context, store = _pass(tmp_path, scores, artifacts, target="size")
     assert context.scored == ["fp32", "k0", "k5", "random_k5"]
     assert store.skipped() == {
         "budget_4.5bits": "`k5` meets the accuracy target in a file no larger (1.1 MB)"
