@@ -82,9 +82,9 @@ def _lower_quartile(record: dict[str, Any]) -> float | None:
 
 def _same_time(record: dict[str, Any], fastest: dict[str, Any]) -> bool:
     """``record`` timed within ``SAME_TIME_SHARE`` of ``fastest`` by the median and, where the pass
-    recorded it, by the lower quartile too: the median alone moved 2-4% between passes of one pair on
-    ONNX Runtime, the lower quartile 0.2% (timing.lower_quartile_ratios), so a model a few percent
-    slower is not taken for an equal one for its accuracy."""
+    recorded it, by the lower quartile too: over passes of one pair on ONNX Runtime the ratio of
+    medians moved 0.98-1.04, that of lower quartiles 1.026-1.028 (timing.lower_quartile_ratios), so
+    a model a few percent slower is not taken for an equal one for its accuracy."""
     bound = 1.0 + SAME_TIME_SHARE
     if _speed_ratio(record) > _speed_ratio(fastest) * bound:
         return False
