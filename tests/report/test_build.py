@@ -30,8 +30,11 @@ MODELS = {
 }
 
 
-def _eval_dir(tmp_path: Path, target: AccuracyTarget, targets=("ort-cpu", "size")) -> Path:
-    """An evaluate run as the evaluate stage writes it (no sweep reports, no search)."""
+def _eval_dir(
+    tmp_path: Path, target: AccuracyTarget, targets=("ort-cpu", "size"), *, labelled: bool = True
+) -> Path:
+    """An evaluate run as the evaluate stage writes it (no sweep reports, no search); without
+    labels every figure is against the FP32 model's own detections."""
     sweep_dir = tmp_path / "sweep"
     sweep_dir.mkdir(exist_ok=True)
     candidates = tmp_path / "candidates"
@@ -41,12 +44,13 @@ def _eval_dir(tmp_path: Path, target: AccuracyTarget, targets=("ort-cpu", "size"
     run = tmp_path / "eval"
     config = {"inputs": {"candidates_dir": str(candidates)}, "targets": list(targets)}
     write_json(run / "eval_config.json", "eval_config", config)
+    metric = "map50_95_gt" if labelled else "map50_95_vs_fp32"
     for name in targets:
         store = ResultStore(
             run / "results" / name,
             target=name,
             candidates_dir=candidates,
-            metric="map50_95_gt",
+            metric=metric,
             reference=0.9,
         )
         for model, (policy, kept, value, size_mb, ratio) in MODELS.items():
@@ -64,13 +68,31 @@ def _eval_dir(tmp_path: Path, target: AccuracyTarget, targets=("ort-cpu", "size"
                     "runtime_agrees": True,
                     "runtime_summary": "default agrees with Torch (rel. error 0.010)",
                 }
-            store.write_result(record, Accuracy(value, value + 0.05, 0.9, 0.95, value - 0.004))
+            if labelled:
+                accuracy = Accuracy(value, value + 0.05, 0.9, 0.95, value - 0.004)
+            else:
+                accuracy = Accuracy(None, None, value, value + 0.05, None)
+            store.write_result(record, accuracy)
             timing = Timing(
                 20 * ratio, 19 * ratio, 22 * ratio, ratio, 0.01, 35, 7, "CPUExecutionProvider", "f32"
             )
             store.write_timing(model, timing)
-        recommend(get_backend(name), store, reference=0.9, metric="map50_95_gt", target=target)
+        recommend(get_backend(name), store, reference=0.9, metric=metric, target=target)
     return run
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_each_table_says_what_its_map_is_measured_against(labelled, tmp_path) -> None:
+    eval_dir = _eval_dir(tmp_path, AccuracyTarget(0.05, DropMode.RELATIVE), labelled=labelled)
+    summary = build_report(eval_dir).read_text()
+    unlabelled = "against the FP32 model's own detections: no labels were given. A conservative"
+    if labelled:
+        assert summary.count("mAP50-95 here is against the evaluation labels.") == 2
+        assert unlabelled not in summary
+    else:  # not "the labels give FP32 no real score": there were none
+        assert summary.count(f"mAP50-95 here is {unlabelled}") == 2
+        assert "labelled drop was 0.5-1.0x this drop" in summary
+        assert "no real score" not in summary
 
 
 def test_cards_show_each_targets_recommendation_and_tables_follow(tmp_path) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from quantsweep.core.errors import InputError
 from quantsweep.core.layout import results_dir, search_dir
 from quantsweep.core.records import read_json
-from quantsweep.schemes.scheme_records import Policy
+from quantsweep.schemes.scheme_records import FP32_NAME, Policy
 from quantsweep.stages.eval_records import (
     CONFIG_KIND,
     RECOMMENDATION_KIND,
@@ -59,6 +59,7 @@ class TargetReport:
     unavailable: str | None
     search: dict[str, Any] | None
     skipped: dict[str, str] | None = None  # models not scored, with the reason
+    labelled: bool = True  # the evaluation images had labels (the FP32 model has a labelled score)
 
 
 def _row(record: dict[str, Any], recommended: str | None) -> Row:
@@ -92,13 +93,16 @@ def load_target(eval_dir: Path, target: str) -> TargetReport:
     rec_path = directory / "recommendation.json"
     recommendation = read_json(rec_path, RECOMMENDATION_KIND) if rec_path.is_file() else None
     chosen = None if recommendation is None else recommendation["recommended"]
-    rows = [_row(read_json(p, RESULT_KIND), chosen) for p in sorted((directory / "models").glob("*.json"))]
+    records = [read_json(p, RESULT_KIND) for p in sorted((directory / "models").glob("*.json"))]
+    rows = [_row(record, chosen) for record in records]
+    fp32 = next((r for r in records if r["name"] == FP32_NAME), None)
+    labelled = fp32 is None or fp32["accuracy"]["map50_95_gt"] is not None
     search_path = search_dir(eval_dir, target) / "search.json"
     search = read_json(search_path, "scheme_search") if search_path.is_file() else None
     rows.sort(key=lambda r: (POLICY_ORDER.get(r.kind, 9), r.kept or 0, r.name))
     skipped_path = directory / "skipped.json"
     skipped = read_json(skipped_path, SKIPPED_KIND)["models"] if skipped_path.is_file() else None
-    return TargetReport(target, rows, recommendation, None, search, skipped)
+    return TargetReport(target, rows, recommendation, None, search, skipped, labelled)
 
 
 def load_targets(eval_dir: Path) -> list[TargetReport]:
