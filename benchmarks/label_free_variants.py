@@ -38,14 +38,16 @@ from quantsweep.core.config import (
     DetectConfig,
     Granularity,
     QuantFormat,
+    SweepConfig,
     WeightDtype,
 )
 from quantsweep.core.runs import cpu_line
-from quantsweep.data.images import load_batch, resolve_images
+from quantsweep.data.images import Batch, load_batch, resolve_images
 from quantsweep.metrics.detections import decode, pseudo_labels
 from quantsweep.metrics.map import IOU_THRESHOLDS, _average_precision, box_iou, mean_average_precision
 from quantsweep.models import load_model
-from quantsweep.quant.apply import calibrate_inputs, quantized_layers
+from quantsweep.quant.apply import quantized_layers
+from quantsweep.stages.common import calibrate
 
 NOISE = (0.002, 0.004, 0.006, 0.008, 0.012, 0.016, 0.024)
 INT4_FRACTIONS = (0.05, 0.1, 0.2, 0.35)
@@ -57,6 +59,7 @@ class Variants:
     """The FP32 model and its degraded copies, run on the evaluation images."""
 
     def __init__(self, model: str, *, images: torch.Tensor, calib: torch.Tensor) -> None:
+        self.model = model
         self.network = load_model(model).network  # a user-given checkpoint (torch.load: a pickle)
         self.module = self.network.module
         self.images, self.calib = images, calib
@@ -90,15 +93,9 @@ class Variants:
         return list(np.random.default_rng(seed).choice(self.convs, size=count, replace=False))
 
     def ranges(self, method: CalibMethod) -> dict:
-        """Input ranges of every conv over the calibration images."""
-
-        def drive():
-            with torch.no_grad():
-                for start in range(0, len(self.calib), 4):
-                    self.network.run(self.calib[start : start + 4])
-                    yield None
-
-        return calibrate_inputs(self.module, self.convs, drive(), calib=CalibConfig(method=method))
+        """Input ranges of every conv over the calibration images, as the sweep calibrates them."""
+        config = SweepConfig(model=self.model, images="-", calib=CalibConfig(method=method))
+        return calibrate(self.network, Batch(self.calib, None), config, self.convs)
 
     def quantized(self, names: list[str], fmt: QuantFormat, ranges: dict | None = None) -> list[np.ndarray]:
         """Detections with ``names`` fake-quantized to ``fmt``."""
