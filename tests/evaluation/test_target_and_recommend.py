@@ -95,6 +95,18 @@ def test_a_model_slower_by_its_lower_quartile_is_not_taken_for_an_equal_one(tmp_
     assert _recommend(tmp_path / "again", "openvino", models, quartiles)["recommended"] == "alike_better"
 
 
+def test_a_model_faster_by_a_hair_of_median_but_slower_by_its_lower_quartile_is_not_the_fastest(
+    tmp_path,
+) -> None:
+    # seen in CI: the free island's median 0.1% below nothing kept's, its lower quartile 4.5% above
+    # it; the two are not timed alike, and the one the lower quartile calls faster is recommended
+    models = {**MODELS, "island": (0.898, 0.4995, 31)}
+    quartiles = {"fast_ok": 4.80, "island": 5.02}
+    assert _recommend(tmp_path, "openvino", models, quartiles)["recommended"] == "fast_ok"
+    quartiles = {"fast_ok": 4.80, "island": 4.85}  # alike by both: the more accurate one
+    assert _recommend(tmp_path / "again", "openvino", models, quartiles)["recommended"] == "island"
+
+
 def test_size_target_recommends_the_smallest_model_within_the_target(tmp_path) -> None:
     rec = _recommend(tmp_path, "size", MODELS)
     assert rec["recommended"] == "small_ok" and rec["size_reduction"] == pytest.approx(5.0)

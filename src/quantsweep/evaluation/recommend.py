@@ -71,8 +71,11 @@ def _choose(backend: Backend, passing: list[dict[str, Any]], fp32: dict[str, Any
     if backend.objective is not Objective.SPEED or best is None:
         return best
     if _speed_ratio(best) < float("inf"):
-        tied = [r for r in passing if _same_time(r, best)]
-        best = max(tied, key=_score)
+        by_median = [r for r in passing if _speed_ratio(r) <= _speed_ratio(best) * (1.0 + SAME_TIME_SHARE)]
+        # the quickest of those by the lower quartile anchors the tie as well: a model whose median
+        # is lower by a hair but whose lower quartile is a few percent higher is not the faster one
+        anchor = min(by_median, key=lambda r: _lower_quartile(r) or float("inf"))
+        best = max((r for r in by_median if _same_time(r, anchor)), key=_score)
     return fp32 if _speed_ratio(best) >= 1.0 else best
 
 
