@@ -26,8 +26,8 @@ from quantsweep.core.runs import cpu_line
 from quantsweep.evaluation.island_costs import conv_units, measure_island_costs
 from quantsweep.onnx_graph.candidates import FP32_FILE, read_candidates
 from quantsweep.stages.common import model_source
+from quantsweep.stages.kept_sets import kept_set_writer
 from quantsweep.stages.schemes_stage import read_scheme_set
-from quantsweep.stages.search_stage import kept_set_writer
 from quantsweep.targets import get_backend
 from quantsweep.targets.timing import interleaved_latency, lower_quartile_ratios
 

@@ -31,8 +31,8 @@ from quantsweep.models.outputs import HeadOutput
 from quantsweep.onnx_graph.candidates import FP32_FILE, read_candidates
 from quantsweep.schemes.scheme_records import Precision
 from quantsweep.stages.common import calibration_batch
+from quantsweep.stages.kept_sets import recorded_ranges
 from quantsweep.stages.schemes_stage import read_scheme_set
-from quantsweep.stages.search_stage import recorded_ranges
 from quantsweep.targets import get_backend
 from quantsweep.targets.openvino_cpu import OpenVinoRunner
 

@@ -177,9 +177,9 @@ def run_job(
         make_schemes(_schemes_request(config.schemes, report, fmt), out=run_dir, cache=cache())
         for fmt, report in _reports(sweep_dir, sweep_config)
     )
-    candidates_dir = materialize_candidates(
-        MaterializeRequest(schemes_dirs, config.targets), out=run_dir, progress=progress, cache=cache()
-    )
+    # the evaluate stage of the same run writes a speed target's top-K past K=0 only if it needs one
+    request = MaterializeRequest(schemes_dirs, config.targets, defer_top_k=True)
+    candidates_dir = materialize_candidates(request, out=run_dir, progress=progress, cache=cache())
     eval_request = EvalRequest(
         candidates_dir,
         eval_data,

@@ -16,8 +16,10 @@ from quantsweep.cli.main import main
 from quantsweep.evaluation.search_moves import MoveKind, island_label, read_moves
 from quantsweep.models import load_model
 from quantsweep.onnx_graph.export import export_fp32
-from quantsweep.stages.search_stage import kept_set_writer
+from quantsweep.stages.kept_sets import kept_set_writer
+from quantsweep.stages.materialize_stage import MaterializeRequest, materialize_candidates
 from quantsweep.targets import get_backend
+from quantsweep.targets.base import onnx_source
 from tests.conftest import CPU_INT8
 
 pytestmark = pytest.mark.slow  # every stage through the CLI, Ultralytics exports included: minutes
@@ -116,6 +118,35 @@ def test_a_kept_set_written_for_a_benchmark_is_the_scheme_materialize_wrote(chai
         assert written.SerializeToString() == materialized.SerializeToString(), target
 
 
+def test_a_run_defers_a_speed_targets_top_k_until_evaluate_needs_it(chain, tiny_data, tmp_path) -> None:
+    request = MaterializeRequest(tuple(chain["schemes"]), ("ort-cpu", "openvino", "size"), defer_top_k=True)
+    candidates = materialize_candidates(request, out=tmp_path)
+    index = json.loads((candidates / "candidates.json").read_text())["targets"]
+    for target in ("ort-cpu", "openvino"):
+        by_name = {a["name"]: a for a in index[target]["artifacts"]}
+        assert by_name["k3"]["deferred"] and not (candidates / by_name["k3"]["file"]).exists()
+        assert not by_name["k0"]["deferred"] and (candidates / by_name["k0"]["file"]).is_file()
+        assert not by_name["random_k3"]["deferred"]  # a reference scheme is written as before
+    assert not any(a["deferred"] for a in index["size"]["artifacts"])  # chosen by size: files compared
+    # a target nothing kept misses (FP32's own score, to the ten-thousandth): k3 is needed, so the
+    # evaluate stage writes it, checked as materialize checks its own, and scores it
+    evaluate = ["evaluate", "--candidates", str(candidates), "--data", str(tiny_data), "--max-drop", "0.0001"]
+    timing = ["--latency-rounds", "2", "--latency-runs", "2"]
+    _ok([*evaluate, "--eval-images", "8", *timing, "--out", str(tmp_path)])
+    eval_dir = next(tmp_path.glob("*_evaluate/*"))
+    for target in ("ort-cpu", "openvino"):
+        record = json.loads((eval_dir / "results" / target / "models" / "k3.json").read_text())
+        path = Path(record["file"])
+        assert path.parent == eval_dir / "deferred" / target and not record["deferred"]
+        verify = json.loads(onnx_source(path).with_suffix(".verify.json").read_text())
+        assert verify["counts_match"] is True and record["counts_match"] is True
+        assert record["runtime_summary"] == verify["runtime_summary"]
+        assert "agrees" in record["runtime_summary"]
+        written = onnx.load(str(onnx_source(path))).graph
+        materialized = onnx.load(str(chain["candidates"] / target / "k3.onnx")).graph
+        assert written.SerializeToString() == materialized.SerializeToString(), target
+
+
 def _check_islands(chain, target: str, search: dict) -> None:
     """Islands are priced on a speed target's runtime (island_costs.py): the free island is tried
     whether nothing-kept misses the target or meets it."""
@@ -167,6 +198,14 @@ def _check_moves(search: dict) -> None:
     assert all(m.finalist in search["finalists"] for m in moves if m.finalist)
 
 
+def _check_finalists_verified(target: str, search: dict, models: dict) -> None:
+    """The search's finalists are checked on their runtime as materialize checks its artifacts."""
+    for name in [n for n in search["finalists"] if models[n]["policy"] == "search"]:
+        verify = json.loads(onnx_source(Path(models[name]["file"])).with_suffix(".verify.json").read_text())
+        assert models[name]["runtime_summary"] == verify["runtime_summary"], (target, name)
+        assert models[name]["runtime_agrees"] is not None and models[name]["counts_match"] is True
+
+
 def test_evaluation_search_timing_and_recommendation_per_target(chain) -> None:
     eval_dir = chain["eval"]
     for target in ("ort-cpu", "openvino", "size"):
@@ -215,6 +254,12 @@ def test_evaluation_search_timing_and_recommendation_per_target(chain) -> None:
         _check_islands(chain, target, search)
         # the passing kept sets the search found are timed beside the candidates
         assert set(search["finalists"]) <= set(models) and bool(search["finalists"]) == search["target_met"]
+        _check_finalists_verified(target, search, models)
+    _check_report(eval_dir)
+
+
+def _check_report(eval_dir: Path) -> None:
+    """Unavailable targets said, every target's card, the baselines scored, timed and listed."""
     if not torch.cuda.is_available():
         unavailable = json.loads((eval_dir / "results" / "tensorrt" / "unavailable.json").read_text())
         assert "no CUDA GPU" in unavailable["reason"]

@@ -41,7 +41,7 @@ def test_distill_lowers_the_head_error_and_keeps_every_code(tiny_data) -> None:
     before_state = {k: v.clone() for k, v in network.module.state_dict().items()}
     trainable = [p.requires_grad for p in network.module.parameters()]
 
-    tuned = distill_records(network, records, images, act_ranges=ranges, asymmetric=False, steps=40)
+    tuned = distill_records(network, records, images, act_ranges=ranges, asymmetric=False, steps=80)
 
     before, after = _head_loss(network, records, ranges, images), _head_loss(network, tuned, ranges, images)
     assert after < 0.9 * before, (before, after)

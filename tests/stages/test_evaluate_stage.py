@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +40,12 @@ def _artifact(name: str, policy: str, kept: int | None) -> Artifact:
 
 
 def _pass(
-    tmp_path: Path, scores: dict[str, float], artifacts: list[Artifact], *, target: str = "ort-cpu"
+    tmp_path: Path,
+    scores: dict[str, float],
+    artifacts: list[Artifact],
+    *,
+    target: str = "ort-cpu",
+    write=None,
 ) -> tuple[_Context, ResultStore]:
     context = _Context(scores)
     store = ResultStore(
@@ -51,7 +57,14 @@ def _pass(
     )
     meets = lambda score: _meets(score, target=AccuracyTarget(), reference=REFERENCE)  # noqa: E731
     _accuracy_pass(
-        get_backend(target), artifacts, context, store, step=lambda _: None, executor=None, meets=meets
+        get_backend(target),
+        artifacts,
+        context,
+        store,
+        step=lambda _: None,
+        executor=None,
+        meets=meets,
+        write=write,
     )
     return context, store
 
@@ -84,6 +97,25 @@ def test_top_k_artifacts_a_passing_one_dominates_are_not_scored(tmp_path, k0, k5
         assert found[name].startswith(by) and "fewer float layers" in found[name]
     # the report says which models were not scored and why
     assert (load_target(tmp_path, "ort-cpu").skipped or {}) == found
+
+
+def test_a_deferred_top_k_artifact_is_written_only_where_it_must_be_scored(tmp_path) -> None:
+    artifacts = [
+        dataclasses.replace(a, deferred=True, size_bytes=None) if a.name in ("k5", "k10") else a
+        for a in ARTIFACTS
+    ]
+    written: list[str] = []
+
+    def write(artifact: Artifact) -> dict:
+        written.append(artifact.name)
+        path = tmp_path / "deferred" / f"{artifact.name}.onnx"
+        return {**artifact.to_dict(), "kept": artifact.kept, "file": str(path), "deferred": False}
+
+    scores = {"fp32": REFERENCE, "k0": 0.850, "k5": 0.895, "k10": 0.899, "ultralytics_int8": 0.80}
+    context, store = _pass(tmp_path, scores, artifacts, write=write)
+    assert written == ["k5"] and "k5" in context.scored  # k0 misses: k5 is needed, k10 is not
+    assert store.all()["k5"]["file"] == str(tmp_path / "deferred" / "k5.onnx")
+    assert store.skipped()["k10"].endswith("so it was not written either")
 
 
 def test_a_top_k_artifact_a_reference_scheme_is_compared_with_is_always_scored(tmp_path) -> None:

@@ -25,8 +25,8 @@ from quantsweep.onnx_graph.inspect import node_precisions, precision_counts
 from quantsweep.onnx_graph.ort_sessions import ort_session
 from quantsweep.onnx_graph.qdq_propagation import VALUE_MOVERS
 from quantsweep.schemes.scheme_records import LayerAssignment, Policy, Precision, Scheme
+from quantsweep.stages.kept_sets import KeptSetMeasure
 from quantsweep.stages.materialize_stage import match_targets
-from quantsweep.stages.search_stage import _Measure
 from quantsweep.targets import get_backend
 from quantsweep.targets import tensorrt_gpu as trt_module
 from quantsweep.targets.base import ConvKind
@@ -165,7 +165,7 @@ def test_search_trials_are_written_as_the_target_adapts_them(tiny_v10_onnx, tmp_
     scheme_set = SimpleNamespace(ranking=ranking, high=FLOAT, low=FP8)
     ranges = RangeCache(tiny_v10_onnx["model"], tiny_v10_onnx["images"])
     log = JsonLines(tmp_path / "evaluations.jsonl")
-    measure = _Measure(get_backend("tensorrt"), scheme_set, ranges, None, log, records={}, source=None)
+    measure = KeptSetMeasure(get_backend("tensorrt"), scheme_set, ranges, None, log, records={}, source=None)
     counts = precision_counts(measure.model(()))
     depthwise = sum(kind in (ConvKind.DEPTHWISE, ConvKind.FIRST, ConvKind.GROUPED) for kind in kinds.values())
     assert depthwise > 0 and counts.get("int8-int8") == depthwise

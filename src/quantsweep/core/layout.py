@@ -12,6 +12,7 @@ from quantsweep.core.config import QuantFormat
 
 RESULTS_DIR = "results"
 SEARCH_DIR = "search"
+DEFERRED_DIR = "deferred"
 
 
 def format_dir(sweep_dir: Path, fmt: QuantFormat) -> Path:
@@ -33,6 +34,11 @@ def results_dir(eval_dir: Path, target: str) -> Path:
 def search_dir(eval_dir: Path, target: str) -> Path:
     """One target's search log, trial artifacts and ``search.json`` in an evaluate run."""
     return Path(eval_dir) / SEARCH_DIR / target
+
+
+def deferred_dir(eval_dir: Path, target: str) -> Path:
+    """One target's schemes whose writing materialize deferred, written when the evaluate run needed them."""
+    return Path(eval_dir) / DEFERRED_DIR / target
 
 
 def eval_dir_of_results(results: Path) -> Path:

@@ -26,13 +26,15 @@ class Artifact:
     file: str  # relative to the candidates directory
     policy: str  # fp32, top_k, budget, random, first_head, baseline
     kept_layers: tuple[str, ...] | None
-    size_bytes: int
+    size_bytes: int | None  # None until written (deferred)
     avg_weight_bits: float | None  # None for a third-party export
     counts_match: bool | None
     torch_vs_onnx_rel_l2: float | None
     # every deployed load path in the target's own runtime agrees with Torch (None: not checked)
     runtime_agrees: bool | None = None
     runtime_summary: str | None = None  # one line per load path, for the report
+    # planned, not written: the evaluate stage writes (and checks) it if it needs it (stages.eval_writes)
+    deferred: bool = False
 
     @property
     def kept(self) -> int | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from quantsweep.quant import conv_moments
 from quantsweep.quant.weights import Grid, decode, encode
 
 GPTQ_BLOCK = 128  # columns per lazy-update block (a speed setting; results do not depend on it)
@@ -55,6 +56,9 @@ def layer_stats(layer: nn.Module, x: torch.Tensor, x_quant: torch.Tensor | None 
     if isinstance(layer, nn.Conv2d) and layer.padding_mode != "zeros":
         raise ValueError(f"padding mode {layer.padding_mode} is not supported")
     x_quant = x if x_quant is None else x_quant
+    if conv_moments.applies(layer):  # by spatial offset: about 5x fewer operations than im2col
+        hessian, mean, float_mean, count = conv_moments.column_moments(layer, x, x_quant)
+        return LayerStats(hessian / count, mean / count, float_mean / count, count)
     hessian = mean = float_mean = None
     count = 0
     for start in range(0, x.shape[0], _IMAGES_PER_STEP):
@@ -158,19 +162,28 @@ def _permute(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
 def _gptq_columns(
     w: torch.Tensor, upper: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, grid: Grid
 ) -> torch.Tensor:
-    """The column loop, in blocks with lazy updates of the columns after each block."""
+    """The column loop, in blocks with lazy updates of the columns after each block.
+
+    Runs column-major (``[K, G, rows]``): each step reads and updates whole contiguous columns,
+    which is about three times faster than strided ones, with the same arithmetic.
+    """
     columns = w.shape[-1]
-    q = torch.zeros_like(w)
+    wt = w.permute(2, 0, 1).contiguous()  # [K, G, R]
+    st = scale.permute(2, 0, 1).contiguous()
+    zt = None if zero is None else zero.permute(2, 0, 1).contiguous()
+    ut = upper.permute(1, 2, 0).contiguous()  # [K, K, G]: ut[i, j] is upper[:, i, j]
+    qt = torch.zeros_like(wt)
     for start in range(0, columns, GPTQ_BLOCK):
         end = min(start + GPTQ_BLOCK, columns)
-        errors = torch.zeros_like(w[:, :, start:end])
+        errors = torch.zeros_like(wt[start:end])  # [B, G, R]
         for i in range(start, end):
-            col = w[:, :, i]
-            z = None if zero is None else zero[:, :, i]
-            qcol = decode(encode(col, scale[:, :, i], z, grid.dtype), scale[:, :, i], z)
-            q[:, :, i] = qcol
-            err = (col - qcol) / upper[:, i, i][:, None]
-            errors[:, :, i - start] = err
-            w[:, :, i + 1 : end] -= err[:, :, None] * upper[:, None, i, i + 1 : end]
-        w[:, :, end:] -= errors @ upper[:, start:end, end:]
-    return q
+            col = wt[i]
+            z = None if zt is None else zt[i]
+            qt[i] = decode(encode(col, st[i], z, grid.dtype), st[i], z)
+            err = (col - qt[i]) / ut[i, i][:, None]
+            errors[i - start] = err
+            wt[i + 1 : end] -= err[None] * ut[i, i + 1 : end][:, :, None]
+        if end < columns:  # [G, R, B] @ [G, B, K - end] -> [K - end, G, R]
+            later = errors.permute(1, 2, 0) @ upper[:, start:end, end:]
+            wt[end:] -= later.permute(2, 0, 1)
+    return qt.permute(1, 2, 0)

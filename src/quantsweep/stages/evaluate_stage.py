@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from quantsweep.core.layout import deferred_dir
 from quantsweep.evaluation.recommend import recommend
 from quantsweep.evaluation.scoring import Accuracy, load_checked
 from quantsweep.onnx_graph.candidates import Artifact
@@ -23,6 +24,7 @@ from quantsweep.schemes.scheme_records import FP32_NAME, Policy
 from quantsweep.stages.common import ProgressFactory, no_progress
 from quantsweep.stages.eval_context import EvalContext, EvalRequest, prepare_context
 from quantsweep.stages.eval_records import EvalRun, ResultStore
+from quantsweep.stages.eval_writes import EvalWrites
 from quantsweep.stages.search_stage import SearchRequest, TargetSearch
 from quantsweep.targets import Backend, Objective, get_backend
 from quantsweep.targets.timing import Timing, interleaved_latency
@@ -82,9 +84,11 @@ def _accuracy_pass(
     step,
     executor,
     meets=None,
+    write=None,
 ) -> None:
     """Score every artifact not scored yet; ``meets(score)`` (the accuracy target) lets the sequential
-    pass skip top-K artifacts a passing one dominates (recorded with the reason, see _dominated)."""
+    pass skip top-K artifacts a passing one dominates (recorded with the reason, see _dominated);
+    ``write(artifact)`` writes a deferred one when it is needed and returns its record."""
     missing = [a for a in artifacts if not store.has(a.name)]
     records = store.all()
     passing = [a for a in artifacts if meets and a.name in records and meets(records[a.name]["score"])]
@@ -101,23 +105,40 @@ def _accuracy_pass(
         for artifact in sorted(missing, key=_scoring_order):
             reason = _dominated(artifact, artifacts, passing, objective=backend.objective)
             if reason is not None:
-                store.write_skipped(artifact.name, reason)
+                written = ", so it was not written either" if artifact.deferred else ""
+                store.write_skipped(artifact.name, reason + written)
                 step(f"{backend.name} {artifact.name} (not needed)")
                 continue
-            acc = context.score(backend, store.candidates_dir / artifact.file)
-            store.write_accuracy(artifact, acc)
+            acc = _score_artifact(backend, artifact, context, store, write=write)
             if meets is not None and meets(acc.value(context.metric)):
                 passing.append(artifact)
             if artifact.policy == Policy.FP32:
                 context.float_scores[backend.float_run_key()] = acc
             step(f"{backend.name} {artifact.name}")
         return
-    paths = [str(store.candidates_dir / a.file) for a in missing]
+    written = {a.name: write(a) for a in missing if a.deferred}  # before the tasks: they need files
+    paths = [written[a.name]["file"] if a.deferred else str(store.candidates_dir / a.file) for a in missing]
     score = partial(_score_path, target=backend.name, context=context)
     for done in executor.map_tasks(score, paths):
         worker = {"host": done.host, "device": done.device, "elapsed_s": done.elapsed_s}
-        store.write_accuracy(missing[done.index], Accuracy(**done.value), worker=worker)
-        step(f"{backend.name} {missing[done.index].name}")
+        artifact = missing[done.index]
+        if artifact.deferred:
+            store.write_result(written[artifact.name], Accuracy(**done.value), worker=worker)
+        else:
+            store.write_accuracy(artifact, Accuracy(**done.value), worker=worker)
+        step(f"{backend.name} {artifact.name}")
+
+
+def _score_artifact(backend: Backend, artifact: Artifact, context: EvalContext, store: ResultStore, *, write):
+    """Score one artifact (a deferred one written first) and record it; its accuracy."""
+    if artifact.deferred:
+        record = write(artifact)
+        acc = context.score(backend, Path(record["file"]))
+        store.write_result(record, acc)
+        return acc
+    acc = context.score(backend, store.candidates_dir / artifact.file)
+    store.write_accuracy(artifact, acc)
+    return acc
 
 
 def _meets(score: float, *, target, reference: float) -> bool:
@@ -178,14 +199,26 @@ def evaluate_target(
     search: TargetSearch | None = None,
     progress: ProgressFactory = no_progress,
     executor: Executor | None = None,
+    writes: EvalWrites | None = None,
 ) -> dict[str, Any]:
     """Score, optionally search, time and recommend for one target; return its recommendation."""
     store = run.store(backend.name)
-    artifacts = run.index.targets[backend.name].artifacts
+    entry = run.index.targets[backend.name]
+    artifacts = entry.artifacts
+    write = None
+    if writes is not None:
+        write = partial(
+            writes.write_deferred,
+            backend,
+            schemes_dir=Path(entry.schemes_dir),
+            directory=deferred_dir(run.directory, backend.name),
+        )
     with progress(len(artifacts) + run.request.latency_rounds, f"evaluate {backend.name}") as step:
         target = run.request.accuracy_target
         meets = partial(_meets, target=target, reference=context.reference_score)
-        _accuracy_pass(backend, artifacts, context, store, step=step, executor=executor, meets=meets)
+        _accuracy_pass(
+            backend, artifacts, context, store, step=step, executor=executor, meets=meets, write=write
+        )
         if search is not None:
             search(backend, store)
         choose = partial(
@@ -216,9 +249,10 @@ def evaluate_candidates(
     """Score (and with ``search``, search) every target into a new or resumed run; return its directory."""
     context, index = prepare_context(Path(request.candidates_dir), request)
     run = EvalRun.open(request, context=context, index=index, out=out, resume=resume)
+    writes = EvalWrites(Path(request.candidates_dir), context.config)
     searcher = None
     if search is not None:
-        searcher = TargetSearch(search, eval_request=request, context=context, index=index)
+        searcher = TargetSearch(search, eval_request=request, context=context, index=index, writes=writes)
         searcher.progress = progress
     for name in run.targets:
         backend = get_backend(name)
@@ -227,5 +261,7 @@ def evaluate_candidates(
             LOG.warning("target %s is not available here: %s", name, available.reason)
             run.record_unavailable(name, available.reason)
             continue
-        evaluate_target(backend, run, context, search=searcher, progress=progress, executor=executor)
+        evaluate_target(
+            backend, run, context, search=searcher, progress=progress, executor=executor, writes=writes
+        )
     return run.directory

@@ -24,8 +24,8 @@ from quantsweep.core.config import ActDtype, QuantFormat
 from quantsweep.core.errors import InputError
 from quantsweep.core.records import write_json
 from quantsweep.core.runs import environment, new_run_dir
-from quantsweep.evaluation.artifact_checks import torch_export_output, verify_artifact
-from quantsweep.evaluation.runtime_check import check_on_runtime, deployed_agrees, summary_line
+from quantsweep.evaluation.artifact_checks import torch_export_output
+from quantsweep.evaluation.artifact_verdict import VERIFY_IMAGES, artifact_verdict
 from quantsweep.models import LoadedModel
 from quantsweep.models.network import enumerate_layers
 from quantsweep.onnx_graph.calibration import RangeCache
@@ -40,12 +40,11 @@ from quantsweep.quant.scheme import COSTS_KIND, COSTS_NAME, WEIGHTS_DIR, SchemeR
 from quantsweep.schemes.scheme_records import FP32_NAME, Policy, Precision, Scheme
 from quantsweep.stages.common import ProgressFactory, RunCache, calibrate, model_source, no_progress
 from quantsweep.stages.schemes_stage import FP32_ONNX, SchemeSet, read_scheme_set
-from quantsweep.targets import Backend, backend_names, get_backend
+from quantsweep.targets import Backend, Objective, backend_names, get_backend
 from quantsweep.targets.base import ModelSource, conv_kinds, onnx_source
 from quantsweep.targets.modelopt_writer import check_writer, plan_deviations, write_modelopt
 
 LOG = logging.getLogger(__name__)
-VERIFY_IMAGES = 4  # Torch-vs-ONNX agreement needs a few images, not the whole calibration set
 
 
 @dataclass(frozen=True)
@@ -55,6 +54,9 @@ class MaterializeRequest:
     schemes_dirs: tuple[Path, ...]
     targets: tuple[str, ...] = ()
     writer: str = "native"  # or "modelopt": ModelOpt's ONNX PTQ writes the tensorrt artifacts
+    # leave a speed target's top-K schemes past K=0 to the evaluate stage, which writes one only if
+    # it needs it (`quantsweep run`: most are dominated by K=0 or a search finalist, never scored)
+    defer_top_k: bool = False
 
 
 def scheme_plan(scheme: Scheme) -> dict[str, Precision]:
@@ -146,41 +148,15 @@ class _Writer:
             weights=self.records.for_assignment(assignment),
             producers=self.producers,
         )
-        source = onnx_source(path)
-        checked, as_written = verify_artifact(
-            source,
-            expected_counts=expected,
-            images=sample,
-            torch_output=reference,
-            fp32_bytes=self.fp32_bytes,
-        )
-        if backend is None:
-            return checked
-        size = backend.artifact_bytes(path)
-        checked |= {"file": path.name, "size_bytes": size, "fp32_over_size": self.fp32_bytes / size}
-        available = backend.availability()
-        if not available.available:  # e.g. TensorRT on a machine without it: said, not skipped silently
-            checked["runtime"] = {"target": backend.name, "unavailable": available.reason}
-            checked["runtime_summary"] = f"not run: {available.reason}"
-            return checked
-        checks = check_on_runtime(
-            backend,
+        return artifact_verdict(
             path,
+            backend=backend,
             images=sample,
             torch_output=reference,
-            locate_undeployed=backend.name not in self.located,
-            as_written_output=as_written,
+            expected_counts=expected,
+            fp32_bytes=self.fp32_bytes,
+            located=self.located,
         )
-        if any(not c.deployed and not c.passed for c in checks):
-            self.located.add(backend.name)
-        checked["runtime"] = {"target": backend.name, "loads": [c.to_dict() for c in checks]}
-        checked["runtime_agrees"] = deployed_agrees(checks)
-        checked["runtime_summary"] = summary_line(checks)
-        for check in checks:  # a deployed load path that departs is a finding; another is a caveat
-            if not check.passed:
-                level = logging.WARNING if check.deployed else logging.INFO
-                LOG.log(level, "%s %s: %s", backend.name, path.name, summary_line([check]))
-        return checked
 
     def scheme(self, backend: Backend, scheme: Scheme, path: Path) -> Artifact:
         plan = backend.adapt_plan(scheme_plan(scheme), self.kinds)  # what the target really writes
@@ -218,6 +194,26 @@ def _artifact(name: str, path: Path, policy: str, kept, checked: dict[str, Any])
         torch_vs_onnx_rel_l2=checked["torch_vs_onnx_rel_l2"],
         runtime_agrees=checked.get("runtime_agrees"),
         runtime_summary=checked.get("runtime_summary"),
+    )
+
+
+def _deferrable(backend: Backend, scheme: Scheme) -> bool:
+    """A speed target's top-K scheme past K=0 (a size target compares files it has written)."""
+    return backend.objective is Objective.SPEED and scheme.policy is Policy.TOP_K and bool(scheme.kept_layers)
+
+
+def _deferred(scheme: Scheme, path: Path) -> Artifact:
+    """The index entry of a scheme left to the evaluate stage: its plan, no file yet."""
+    return Artifact(
+        name=scheme.name,
+        file=f"{path.parent.name}/{path.name}",
+        policy=scheme.policy.value,
+        kept_layers=tuple(scheme.kept_layers or ()),
+        size_bytes=None,
+        avg_weight_bits=None,
+        counts_match=None,
+        torch_vs_onnx_rel_l2=None,
+        deferred=True,
     )
 
 
@@ -356,7 +352,11 @@ def materialize_candidates(
             entry = TargetCandidates(name, str(scheme_set.directory), scheme_set.combination, [fp32])
             index.targets[name] = entry
             for scheme in scheme_set.schemes:
-                entry.artifacts.append(writer.scheme(backend, scheme, target_dir / f"{scheme.name}.onnx"))
+                path = target_dir / f"{scheme.name}.onnx"
+                if request.defer_top_k and _deferrable(backend, scheme):
+                    entry.artifacts.append(_deferred(scheme, path))
+                else:
+                    entry.artifacts.append(writer.scheme(backend, scheme, path))
                 index.write(run_dir)
                 step(f"{name} {scheme.name}")
             _baselines(backend, entry, target_dir, inputs=source, fp32_bytes=writer.fp32_bytes)

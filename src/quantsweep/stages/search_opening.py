@@ -35,7 +35,7 @@ from quantsweep.stages.search_recovery import AUTO_METHOD, RecoveredRecords, Rec
 from quantsweep.targets import Backend, Objective
 
 if TYPE_CHECKING:
-    from quantsweep.stages.search_stage import _Measure as Measure
+    from quantsweep.stages.kept_sets import KeptSetMeasure as Measure
 
 LOG = logging.getLogger(__name__)
 ISLAND_COSTS_FILE, ISLAND_COSTS_KIND = "island_costs.json", "island_costs"

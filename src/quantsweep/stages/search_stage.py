@@ -11,20 +11,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import onnx
-import torch
-
 from quantsweep.core import layout
 from quantsweep.core.config import IslandOrder
 from quantsweep.core.layout import eval_dir_of_results
-from quantsweep.core.records import JsonLines, read_json, write_json
+from quantsweep.core.records import JsonLines, write_json
 from quantsweep.evaluation.island_costs import (
     IslandCosts,
     island_order,
@@ -35,17 +30,15 @@ from quantsweep.evaluation.search_moves import MoveKind, SearchMove, island_labe
 from quantsweep.onnx_graph.calibration import RangeCache
 from quantsweep.onnx_graph.candidates import FP32_FILE
 from quantsweep.onnx_graph.inspect import average_weight_bits
-from quantsweep.quant.numerics import ActRange
-from quantsweep.quant.producer_quant import ProducerQuant, read_producers
-from quantsweep.quant.scheme import WEIGHTS_DIR, load_records, records_path
 from quantsweep.schemes.scheme_records import Policy
 from quantsweep.stages.common import ProgressFactory, model_source, no_progress
 from quantsweep.stages.eval_context import EvalContext, EvalRequest
 from quantsweep.stages.eval_records import ResultStore
+from quantsweep.stages.eval_writes import RESULT_FIELDS, EvalWrites
+from quantsweep.stages.kept_sets import KeptSetMeasure, recorded_ranges, run_measure
 from quantsweep.stages.schemes_stage import SchemeSet, read_scheme_set
 from quantsweep.stages.search_opening import SearchOpening, SearchStart
 from quantsweep.targets import Backend, Objective
-from quantsweep.targets.base import conv_kinds
 
 LOG = logging.getLogger(__name__)
 FINALISTS = {Objective.SPEED: 3, Objective.SIZE: 1}  # passing kept sets timed beside the candidates
@@ -59,79 +52,7 @@ class SearchRequest:
     island_order: IslandOrder = IslandOrder.GAIN_PER_MS
 
 
-class _Measure:
-    """Writes a kept set in the target's placement, scores it on its runtime, logs every score."""
-
-    def __init__(
-        self,
-        backend: Backend,
-        scheme_set: SchemeSet,
-        ranges: RangeCache,
-        context,
-        log,
-        *,
-        records,
-        source,
-        producers: Sequence[ProducerQuant] = (),
-    ):
-        self.backend, self.scheme_set, self.ranges = backend, scheme_set, ranges
-        self.producers = producers  # tensors quantized where made, as materialize wrote them
-        self.source = source  # the checkpoint and calibration images, for targets that need them
-        self.context, self.log = context, log
-        self.records = records  # format name -> {layer: quantizer record}, from the materialize stage
-        self.kinds = conv_kinds(ranges.model)
-        # every kept set scored so far (a resumed search's log, candidates already scored): a trial
-        # or finalist with one of these kept sets is not scored again
-        self.accuracies = {
-            tuple(sorted(r["kept"])): Accuracy(**r["accuracy"]) for r in log.read() if "accuracy" in r
-        }
-
-    def with_records(self, records, log) -> _Measure:
-        """The same measure over other quantizer records (recovered ones), logging to ``log``."""
-        return _Measure(
-            self.backend,
-            self.scheme_set,
-            self.ranges,
-            self.context,
-            log,
-            records=records,
-            source=self.source,
-            producers=self.producers,
-        )
-
-    def model(self, kept: tuple[str, ...]) -> onnx.ModelProto:
-        """The kept set as the target writes it: adapted to what it runs (as materialize does), checked."""
-        keep = set(kept)
-        plan = {
-            a.onnx_node: self.scheme_set.high if a.torch_name in keep else self.scheme_set.low
-            for a in self.scheme_set.ranking
-        }
-        plan = self.backend.adapt_plan(plan, self.kinds)
-        self.backend.check_plan(plan, self.kinds)
-        weights = {}
-        for a in self.scheme_set.ranking:
-            fmt = plan[a.onnx_node].as_format()
-            record = None if fmt is None else self.records.get(fmt.name, {}).get(a.torch_name)
-            if record is not None:
-                weights[a.onnx_node] = record
-        return self.backend.write(
-            self.ranges.model, plan, ranges=self.ranges, weights=weights, producers=self.producers
-        )
-
-    def __call__(self, kept: tuple[str, ...]) -> float:
-        key = tuple(sorted(kept))
-        if key not in self.accuracies:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = self.backend.save(self.model(kept), Path(tmp) / "trial.onnx", source=self.source)
-                acc = self.context.score(self.backend, path)
-            self.accuracies[key] = acc
-            self.log.append(
-                {"kept": list(key), "score": acc.value(self.context.metric), "accuracy": acc.to_dict()}
-            )
-        return self.accuracies[key].value(self.context.metric)
-
-
-def _islands_summary(order: IslandOrder, costs: IslandCosts | None, kept, measure: _Measure) -> dict:
+def _islands_summary(order: IslandOrder, costs: IslandCosts | None, kept, measure: KeptSetMeasure) -> dict:
     """How the islands were ordered and what the kept ones cost by the runtime's profile."""
     summary: dict = {"order": order.value if costs is not None else IslandOrder.RANK.value}
     if costs is not None:
@@ -142,69 +63,20 @@ def _islands_summary(order: IslandOrder, costs: IslandCosts | None, kept, measur
     return summary
 
 
-def recorded_ranges(candidates_dir: Path, images: torch.Tensor) -> RangeCache:
-    """The materialize run's tensor ranges, extended from the calibration images if a tensor is new."""
-    cache = RangeCache(onnx.load(str(candidates_dir / FP32_FILE)), images)
-    recorded = read_json(candidates_dir / "tensor_ranges.json", "tensor_ranges")["ranges"]
-    cache.found.update({name: ActRange.from_dict(value) for name, value in recorded.items()})
-    return cache
-
-
-def kept_set_writer(backend: Backend, *, candidates_dir: Path, schemes_dir: Path):
-    """``write(kept, path) -> artifact``: a kept set (Torch names) written in ``backend``'s placement
-    from a finished run's candidates and schemes exactly as the search writes its trials, for
-    benchmarks that time kept sets (benchmarks/island_groups.py)."""
-    scheme_set = read_scheme_set(Path(schemes_dir))
-    source = model_source(scheme_set.sweep_config, Path(candidates_dir) / FP32_FILE)
-    ranges = recorded_ranges(Path(candidates_dir), source.images)
-    measure = _run_measure(
-        backend,
-        scheme_set,
-        ranges,
-        candidates_dir=Path(candidates_dir),
-        source=source,
-        context=None,  # no scoring context: the writer only writes
-        log=JsonLines(Path(os.devnull)),  # an empty log that nothing appends to
-    )
-
-    def write(kept: tuple[str, ...], path: Path) -> Path:
-        return backend.save(measure.model(kept), path, source=source)
-
-    return write
-
-
-def _run_measure(
-    backend: Backend, scheme_set: SchemeSet, ranges: RangeCache, *, candidates_dir: Path, source, context, log
-) -> _Measure:
-    """A measure of kept sets over a finished materialize run's quantizer records and producers."""
-    return _Measure(
-        backend,
-        scheme_set,
-        ranges,
-        context,
-        log,
-        records=_records(candidates_dir, scheme_set),
-        source=source,
-        producers=read_producers(candidates_dir),
-    )
-
-
-def _records(candidates_dir: Path, scheme_set: SchemeSet) -> dict[str, dict]:
-    """The materialize stage's quantizer records of the schemes' two precisions (none: round to nearest)."""
-    found = {}
-    for precision in (scheme_set.low, scheme_set.high):
-        fmt = precision.as_format()
-        path = None if fmt is None else records_path(candidates_dir / WEIGHTS_DIR, fmt)
-        if path is not None and path.is_file():
-            found[fmt.name] = load_records(path)
-    return found
-
-
 class TargetSearch:
     """The search, run by the evaluate stage for each target before its timing pass."""
 
-    def __init__(self, request: SearchRequest, *, eval_request: EvalRequest, context: EvalContext, index):
+    def __init__(
+        self,
+        request: SearchRequest,
+        *,
+        eval_request: EvalRequest,
+        context: EvalContext,
+        index,
+        writes: EvalWrites | None = None,
+    ):
         self.request, self.eval_request, self.context, self.index = request, eval_request, context, index
+        self.writes = writes  # checks each finalist it writes as materialize checks its artifacts
         self.candidates_dir = Path(eval_request.candidates_dir)
         self.progress: ProgressFactory = no_progress
         self._ranges: RangeCache | None = None  # one FP32 graph and calibration batch for every target
@@ -255,7 +127,7 @@ class TargetSearch:
         write_json(search_dir / "search.json", "scheme_search", summary)
         return summary
 
-    def _measure(self, backend: Backend, scheme_set: SchemeSet, store: ResultStore, *, log) -> _Measure:
+    def _measure(self, backend: Backend, scheme_set: SchemeSet, store: ResultStore, *, log) -> KeptSetMeasure:
         """The target's measure of kept sets, knowing the scores of the top-K schemes already scored."""
         if self._ranges is None:
             self._source = model_source(self.context.config, self.candidates_dir / FP32_FILE)
@@ -268,7 +140,7 @@ class TargetSearch:
                 island_order=self.request.island_order,
                 progress=self.progress,
             )
-        measure = _run_measure(
+        measure = run_measure(
             backend,
             scheme_set,
             self._ranges,
@@ -350,10 +222,17 @@ class TargetSearch:
             moves[moves.index(move)] = dataclasses.replace(move, finalist=names[kept], outcome=outcome)
         return moves
 
+    def _verdict(self, backend: Backend, path: Path, *, measure: KeptSetMeasure, kept) -> dict:
+        """The finalist's verify record's fields for its result (none without a writer to check it)."""
+        if self.writes is None:
+            return {}
+        checked = self.writes.check(backend, path, measure=measure, kept=kept)
+        return {key: checked.get(key) for key in RESULT_FIELDS}
+
     def _finalists(
         self,
         backend: Backend,
-        measure: _Measure,
+        measure: KeptSetMeasure,
         store: ResultStore,
         search_dir: Path,
         *,
@@ -400,6 +279,7 @@ class TargetSearch:
                     "avg_weight_bits": average_weight_bits(model),
                     "sha256_16": hashlib.sha256(path.read_bytes()).hexdigest()[:16],
                     "recovered": recovered,
+                    **self._verdict(backend, path, measure=measure, kept=kept),
                 }
                 store.write_result(record, acc)
             names[kept] = name
