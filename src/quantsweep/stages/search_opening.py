@@ -79,17 +79,25 @@ class SearchOpening:
         self._recovered: RecoveredRecords | None = None
 
     def __call__(
-        self, backend: Backend, scheme_set: SchemeSet, measure: Measure, threshold: float, search_dir: Path
+        self,
+        backend: Backend,
+        scheme_set: SchemeSet,
+        measure: Measure,
+        threshold: float,
+        search_dir: Path,
+        *,
+        nothing_kept: Path | None = None,
     ) -> SearchStart:
         """Price the islands of a speed target, then try the island the runtime prices at nothing
         (island_costs.free_probe; one evaluation). Where nothing-kept misses the target, that island
         goes before recovery (minutes), which is not run if the island alone meets the target at no
         inference cost, timed whole; where nothing-kept meets it, the island is a finalist if it is
-        more accurate, recommended only if the timing pass times it as fast (search_moves.py)."""
+        more accurate, recommended only if the timing pass times it as fast (search_moves.py).
+        ``nothing_kept``: the target's K=0 artifact, where materialize wrote it (else written here)."""
         start = SearchStart(backend, measure, unrecovered=measure)
         if self.island_order is not IslandOrder.GAIN_PER_MS:
             return self._recovery_first(scheme_set, start, threshold, search_dir)
-        start.costs = self._island_costs(backend, measure, search_dir)
+        start.costs = self._island_costs(backend, measure, search_dir, nothing_kept=nothing_kept)
         probe = free_probe(scheme_set.ranking, start.costs)
         if probe is not None and measure(()) >= threshold:
             self._probe(start, probe, threshold)  # a finalist where it gains
@@ -202,7 +210,9 @@ class SearchOpening:
         )
         return start
 
-    def _island_costs(self, backend: Backend, measure: Measure, search_dir: Path) -> IslandCosts | None:
+    def _island_costs(
+        self, backend: Backend, measure: Measure, search_dir: Path, *, nothing_kept: Path | None
+    ) -> IslandCosts | None:
         """What each float island costs on ``backend``'s runtime (island_costs.py), profiled once per
         search directory (a resumed search reads it back); None for a size target or no profiler."""
         if backend.objective is not Objective.SPEED:
@@ -212,7 +222,8 @@ class SearchOpening:
             return IslandCosts.from_dict(read_json(path, ISLAND_COSTS_KIND))
         image = self._source.images[:1].numpy()
         with tempfile.TemporaryDirectory() as tmp:
-            nothing_kept = backend.save(measure.model(()), Path(tmp) / "k0.onnx", source=measure.source)
+            if nothing_kept is None:  # the same kept set, written the same way (kept_sets.py)
+                nothing_kept = backend.save(measure.model(()), Path(tmp) / "k0.onnx", source=measure.source)
             costs = measure_island_costs(
                 backend,
                 float_path=self.candidates_dir / FP32_FILE,

@@ -89,7 +89,9 @@ class TargetSearch:
         measure = self._measure(backend, scheme_set, store, log=JsonLines(search_dir / "evaluations.jsonl"))
         reference = self.context.reference_score
         threshold = self.eval_request.accuracy_target.threshold(reference)
-        start = self._opening(backend, scheme_set, measure, threshold, search_dir)
+        k0 = store.all().get("k0")  # nothing kept as materialize wrote it: profiled as it is
+        nothing_kept = Path(k0["file"]) if k0 and k0.get("policy") == Policy.TOP_K else None
+        start = self._opening(backend, scheme_set, measure, threshold, search_dir, nothing_kept=nothing_kept)
         result, order, seconds = self._search_islands(backend, start, threshold)
         finalists = self._finalists(
             backend,
