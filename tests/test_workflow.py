@@ -144,7 +144,9 @@ def test_each_target_recommends_a_model_within_one_percent(default_run, target) 
     assert chosen["accuracy"]["map50_95_gt"] >= 0.99 * rec["reference_map50_95"]
     # checked on its own runtime as materialize checks its artifacts, search finalists too
     assert chosen["runtime_agrees"] is True, chosen.get("runtime_summary")
-    assert fp32["latency"]["ratio_to_reference"] == 1.0 and chosen["latency"]["rounds"] >= 5
+    # a size target's pass times only FP32 and its choice, in fewer rounds: time decides nothing there
+    assert fp32["latency"]["ratio_to_reference"] == 1.0
+    assert chosen["latency"]["rounds"] == (3 if target == "size" else 7)
     search = json.loads((default_run["eval"] / "search" / target / "search.json").read_text())
     assert search["target_met"] and len(search["evaluations"]) <= search["max_evals"]
     if target == "size":

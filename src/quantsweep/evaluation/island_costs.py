@@ -40,7 +40,8 @@ from quantsweep.schemes.scheme_records import LayerAssignment
 from quantsweep.targets import Backend
 from quantsweep.targets.timing import lower_quartile_ratios
 
-PROFILE_RUNS = 20  # inferences profiled per model (after as many warm-up runs)
+PROFILE_RUNS = 20  # inferences profiled per model
+PROFILE_WARMUP = 5  # runs before them (allocations settle within the first two or three)
 FLOOR_SHARE = 0.1  # the least a float island is priced at, as a share of the median island cost
 # an island costing at most this share of all conv units' INT8 time is free: tried before recovery
 FREE_SHARE = 0.01
@@ -154,7 +155,7 @@ def measure_island_costs(
     of the nothing-kept artifact on ``backend``'s runtime; None where the runtime has no profiler."""
     profiles = []
     for path in (float_path, int8_path):
-        times = backend.load(path).node_times(image, runs=PROFILE_RUNS)
+        times = backend.load(path).node_times(image, runs=PROFILE_RUNS, warmup=PROFILE_WARMUP)
         if times is None:
             return None
         profiles.append(unit_times(times, units))

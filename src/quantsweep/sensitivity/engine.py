@@ -26,6 +26,10 @@ from quantsweep.models.outputs import HeadOutput
 from quantsweep.quant.apply import quantized_layers
 
 LOG = logging.getLogger(__name__)
+# images per forward pass of the exact sweep, at most: YOLOv10m at 320 px on a 2-core CPU runs 16
+# images 10% faster in chunks of 4 than of 8 (activations stay in cache), with the same outputs to
+# the bit; the batch size still bounds it from above (memory)
+EXACT_CHUNK = 4
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,8 @@ class ExactSweep:
         self.device = torch.device(device)
         self.dtype = network_dtype(network)
         images = batch.images.to(device=self.device, dtype=self.dtype)  # once, not per measured layer
-        self.chunks = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+        size = min(batch_size, EXACT_CHUNK)
+        self.chunks = [images[i : i + size] for i in range(0, len(images), size)]
         self.reference = self._reference()
 
     def _reference(self) -> Reference:

@@ -155,11 +155,21 @@ def _time_models(
         runners,
         context.batch.images[0][None].numpy(),
         reference=FP32_NAME,
-        rounds=request.latency_rounds,
+        rounds=timing_rounds(backend, request),
         runs_per_round=request.latency_runs,
         progress=None if step is None else (lambda message: step(f"{target} timing {message}")),
     )
     return {name: timing.to_dict() for name, timing in timings.items()}
+
+
+SIZE_TIMING_ROUNDS = 3  # a size target is chosen by size: its timing informs, it decides nothing
+
+
+def timing_rounds(backend: Backend, request: EvalRequest) -> int:
+    """Interleaved rounds of the target's timing pass (fewer where time decides nothing)."""
+    if backend.objective is Objective.SIZE:
+        return min(request.latency_rounds, SIZE_TIMING_ROUNDS)
+    return request.latency_rounds
 
 
 def timing_pass(
@@ -184,7 +194,7 @@ def timing_pass(
         timed = partial(_time_models, target=backend.name, context=context, request=request)
         (done,) = list(executor.map_tasks(timed, [paths]))
         timings, worker = done.value, {"host": done.host, "device": done.device}
-        for _ in range(request.latency_rounds):
+        for _ in range(timing_rounds(backend, request)):
             step(f"{backend.name} timed on {done.host}")
     for name, timing in timings.items():
         store.write_timing(name, Timing(**timing), worker=worker)
@@ -213,7 +223,8 @@ def evaluate_target(
             schemes_dir=Path(entry.schemes_dir),
             directory=deferred_dir(run.directory, backend.name),
         )
-    with progress(len(artifacts) + run.request.latency_rounds, f"evaluate {backend.name}") as step:
+    rounds = timing_rounds(backend, run.request)
+    with progress(len(artifacts) + rounds, f"evaluate {backend.name}") as step:
         target = run.request.accuracy_target
         meets = partial(_meets, target=target, reference=context.reference_score)
         _accuracy_pass(

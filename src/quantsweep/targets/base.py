@@ -100,10 +100,10 @@ class Runner(abc.ABC):
         the runtime cannot expose intermediate outputs. Used to find where an artifact departs."""
         return None
 
-    def node_times(self, image: np.ndarray, *, runs: int = 20) -> dict[str, float] | None:
+    def node_times(self, image: np.ndarray, *, runs: int = 20, warmup: int = 5) -> dict[str, float] | None:
         """Milliseconds per inference spent in each executed node, keyed by the name the runtime
         reports (fused nodes carry the ONNX names they came from), summed over ``runs`` inferences
-        after as many warm-up runs and divided by ``runs``; None where the runtime has no per-node
+        after ``warmup`` runs and divided by ``runs``; None where the runtime has no per-node
         profiler. Prices float islands (evaluation/island_costs.py)."""
         return None
 

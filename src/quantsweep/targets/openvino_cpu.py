@@ -93,12 +93,12 @@ class OpenVinoRunner(Runner):
                 found[name] = np.array(values[port])
         return found
 
-    def node_times(self, image: np.ndarray, *, runs: int = 20) -> dict[str, float]:
+    def node_times(self, image: np.ndarray, *, runs: int = 20, warmup: int = 5) -> dict[str, float]:
         """The CPU plugin's performance counters, compiled with the same config (fused eltwise
         subgraphs and activations are charged to the node they were fused into)."""
         compiled = self.core.compile_model(self.model, "CPU", {**self.config, "PERF_COUNT": True})
         request = compiled.create_infer_request()
-        for _ in range(runs):  # warm-up
+        for _ in range(warmup):
             request.infer([image])
         times: dict[str, float] = {}
         for _ in range(runs):

@@ -105,12 +105,12 @@ class OrtRunner(Runner):
         names = [o.name for o in session.get_outputs() if o.name in set(tensors)]
         return dict(zip(names, session.run(names, {self.input_name: image}), strict=True))
 
-    def node_times(self, image: np.ndarray, *, runs: int = 20) -> dict[str, float]:
-        """ONNX Runtime's profiler on a session with the same options (``runs`` warm-up runs first)."""
+    def node_times(self, image: np.ndarray, *, runs: int = 20, warmup: int = 5) -> dict[str, float]:
+        """ONNX Runtime's profiler on a session with the same options (``warmup`` runs first)."""
         with tempfile.TemporaryDirectory() as tmp:
             options = dataclasses.replace(self.options, profile_prefix=Path(tmp) / "profile")
             session = ort_session(self.path, options)
-            for _ in range(2 * runs):
+            for _ in range(warmup + runs):
                 session.run(None, {self.input_name: image})
             return profiled_node_times(session, runs=runs)
 
