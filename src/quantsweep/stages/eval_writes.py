@@ -37,6 +37,17 @@ from quantsweep.targets.base import ModelSource, onnx_source
 RESULT_FIELDS = ("counts_match", "torch_vs_onnx_rel_l2", "runtime_agrees", "runtime_summary")
 
 
+def file_fields(backend: Backend, model, path: Path) -> dict[str, Any]:
+    """What a model's result records of a file the evaluate stage wrote (search finalist, deferred
+    scheme): where it is, its size, its average weight bits and a short hash."""
+    return {
+        "file": str(path),
+        "size_bytes": backend.artifact_bytes(path),
+        "avg_weight_bits": average_weight_bits(model),
+        "sha256_16": hashlib.sha256(path.read_bytes()).hexdigest()[:16],
+    }
+
+
 class EvalWrites:
     """Writes and checks kept sets during an evaluate run, from one finished materialize run."""
 
@@ -118,10 +129,7 @@ class EvalWrites:
         return {
             **artifact.to_dict(),
             "kept": artifact.kept,
-            "file": str(path),
-            "size_bytes": backend.artifact_bytes(path),
-            "avg_weight_bits": average_weight_bits(model),
-            "sha256_16": hashlib.sha256(path.read_bytes()).hexdigest()[:16],
+            **file_fields(backend, model, path),
             "deferred": False,
             **{key: checked.get(key) for key in RESULT_FIELDS},
         }

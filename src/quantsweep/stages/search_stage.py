@@ -9,7 +9,6 @@ can pick the fastest (speed targets) or smallest (size) of all of them.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -29,12 +28,11 @@ from quantsweep.evaluation.search import SearchResult, search
 from quantsweep.evaluation.search_moves import MoveKind, SearchMove, island_label, paths_to_time
 from quantsweep.onnx_graph.calibration import RangeCache
 from quantsweep.onnx_graph.candidates import FP32_FILE
-from quantsweep.onnx_graph.inspect import average_weight_bits
 from quantsweep.schemes.scheme_records import Policy
 from quantsweep.stages.common import ProgressFactory, model_source, no_progress
 from quantsweep.stages.eval_context import EvalContext, EvalRequest
 from quantsweep.stages.eval_records import ResultStore
-from quantsweep.stages.eval_writes import RESULT_FIELDS, EvalWrites
+from quantsweep.stages.eval_writes import RESULT_FIELDS, EvalWrites, file_fields
 from quantsweep.stages.kept_sets import KeptSetMeasure, recorded_ranges, run_measure
 from quantsweep.stages.schemes_stage import SchemeSet, read_scheme_set
 from quantsweep.stages.search_opening import SearchOpening, SearchStart
@@ -132,8 +130,11 @@ class TargetSearch:
     def _measure(self, backend: Backend, scheme_set: SchemeSet, store: ResultStore, *, log) -> KeptSetMeasure:
         """The target's measure of kept sets, knowing the scores of the top-K schemes already scored."""
         if self._ranges is None:
-            self._source = model_source(self.context.config, self.candidates_dir / FP32_FILE)
-            self._ranges = recorded_ranges(self.candidates_dir, self._source.images)
+            if self.writes is not None:  # the writer's, loaded once for both
+                self._source, self._ranges = self.writes.source, self.writes.ranges
+            else:
+                self._source = model_source(self.context.config, self.candidates_dir / FP32_FILE)
+                self._ranges = recorded_ranges(self.candidates_dir, self._source.images)
             self._opening = SearchOpening(
                 context=self.context,
                 candidates_dir=self.candidates_dir,
@@ -273,13 +274,10 @@ class TargetSearch:
                 acc = measure.accuracies.get(tuple(sorted(kept))) or self.context.score(backend, path)
                 record = {
                     "name": name,
-                    "file": str(path),
                     "policy": Policy.SEARCH,
                     "kept": len(kept),
                     "kept_layers": list(kept),
-                    "size_bytes": backend.artifact_bytes(path),
-                    "avg_weight_bits": average_weight_bits(model),
-                    "sha256_16": hashlib.sha256(path.read_bytes()).hexdigest()[:16],
+                    **file_fields(backend, model, path),
                     "recovered": recovered,
                     **self._verdict(backend, path, measure=measure, kept=kept),
                 }
