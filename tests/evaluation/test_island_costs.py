@@ -8,7 +8,7 @@ from quantsweep.core.config import IslandOrder
 from quantsweep.evaluation.island_costs import (
     IslandCosts,
     conv_units,
-    free_probe,
+    free_probes,
     island_order,
     measure_island_costs,
     unit_times,
@@ -123,14 +123,24 @@ def test_a_runtime_without_a_profiler_prices_nothing(tiny_onnx) -> None:
     assert measure_island_costs(Blind(), float_path=path, int8_path=path, units=units, image=image) is None
 
 
-def test_the_free_probe_is_the_most_sensitive_island_that_costs_nothing() -> None:
-    ranking = [_layer("dear", 9.0, 1), _layer("cheap", 1.0, 2), _layer("free", 2.0, 3), _layer("x", None, 4)]
+def test_the_free_probes_are_the_most_sensitive_islands_that_cost_nothing() -> None:
+    ranking = [
+        _layer("dear", 9.0, 1),
+        _layer("cheap", 1.0, 2),
+        _layer("free", 2.0, 3),
+        _layer("x", None, 4),
+        _layer("free2", 0.5, 5),
+        _layer("free3", 0.7, 6),
+    ]
     costs = IslandCosts(
         "ort",
-        float_ms={"/dear/Conv": 9.0, "/cheap/Conv": 0.6, "/free/Conv": 0.29, "/x/Conv": 0.0},
-        int8_ms={"/dear/Conv": 5.0, "/cheap/Conv": 0.4, "/free/Conv": 0.3, "/x/Conv": 4.3},
+        float_ms={"/dear/Conv": 9.0, "/cheap/Conv": 0.6, "/free/Conv": 0.29, "/x/Conv": 0.0}
+        | {"/free2/Conv": 0.05, "/free3/Conv": 0.1},
+        int8_ms={"/dear/Conv": 5.0, "/cheap/Conv": 0.4, "/free/Conv": 0.3, "/x/Conv": 4.3}
+        | {"/free2/Conv": 0.0, "/free3/Conv": 0.05},
     )
-    # budget: 1% of the 10 ms INT8 total = 0.1 ms; "cheap" costs 0.2 ms; "x" was never measured
-    assert free_probe(ranking, costs) == "free"
-    assert free_probe(ranking[:2], costs) is None
-    assert free_probe(ranking, None) is None
+    # budget: 1% of the 10.05 ms INT8 total; "cheap" costs 0.2 ms; "x" was never measured
+    assert free_probes(ranking, costs) == ["free", "free3"]
+    assert free_probes(ranking, costs, count=3) == ["free", "free3", "free2"]
+    assert free_probes(ranking[:2], costs) == []
+    assert free_probes(ranking, None) == []

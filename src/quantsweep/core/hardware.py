@@ -14,6 +14,7 @@ instructions.
 
 from __future__ import annotations
 
+import os
 import platform
 
 from quantsweep.core.config import WeightDtype
@@ -49,3 +50,8 @@ def portable_int8_weights(machine: str | None = None) -> WeightDtype:
     Runtime. ``--weights int8`` keeps full INT8 for CPUs known to have VNNI or AMX."""
     machine = (machine or platform.machine()).lower()
     return WeightDtype.INT7 if machine in _X86_MACHINES else WeightDtype.INT8
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -8,12 +8,13 @@ carries, and a unit's cost is its float time minus its INT8 time. Nodes no conv 
 Concat, the decode) are left out. The estimate does not see the requantization an island adds at
 its borders; the evaluate stage's timing pass measures the finalists whole.
 
-Before recovery (minutes of fine-tuning) the search tries the most sensitive island the runtime
-prices at nothing (``free_probe``: one evaluation); if it alone meets the target, recovery is not
-run. Then it tries islands in the order of accuracy bought per millisecond: the sweep's
-sensitivity of a layer (its Torch-measured damage when it alone is quantized) divided by its cost.
-A conv no slower in float (the 3-channel first conv on both CPU runtimes, some depthwise convs in
-OpenVINO on a CPU without AMX) is priced at a small floor, so a sensitive one comes first.
+Before recovery (minutes of fine-tuning) the search tries the two most sensitive islands the
+runtime prices at nothing (``free_probes``: one evaluation each); if one alone meets the target,
+timed whole at no cost, recovery is not run. Then it tries islands in the order of accuracy bought
+per millisecond: the sweep's sensitivity of a layer (its Torch-measured damage when it alone is
+quantized) divided by its cost. A conv no slower in float (the 3-channel first conv on both CPU
+runtimes, some depthwise convs in OpenVINO on a CPU without AMX) is priced at a small floor, so a
+sensitive one comes first.
 
 Keeping a conv float *because* it profiles faster in float does not pay: ONNX Runtime's 3-channel
 first conv of YOLOv10s at 640 px profiles 1.2 ms faster in f32 than as QLinearConv, yet the whole
@@ -45,6 +46,7 @@ PROFILE_WARMUP = 5  # runs before them (allocations settle within the first two 
 FLOOR_SHARE = 0.1  # the least a float island is priced at, as a share of the median island cost
 # an island costing at most this share of all conv units' INT8 time is free: tried before recovery
 FREE_SHARE = 0.01
+FREE_PROBES = 2  # free islands tried, most sensitive first (the profile's noise can swap them)
 # ... and accepted when the whole model with it, timed in PROBE_ROUNDS rounds of 5 runs, is at most
 # timing.SAME_TIME_SHARE slower (about 2 s on YOLOv10s at 320 px, 4 s on YOLOv10m)
 PROBE_ROUNDS = 15
@@ -192,12 +194,18 @@ def island_order(
     return sorted(ranking, key=key)  # stable: equal keys keep the ranking's order
 
 
-def free_probe(ranking: Sequence[LayerAssignment], costs: IslandCosts | None) -> str | None:
-    """The most sensitive layer (Torch name) whose island costs at most ``FREE_SHARE`` of the conv
-    units' INT8 time, or None: one evaluation that may spare the search its recovery (YOLOv10s at
-    640 px: the DFL conv alone takes nothing-kept from 97.6% to 100.4% of FP32)."""
+def free_probes(
+    ranking: Sequence[LayerAssignment], costs: IslandCosts | None, *, count: int = FREE_PROBES
+) -> list[str]:
+    """The ``count`` most sensitive layers (Torch names) whose island costs at most ``FREE_SHARE`` of
+    the conv units' INT8 time, most sensitive first: an evaluation each that may spare the search
+    its recovery (YOLOv10s at 640 px: the DFL conv alone takes nothing-kept from 97.6% to 100.4% of
+    FP32). More than one, because a cost near the budget is within the profile's noise: on YOLOv10s
+    in ONNX Runtime one run's profile let `model.2.cv1.conv` in (+0.115 ms), which then timed whole
+    at 1.041x nothing kept, and the 145 s recovery ran where the next free island (+0.006 ms) meets
+    the target at no cost, as another run's profile had found."""
     if costs is None:
-        return None
+        return []
     budget = FREE_SHARE * sum(costs.int8_ms.values())
     free = [a for a in ranking if (a.sensitivity or 0.0) > 0 and costs.cost(a.onnx_node) <= budget]
-    return max(free, key=lambda a: a.sensitivity).torch_name if free else None
+    return [a.torch_name for a in sorted(free, key=lambda a: -a.sensitivity)[:count]]

@@ -77,11 +77,12 @@ def coco_class_names(data: str | Path, model_path: Path) -> dict[int, str] | Non
     return names
 
 
-def load_checked(backend: Backend, path: Path, *, imgsz: int) -> Runner:
-    """``path`` loaded in ``backend``'s runtime, refusing a model made for another input size."""
+def load_checked(backend: Backend, path: Path, *, imgsz: int, scoring: bool = False) -> Runner:
+    """``path`` loaded in ``backend``'s runtime, refusing a model made for another input size;
+    ``scoring``: loaded to score many images (Backend.load_for_scoring), never to time."""
     if not Path(path).is_file():
         raise InputError(f"candidate model not found: {path}")
-    runner = backend.load(Path(path))
+    runner = backend.load_for_scoring(Path(path)) if scoring else backend.load(Path(path))
     size = runner.input_size()
     if size is not None and tuple(size) != (imgsz, imgsz):
         raise InputError(
@@ -94,7 +95,7 @@ def head_output(
     runner: Runner, images: torch.Tensor, *, convention: OutputConvention | None = None
 ) -> HeadOutput:
     """Outputs of all images (batch 1 each) as a HeadOutput, in the model's convention."""
-    raw = np.concatenate([runner(image[None].numpy()) for image in images])
+    raw = np.concatenate(runner.run_all([image[None].numpy() for image in images]))
     tensor = torch.from_numpy(raw)
     if convention is OutputConvention.RTDETR:  # [N, K, 6], normalised xywh
         empty = torch.zeros(0)

@@ -72,7 +72,7 @@ class EvalContext:
 
     def score(self, backend: Backend, path: Path) -> Accuracy:
         """Accuracy of ``path`` run in ``backend``'s runtime."""
-        runner = load_checked(backend, path, imgsz=self.config.imgsz)
+        runner = load_checked(backend, path, imgsz=self.config.imgsz, scoring=True)
         found = detections_of(runner, self.batch, self.detect, convention=output_convention(path))
         return accuracy(found, batch=self.batch, pseudo=self.pseudo)
 
@@ -132,7 +132,7 @@ def prepare_context(candidates_dir: Path, request: EvalRequest) -> tuple[EvalCon
     index = read_candidates(candidates_dir)
     config = read_sweep_config(Path(index.sweep_dir))
     fp32_path = Path(candidates_dir) / FP32_FILE
-    fp32 = load_checked(get_backend(REFERENCE_TARGET), fp32_path, imgsz=config.imgsz)
+    fp32 = load_checked(get_backend(REFERENCE_TARGET), fp32_path, imgsz=config.imgsz, scoring=True)
     probe = fp32(np.zeros((1, 3, config.imgsz, config.imgsz), np.float32))
     _, batch = load_eval_batch(
         request.data,

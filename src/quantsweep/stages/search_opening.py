@@ -1,9 +1,9 @@
 """The search's moves before its island search, on one target (search_moves.py).
 
 When nothing-kept misses the accuracy target: the float islands are priced on the runtime
-(island_costs.py), the island the runtime prices at nothing is tried first (one evaluation, timed
-whole where it meets the target), and recovery (search_recovery.py, minutes) runs only if that
-island does not meet the target at no inference cost. Every move is recorded as measured.
+(island_costs.py), the islands the runtime prices at nothing are tried first (one evaluation each,
+timed whole where one meets the target), and recovery (search_recovery.py, minutes) runs only if
+none of them meets the target at no inference cost. Every move is recorded as measured.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from quantsweep.core.records import JsonLines, read_json, write_json
 from quantsweep.evaluation.island_costs import (
     IslandCosts,
     conv_units,
-    free_probe,
+    free_probes,
     measure_island_costs,
     whole_model_ratio,
 )
@@ -88,23 +88,24 @@ class SearchOpening:
         *,
         nothing_kept: Path | None = None,
     ) -> SearchStart:
-        """Price the islands of a speed target, then try the island the runtime prices at nothing
-        (island_costs.free_probe; one evaluation). Where nothing-kept misses the target, that island
-        goes before recovery (minutes), which is not run if the island alone meets the target at no
-        inference cost, timed whole; where nothing-kept meets it, the island is a finalist if it is
-        more accurate, recommended only if the timing pass times it as fast (search_moves.py).
+        """Price the islands of a speed target, then try the islands the runtime prices at nothing
+        (island_costs.free_probes; one evaluation each). Where nothing-kept misses the target, they
+        go before recovery (minutes), which is not run if one alone meets the target at no inference
+        cost, timed whole; where nothing-kept meets it, the first is a finalist if it is more
+        accurate, recommended only if the timing pass times it as fast (search_moves.py).
         ``nothing_kept``: the target's K=0 artifact, where materialize wrote it (else written here)."""
         start = SearchStart(backend, measure, unrecovered=measure)
         if self.island_order is not IslandOrder.GAIN_PER_MS:
             return self._recovery_first(scheme_set, start, threshold, search_dir)
         start.costs = self._island_costs(backend, measure, search_dir, nothing_kept=nothing_kept)
-        probe = free_probe(scheme_set.ranking, start.costs)
-        if probe is not None and measure(()) >= threshold:
-            self._probe(start, probe, threshold)  # a finalist where it gains
+        probes = free_probes(scheme_set.ranking, start.costs)
+        if probes and measure(()) >= threshold:
+            self._probe(start, probes[0], threshold)  # a finalist where it gains
             return start
-        if probe is not None and self._probe(start, probe, threshold):
-            LOG.info("%s: %s kept float alone meets the target; no recovery", backend.name, probe)
-            return start
+        for probe in probes:
+            if self._probe(start, probe, threshold):
+                LOG.info("%s: %s kept float alone meets the target; no recovery", backend.name, probe)
+                return start
         return self._recovery_first(scheme_set, start, threshold, search_dir)
 
     def _probe(self, start: SearchStart, probe: str, threshold: float) -> bool:

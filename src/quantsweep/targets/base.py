@@ -87,6 +87,11 @@ class Runner(abc.ABC):
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """The first output for one ``[1, 3, H, W]`` float32 image."""
 
+    def run_all(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The first output of each ``[1, 3, H, W]`` image, in order: the outputs ``__call__`` gives.
+        A runner made for scoring (:meth:`Backend.load_for_scoring`) may run several at once."""
+        return [self(image) for image in images]
+
     def input_size(self) -> tuple[int, int] | None:
         """The static input height and width, when the model has one."""
         return None
@@ -188,6 +193,12 @@ class Backend(abc.ABC):
     def load(self, path: Path) -> Runner:
         """The artifact loaded in this target's runtime, with the settings it is measured and deployed
         with (float parts at the runtime's default precision on this machine)."""
+
+    def load_for_scoring(self, path: Path) -> Runner:
+        """The artifact loaded to score many images: the outputs :meth:`load`'s runner gives, bit for
+        bit, but requests may overlap (several at once, each on a share of the cores), which only
+        throughput gains from; never used for timing. Defaults to :meth:`load`."""
+        return self.load(path)
 
     def save(self, model: onnx.ModelProto, path: Path, *, source: ModelSource | None = None) -> Path:
         """Write ``model`` (a Q/DQ ONNX) as this target's artifact; return the file a deployer loads.

@@ -11,7 +11,6 @@ import contextlib
 import functools
 import hashlib
 import io
-import os
 import re
 import warnings
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ import torch
 from onnx import numpy_helper
 
 from quantsweep.core.errors import InputError
+from quantsweep.core.hardware import usable_cores
 from quantsweep.onnx_graph.inspect import dequantized_inputs, weight_codes
 
 _CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
@@ -30,7 +30,7 @@ _CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
 
 def threads() -> int:
     """XNNPACK threads: one per core this process may use (recorded in every deploy line)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return usable_cores()
 
 
 def _tflite_model(path: Path):

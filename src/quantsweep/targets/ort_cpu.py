@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import numpy as np
 import onnx
 
 from quantsweep.core.config import ActDtype, Granularity, QuantFormat, WeightDtype
-from quantsweep.core.hardware import portable_int8_weights
+from quantsweep.core.hardware import portable_int8_weights, usable_cores
 from quantsweep.models.ultralytics_adapter import ONNX_INT8
 from quantsweep.onnx_graph.inspect import node_precisions
 from quantsweep.onnx_graph.ort_sessions import (
@@ -78,17 +79,27 @@ def cpu_weight_codes_note(artifact: Path) -> str | None:
     return None
 
 
-class OrtRunner(Runner):
-    """An ONNX Runtime session with the target's options."""
+SCORING_STREAMS = 2  # runs at once when scoring (Backend.load_for_scoring)
 
-    def __init__(self, path: Path, options: SessionOptions) -> None:
-        self.path, self.options = Path(path), options
+
+class OrtRunner(Runner):
+    """An ONNX Runtime session with the target's options; ``streams`` runs at once in ``run_all``."""
+
+    def __init__(self, path: Path, options: SessionOptions, *, streams: int = 1) -> None:
+        self.path, self.options, self.streams = Path(path), options, streams
         self.session = ort_session(path, options)
         self.input_name = self.session.get_inputs()[0].name
         self.device = options.provider
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: image})[0]
+
+    def run_all(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        if self.streams == 1:
+            return super().run_all(images)
+        # one session may run from several threads; each run releases the GIL
+        with ThreadPoolExecutor(self.streams) as pool:
+            return list(pool.map(self, images))
 
     def input_size(self) -> tuple[int, int] | None:
         size = self.session.get_inputs()[0].shape[2:4]
@@ -113,6 +124,14 @@ class OrtRunner(Runner):
             for _ in range(warmup + runs):
                 session.run(None, {self.input_name: image})
             return profiled_node_times(session, runs=runs)
+
+
+def scoring_runner(path: Path, options: SessionOptions) -> OrtRunner:
+    """A session with ``options`` for scoring: two runs at once, each on half the cores. On 2 cores
+    6% (FP32) to 20% (INT8) more images per second than one run on both, with the same outputs
+    (MLAS splits a conv's output among threads, not its sums; tests/targets/test_scoring_runners.py)."""
+    threads = max(1, usable_cores() // SCORING_STREAMS)
+    return OrtRunner(path, dataclasses.replace(options, intra_op_threads=threads), streams=SCORING_STREAMS)
 
 
 class OrtCpuBackend(Backend):
@@ -150,6 +169,9 @@ class OrtCpuBackend(Backend):
 
     def load(self, path: Path) -> Runner:
         return OrtRunner(path, self.session_options())
+
+    def load_for_scoring(self, path: Path) -> Runner:
+        return scoring_runner(path, self.session_options())
 
     def weight_codes_note(self, artifact: Path) -> str | None:
         return cpu_weight_codes_note(artifact)

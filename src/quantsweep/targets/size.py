@@ -15,7 +15,7 @@ from quantsweep.core.config import ActDtype, Granularity, QuantFormat, WeightDty
 from quantsweep.onnx_graph.ort_sessions import SessionOptions
 from quantsweep.onnx_graph.placement import Placement
 from quantsweep.targets.base import Availability, Backend, ConvKind, Objective, Runner
-from quantsweep.targets.ort_cpu import ORT_CPU_FLOAT_RUN, OrtRunner
+from quantsweep.targets.ort_cpu import ORT_CPU_FLOAT_RUN, OrtRunner, scoring_runner
 
 INT4_WEIGHT_ONLY = QuantFormat(WeightDtype.INT4, ActDtype.FP16, Granularity.PER_CHANNEL)
 
@@ -49,6 +49,9 @@ class SizeBackend(Backend):
 
     def load(self, path: Path) -> Runner:
         return OrtRunner(path, self.session_options())
+
+    def load_for_scoring(self, path: Path) -> Runner:
+        return scoring_runner(path, self.session_options())
 
     def deploy_hint(self, path: Path) -> str:
         return (
