@@ -180,7 +180,7 @@ def test_the_search_card_shows_each_measured_move_and_which_one_was_recommended(
         "reference": 0.9,
         "kept": [],
         "finalists": ["k5"],
-        "islands": {"order": "gain-per-ms", "free_first": None},
+        "islands": {"order": "gain-per-ms", "free_tried": []},
         "moves": [island.to_dict(), recovery.to_dict()],
     }
     write_json(eval_dir / "search" / "ort-cpu" / "search.json", "scheme_search", search)

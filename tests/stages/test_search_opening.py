@@ -60,7 +60,7 @@ def test_a_second_free_island_spares_the_recovery_when_the_first_one_times_slowe
     start = opening(SimpleNamespace(name="ort-cpu"), measure.scheme_set, measure, 0.75, tmp_path)
     assert [m.label for m in start.moves] == ["a", "b"]
     assert not recoveries
-    assert start.free_first["layer"] == "b" and start.free_first["met"]
+    assert [(f["layer"], f["met"]) for f in start.free_tried] == [("a", False), ("b", True)]
     assert ("c",) not in measure.calls
 
 

@@ -50,7 +50,7 @@ class SearchStart:
     unrecovered: Measure  # the records as materialize quantized them
     costs: IslandCosts | None = None
     recovery: RecoveryOutcome | None = None
-    free_first: dict | None = None
+    free_tried: list[dict] = field(default_factory=list)  # the free islands tried, in order
     moves: list[SearchMove] = field(default_factory=list)
     finalists: list[tuple[str, ...]] = field(default_factory=list)  # timed whatever the search finds
 
@@ -134,7 +134,7 @@ class SearchOpening:
             x_nothing_kept=ratio,
         )
         taken = wanted and (gain_only or move.free)
-        start.free_first = {"layer": probe, "score": score, "met": taken, "x_nothing_kept": ratio}
+        start.free_tried.append({"layer": probe, "score": score, "met": taken, "x_nothing_kept": ratio})
         if taken and gain_only:
             start.finalists.append((probe,))
             outcome = (

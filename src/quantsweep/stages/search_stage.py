@@ -120,7 +120,7 @@ class TargetSearch:
             "recovery": None if start.recovery is None else start.recovery.to_dict(),
             "islands": {
                 **_islands_summary(self.request.island_order, start.costs, result.kept, start.measure),
-                "free_first": start.free_first,
+                "free_tried": start.free_tried,
             },
             "moves": [m.to_dict() for m in moves],
         }

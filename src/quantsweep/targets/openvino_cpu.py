@@ -54,7 +54,8 @@ IR_SUFFIX = ".xml"
 
 
 class OpenVinoRunner(Runner):
-    """A model compiled for the OpenVINO CPU plugin with the latency hint (batch 1)."""
+    """A model compiled for the OpenVINO CPU plugin, batch 1: the latency hint by default (what is
+    deployed and timed); ``SCORING_CONFIG`` runs two requests at once in ``run_all``."""
 
     device = "CPU"
 
