@@ -70,14 +70,13 @@ class ResultStore:
         }
         write_json(self.path(record["name"]), RESULT_KIND, payload)
 
+    def record_of(self, artifact: Artifact) -> dict[str, Any]:
+        """The record of a materialized artifact, before its scores: its index entry and file."""
+        return {**artifact.to_dict(), "kept": artifact.kept, "file": str(self.candidates_dir / artifact.file)}
+
     def write_accuracy(self, artifact: Artifact, acc: Accuracy, *, worker: dict | None = None) -> None:
         """The record of a materialized artifact."""
-        record = {
-            **artifact.to_dict(),
-            "kept": artifact.kept,
-            "file": str(self.candidates_dir / artifact.file),
-        }
-        self.write_result(record, acc, worker=worker)
+        self.write_result(self.record_of(artifact), acc, worker=worker)
 
     def write_timing(self, name: str, timing: Timing, *, worker: dict | None = None) -> None:
         """Add the interleaved pass's timing (and the worker that measured it) to a model's record."""

@@ -116,28 +116,24 @@ def _accuracy_pass(
                 context.float_scores[backend.float_run_key()] = acc
             step(f"{backend.name} {artifact.name}")
         return
-    written = {a.name: write(a) for a in missing if a.deferred}  # before the tasks: they need files
-    paths = [written[a.name]["file"] if a.deferred else str(store.candidates_dir / a.file) for a in missing]
+    records = [_record(artifact, store, write=write) for artifact in missing]  # the tasks need files
     score = partial(_score_path, target=backend.name, context=context)
-    for done in executor.map_tasks(score, paths):
+    for done in executor.map_tasks(score, [r["file"] for r in records]):
         worker = {"host": done.host, "device": done.device, "elapsed_s": done.elapsed_s}
-        artifact = missing[done.index]
-        if artifact.deferred:
-            store.write_result(written[artifact.name], Accuracy(**done.value), worker=worker)
-        else:
-            store.write_accuracy(artifact, Accuracy(**done.value), worker=worker)
-        step(f"{backend.name} {artifact.name}")
+        store.write_result(records[done.index], Accuracy(**done.value), worker=worker)
+        step(f"{backend.name} {missing[done.index].name}")
+
+
+def _record(artifact: Artifact, store: ResultStore, *, write) -> dict[str, Any]:
+    """The record an artifact is scored under: a deferred one's is made by writing it now."""
+    return write(artifact) if artifact.deferred else store.record_of(artifact)
 
 
 def _score_artifact(backend: Backend, artifact: Artifact, context: EvalContext, store: ResultStore, *, write):
     """Score one artifact (a deferred one written first) and record it; its accuracy."""
-    if artifact.deferred:
-        record = write(artifact)
-        acc = context.score(backend, Path(record["file"]))
-        store.write_result(record, acc)
-        return acc
-    acc = context.score(backend, store.candidates_dir / artifact.file)
-    store.write_accuracy(artifact, acc)
+    record = _record(artifact, store, write=write)
+    acc = context.score(backend, Path(record["file"]))
+    store.write_result(record, acc)
     return acc
 
 
