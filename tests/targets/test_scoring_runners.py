@@ -1,4 +1,5 @@
-"""Runners made for scoring overlap requests and give, in order, the outputs the deployed runner gives."""
+"""Runners made for scoring give, in order, the outputs the deployed runner gives (ONNX Runtime's overlap
+requests)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 
 from quantsweep.onnx_graph.calibration import RangeCache
 from quantsweep.targets import get_backend
+from quantsweep.targets.openvino_cpu import DEPLOY_CONFIG
 from tests.conftest import CPU_W8A8
 
 
@@ -41,15 +43,10 @@ def test_a_scoring_runner_gives_the_deployed_runners_outputs_in_order(tiny_onnx,
     assert not np.array_equal(expected[0], expected[1])
 
 
-def test_scoring_runners_run_two_requests_at_once(tiny_onnx, tmp_path):
-    _, ir = _artifact(tiny_onnx, "openvino", tmp_path)
-    scoring = get_backend("openvino").load_for_scoring(ir)
-    assert int(scoring.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) == 2
+def test_onnx_runtime_scores_two_requests_at_once_and_openvino_one(tiny_onnx, tmp_path):
     assert get_backend("ort-cpu").load_for_scoring(tiny_onnx["path"]).streams == 2
     assert get_backend("ort-cpu").load(tiny_onnx["path"]).streams == 1
-
-
-def test_the_deployed_runner_and_the_scoring_runner_run_float_ops_at_one_precision(tiny_onnx, tmp_path):
+    # OpenVINO 2026.4 can deadlock destroying a compiled model made for throughput (two streams) from
+    # Python, a stream thread waiting for the GIL: it scores with the deployed (latency) config
     _, ir = _artifact(tiny_onnx, "openvino", tmp_path)
-    backend = get_backend("openvino")
-    assert backend.load_for_scoring(ir).float_precision() == backend.load(ir).float_precision()
+    assert get_backend("openvino").load_for_scoring(ir).config == DEPLOY_CONFIG

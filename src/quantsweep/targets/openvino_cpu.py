@@ -48,14 +48,14 @@ from quantsweep.targets.ultralytics_baseline import ULTRALYTICS_INT8, write_ultr
 
 DEPLOY_CONFIG = {"PERFORMANCE_HINT": "LATENCY"}  # float ops at the runtime's default precision
 EXACT_CONFIG = {**DEPLOY_CONFIG, "INFERENCE_PRECISION_HINT": "f32"}  # what Torch simulates
-# scoring: two requests at once, each stream on half the cores; the same kernels and precision
-SCORING_CONFIG = {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": "2"}
 IR_SUFFIX = ".xml"
 
 
 class OpenVinoRunner(Runner):
-    """A model compiled for the OpenVINO CPU plugin, batch 1: the latency hint by default (what is
-    deployed and timed); ``SCORING_CONFIG`` runs two requests at once in ``run_all``."""
+    """A model compiled for the OpenVINO CPU plugin with the latency hint (batch 1); it scores with
+    this one too. Two streams scored 12-15% more images per second, but this OpenVINO (2026.4)
+    deadlocks now and then when a multi-stream compiled model is destroyed from Python: a stream
+    thread waits for the GIL that the destroying thread holds (docs/decisions.md, twentieth session)."""
 
     device = "CPU"
 
@@ -71,24 +71,6 @@ class OpenVinoRunner(Runner):
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         return np.array(self.request.infer([image])[self.output])
-
-    def run_all(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        streams = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        if streams == 1:
-            return super().run_all(images)
-        import openvino as ov  # noqa: PLC0415
-
-        outputs: list[np.ndarray | None] = [None] * len(images)
-        queue = ov.AsyncInferQueue(self.compiled, streams)
-
-        def keep(request, index: int) -> None:
-            outputs[index] = request.get_output_tensor(0).data.copy()
-
-        queue.set_callback(keep)
-        for index, image in enumerate(images):
-            queue.start_async([image], index)
-        queue.wait_all()
-        return outputs
 
     def input_size(self) -> tuple[int, int] | None:
         shape = self.model.input(0).get_partial_shape()
@@ -180,11 +162,6 @@ class OpenVinoBackend(Backend):
 
     def load(self, path: Path) -> Runner:
         return OpenVinoRunner(path)
-
-    def load_for_scoring(self, path: Path) -> Runner:
-        """Two streams: on 2 cores 12-15% more images per second than the latency config, with the
-        same outputs (tests/targets/test_scoring_runners.py)."""
-        return OpenVinoRunner(path, config=SCORING_CONFIG)
 
     def verification_loads(self, artifact: Path) -> dict[str, LoadPath]:
         loads = {"ir": LoadPath(lambda: OpenVinoRunner(artifact, config=EXACT_CONFIG), deployed=True)}
