@@ -104,6 +104,8 @@ def test_each_target_gets_its_artifacts_in_its_own_placement(chain) -> None:
         baseline = by_name["ultralytics_int8"]
         assert baseline["policy"] == "baseline" and baseline["file"].endswith(suffix)
         assert (chain["candidates"] / baseline["file"]).is_file()
+        # what the exporter printed goes beside it, off the terminal (tests/targets/test_export_log.py)
+        assert (chain["candidates"] / target / "ultralytics_int8.export.log").is_file()
     assert "ultralytics_int8" not in {a["name"] for a in index["targets"]["size"]["artifacts"]}
 
 
@@ -118,7 +120,7 @@ def test_a_kept_set_written_for_a_benchmark_is_the_scheme_materialize_wrote(chai
         assert written.SerializeToString() == materialized.SerializeToString(), target
 
 
-def test_a_run_defers_a_speed_targets_top_k_until_evaluate_needs_it(chain, tiny_data, tmp_path) -> None:
+def test_a_run_defers_schemes_until_evaluate_needs_them(chain, tiny_data, tmp_path) -> None:
     request = MaterializeRequest(tuple(chain["schemes"]), ("ort-cpu", "openvino", "size"), defer_top_k=True)
     candidates = materialize_candidates(request, out=tmp_path)
     index = json.loads((candidates / "candidates.json").read_text())["targets"]
@@ -127,7 +129,12 @@ def test_a_run_defers_a_speed_targets_top_k_until_evaluate_needs_it(chain, tiny_
         assert by_name["k3"]["deferred"] and not (candidates / by_name["k3"]["file"]).exists()
         assert not by_name["k0"]["deferred"] and (candidates / by_name["k0"]["file"]).is_file()
         assert not by_name["random_k3"]["deferred"]  # a reference scheme is written as before
-    assert not any(a["deferred"] for a in index["size"]["artifacts"])  # chosen by size: files compared
+    # a size target defers its bit-budget scheme with the size its file will have (sizes decide
+    # what is scored); K=3 is compared with the references at K=3, so it is written as they are
+    size = {a["name"]: a for a in index["size"]["artifacts"]}
+    assert [n for n, a in size.items() if a["deferred"]] == ["budget_5bits"]
+    assert not (candidates / size["budget_5bits"]["file"]).exists()
+    assert size["budget_5bits"]["size_bytes"] > size["k0"]["size_bytes"]
     # a target nothing kept misses (FP32's own score, to the ten-thousandth): k3 is needed, so the
     # evaluate stage writes it, checked as materialize checks its own, and scores it
     evaluate = ["evaluate", "--candidates", str(candidates), "--data", str(tiny_data), "--max-drop", "0.0001"]
@@ -145,6 +152,13 @@ def test_a_run_defers_a_speed_targets_top_k_until_evaluate_needs_it(chain, tiny_
         written = onnx.load(str(onnx_source(path))).graph
         materialized = onnx.load(str(chain["candidates"] / target / "k3.onnx")).graph
         assert written.SerializeToString() == materialized.SerializeToString(), target
+    # nothing meets so tight a target on INT4 either: the budget scheme is written now, at the size
+    # materialize recorded for it, and is the file materialize itself writes
+    record = json.loads((eval_dir / "results" / "size" / "models" / "budget_5bits.json").read_text())
+    assert Path(record["file"]).parent == eval_dir / "deferred" / "size"
+    assert record["size_bytes"] == size["budget_5bits"]["size_bytes"] == Path(record["file"]).stat().st_size
+    materialized = onnx.load(str(chain["candidates"] / "size" / "budget_5bits.onnx")).graph
+    assert onnx.load(record["file"]).graph.SerializeToString() == materialized.SerializeToString()
 
 
 def _check_islands(chain, target: str, search: dict) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from quantsweep.targets.base import Runner
-from quantsweep.targets.timing import interleaved_latency, lower_quartile_ratios
+from quantsweep.targets.timing import DROP_AFTER_ROUNDS, interleaved_latency, lower_quartile_ratios
 
 
 class _Sleeper(Runner):
@@ -90,3 +90,23 @@ def test_each_visit_waits_for_the_previous_models_threads_to_stop() -> None:
     # without the pause the cheap model spends most of each 5-run visit beside the spinning threads
     unsettled = interleaved_latency(runners, np.zeros(1), reference="fp32", rounds=3, warmup=1, settle_s=0.0)
     assert unsettled["quarter"].ratio_to_reference > 0.55
+
+
+def test_a_model_far_slower_than_a_contender_is_timed_in_fewer_rounds() -> None:
+    log: list[str] = []
+    speeds = (("fp32", 0.02), ("k0", 0.005), ("near", 0.006), ("slow", 0.03))
+    runners = {n: _Sleeper(s, log, n) for n, s in speeds}
+    timings = interleaved_latency(
+        runners, np.zeros(1), reference="fp32", rounds=6, runs_per_round=2, warmup=0, contenders={"k0"}
+    )
+    # 6x the contender after three rounds: timed no further; its ratio is against the reference's
+    # runs in those same rounds
+    assert timings["slow"].rounds == DROP_AFTER_ROUNDS and log.count("slow") == 2 * DROP_AFTER_ROUNDS
+    assert timings["slow"].runs == 2 * DROP_AFTER_ROUNDS and 1.1 < timings["slow"].ratio_to_reference < 2.0
+    # the reference is timed in every round however slow; a model near the contender too
+    assert timings["fp32"].rounds == timings["near"].rounds == timings["k0"].rounds == 6
+    # without contenders (nothing meets the accuracy target) every model runs every round
+    everyone = interleaved_latency(
+        runners, np.zeros(1), reference="fp32", rounds=4, runs_per_round=1, warmup=0
+    )
+    assert all(t.rounds == 4 for t in everyone.values())

@@ -60,6 +60,8 @@ def _baseline(record: dict[str, Any], *, target: AccuracyTarget, reference: floa
         "map50_95": record["score"],
         "meets_target": target.met(record["score"], reference),
         "ratio_to_fp32": None if ratio == float("inf") else ratio,
+        # rounds of the timing pass it ran in: fewer where it was far slower than a contender
+        "timed_rounds": (record.get("latency") or {}).get("rounds"),
         "size_bytes": record["size_bytes"],
     }
 
@@ -146,6 +148,7 @@ def recommend(
         "reference_map50_95": reference,
         "threshold": target.threshold(reference),
         "fp32_latency_ms": (fp32.get("latency") or {}).get("median_ms"),
+        "timing_rounds": (fp32.get("latency") or {}).get("rounds"),  # the reference runs in every round
         "fp32_size_bytes": fp32["size_bytes"],
         "reference_cocoeval_map50_95": _cocoeval(fp32),
         "closest": None if closest is None else closest["name"],

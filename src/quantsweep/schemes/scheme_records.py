@@ -29,6 +29,11 @@ class Policy(enum.StrEnum):
         """A plan written by the schemes stage (as opposed to the reference, a baseline or the search)."""
         return self in (Policy.TOP_K, Policy.BUDGET, Policy.RANDOM, Policy.FIRST_HEAD)
 
+    @property
+    def is_reference(self) -> bool:
+        """A reference scheme (random, first+head): the sensitivity ranking is compared with it at its K."""
+        return self in (Policy.RANDOM, Policy.FIRST_HEAD)
+
 
 FP32_NAME = "fp32"  # the FP32 reference artifact's name in every target's results
 

@@ -40,9 +40,6 @@ def _score_path(path: str, *, target: str, context: EvalContext) -> dict[str, An
     return context.score(get_backend(target), Path(path)).to_dict()
 
 
-REFERENCE_POLICIES = ("random", "first_head")  # schemes a top-K scheme is compared with at its K
-
-
 def _dominated(
     artifact: Artifact, artifacts: list[Artifact], passing: list[Artifact], *, objective: Objective
 ) -> str | None:
@@ -51,9 +48,9 @@ def _dominated(
     adds its float kernel and Q/DQ around it) nor smaller; on a size target, any scheme's artifact
     at least as large as one that meets it. A reference scheme, and a top-K artifact a reference
     scheme is compared with at the same K, are always scored."""
-    if artifact.policy in REFERENCE_POLICIES or artifact.policy in (Policy.FP32, Policy.BASELINE):
+    if Policy(artifact.policy).is_reference or artifact.policy in (Policy.FP32, Policy.BASELINE):
         return None
-    if any(a.policy in REFERENCE_POLICIES and a.kept == artifact.kept for a in artifacts):
+    if any(Policy(a.policy).is_reference and a.kept == artifact.kept for a in artifacts):
         return None
     if objective is Objective.SIZE:
         smaller = [a for a in passing if a.size_bytes <= artifact.size_bytes]
@@ -142,9 +139,16 @@ def _meets(score: float, *, target, reference: float) -> bool:
 
 
 def _time_models(
-    paths: dict[str, str], *, target: str, context: EvalContext, request: EvalRequest, step=None
+    paths: dict[str, str],
+    *,
+    target: str,
+    context: EvalContext,
+    request: EvalRequest,
+    step=None,
+    contenders: set[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Time every model of one target in one interleaved pass (on whichever worker runs this)."""
+    """Time every model of one target in one interleaved pass (on whichever worker runs this); one
+    found far slower than a ``contender`` (a model that may be recommended) is dropped early."""
     backend = get_backend(target)
     runners = {name: load_checked(backend, Path(p), imgsz=context.config.imgsz) for name, p in paths.items()}
     timings = interleaved_latency(
@@ -154,6 +158,7 @@ def _time_models(
         rounds=timing_rounds(backend, request),
         runs_per_round=request.latency_runs,
         progress=None if step is None else (lambda message: step(f"{target} timing {message}")),
+        contenders=contenders,
     )
     return {name: timing.to_dict() for name, timing in timings.items()}
 
@@ -177,17 +182,28 @@ def timing_pass(
     step,
     executor=None,
     only: set[str] | None = None,
+    meets=None,
 ) -> None:
     """Time FP32 and every scored model of the target (or those in ``only``) in one interleaved
-    pass; record each."""
-    paths = {
-        name: str(store.artifact_path(r)) for name, r in store.all().items() if only is None or name in only
-    }
+    pass; record each. With ``meets(score)`` (the accuracy target), the models that meet it are the
+    contenders, and a model far slower than the fastest of them is timed for fewer rounds."""
+    records = {name: r for name, r in store.all().items() if only is None or name in only}
+    paths = {name: str(store.artifact_path(r)) for name, r in records.items()}
+    contenders = None
+    if meets is not None:
+        contenders = {
+            name
+            for name, r in records.items()
+            if r["policy"] not in (Policy.FP32, Policy.BASELINE) and meets(r["score"])
+        }
+    time_models = partial(
+        _time_models, target=backend.name, context=context, request=request, contenders=contenders
+    )
     worker = None
     if executor is None:
-        timings = _time_models(paths, target=backend.name, context=context, request=request, step=step)
+        timings = time_models(paths, step=step)
     else:
-        timed = partial(_time_models, target=backend.name, context=context, request=request)
+        timed = time_models
         (done,) = list(executor.map_tasks(timed, [paths]))
         timings, worker = done.value, {"host": done.host, "device": done.device}
         for _ in range(timing_rounds(backend, request)):
@@ -240,7 +256,9 @@ def evaluate_target(
         if backend.objective is Objective.SIZE:  # chosen by size: time FP32 and the choice only
             only = {FP32_NAME, choose()["recommended"] or FP32_NAME}
         if not store.timed(only):
-            timing_pass(backend, store, context, run.request, step=step, executor=executor, only=only)
+            timing_pass(
+                backend, store, context, run.request, step=step, executor=executor, only=only, meets=meets
+            )
     return choose()
 
 

@@ -158,12 +158,23 @@ class _Writer:
             located=self.located,
         )
 
-    def scheme(self, backend: Backend, scheme: Scheme, path: Path) -> Artifact:
-        plan = backend.adapt_plan(scheme_plan(scheme), self.kinds)  # what the target really writes
+    def _plan(self, backend: Backend, scheme: Scheme):
+        """What the target really writes for ``scheme``: per-layer precisions and the weight records."""
+        plan = backend.adapt_plan(scheme_plan(scheme), self.kinds)
         written = {a.torch_name: plan[a.onnx_node] for a in scheme.layers}
         assignment = {name: p.as_format() for name, p in written.items() if p.weight}
         nodes = {a.torch_name: a.onnx_node for a in scheme.layers}
         weights = {nodes[n]: r for n, r in self.records.for_assignment(assignment).items()}
+        return plan, written, assignment, weights
+
+    def serialized_bytes(self, backend: Backend, scheme: Scheme) -> int:
+        """The size of the ONNX file ``scheme`` is written as, without writing or checking it."""
+        plan, _, _, weights = self._plan(backend, scheme)
+        model = backend.write(self.fp32, plan, ranges=self.ranges, weights=weights, producers=self.producers)
+        return model.ByteSize()
+
+    def scheme(self, backend: Backend, scheme: Scheme, path: Path) -> Artifact:
+        plan, written, assignment, weights = self._plan(backend, scheme)
         start = time.perf_counter()
         if self.writer == "modelopt":
             write_modelopt(self.fp32_path, path, plan=plan, images=self.images)
@@ -197,19 +208,30 @@ def _artifact(name: str, path: Path, policy: str, kept, checked: dict[str, Any])
     )
 
 
-def _deferrable(backend: Backend, scheme: Scheme) -> bool:
-    """A speed target's top-K scheme past K=0 (a size target compares files it has written)."""
-    return backend.objective is Objective.SPEED and scheme.policy is Policy.TOP_K and bool(scheme.kept_layers)
+def _deferrable(backend: Backend, scheme: Scheme, schemes: Sequence[Scheme]) -> bool:
+    """A scheme the evaluate stage may never score, so it writes it only if it must: a speed target's
+    top-K scheme past K=0 (one with fewer float layers usually meets the target first); on a size
+    target, a top-K or bit-budget scheme with float layers (one no smaller than a passing file is
+    not scored) unless a reference scheme is compared with it at its K (always scored)."""
+    if not scheme.kept_layers:
+        return False
+    if backend.objective is Objective.SPEED:
+        return scheme.policy is Policy.TOP_K
+    kept = len(scheme.kept_layers)
+    if any(s.policy.is_reference and len(s.kept_layers or ()) == kept for s in schemes):
+        return False
+    return scheme.policy in (Policy.TOP_K, Policy.BUDGET)
 
 
-def _deferred(scheme: Scheme, path: Path) -> Artifact:
-    """The index entry of a scheme left to the evaluate stage: its plan, no file yet."""
+def _deferred(scheme: Scheme, path: Path, *, size_bytes: int | None) -> Artifact:
+    """The index entry of a scheme left to the evaluate stage: its plan, no file yet (a size target's
+    entry carries the size its file will have: the evaluate stage compares sizes before scoring)."""
     return Artifact(
         name=scheme.name,
         file=f"{path.parent.name}/{path.name}",
         policy=scheme.policy.value,
         kept_layers=tuple(scheme.kept_layers or ()),
-        size_bytes=None,
+        size_bytes=size_bytes,
         avg_weight_bits=None,
         counts_match=None,
         torch_vs_onnx_rel_l2=None,
@@ -353,8 +375,10 @@ def materialize_candidates(
             index.targets[name] = entry
             for scheme in scheme_set.schemes:
                 path = target_dir / f"{scheme.name}.onnx"
-                if request.defer_top_k and _deferrable(backend, scheme):
-                    entry.artifacts.append(_deferred(scheme, path))
+                if request.defer_top_k and _deferrable(backend, scheme, scheme_set.schemes):
+                    by_size = backend.objective is Objective.SIZE
+                    size = writer.serialized_bytes(backend, scheme) if by_size else None
+                    entry.artifacts.append(_deferred(scheme, path, size_bytes=size))
                 else:
                     entry.artifacts.append(writer.scheme(backend, scheme, path))
                 index.write(run_dir)

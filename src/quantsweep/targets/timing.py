@@ -18,6 +18,7 @@ import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import numpy as np
 
@@ -34,6 +35,12 @@ SETTLE_S = 0.1
 # ratios to the reference within this share of each other are not told apart: an interleaved
 # pass's medians moved by 1-3% between passes on the 2-core machines (docs/figures.md)
 SAME_TIME_SHARE = 0.02
+# a model at least this many times slower than the fastest contender (a model that may be
+# recommended) after DROP_AFTER_ROUNDS rounds can be neither the fastest nor tied with it: it is
+# timed no further (a visit of the default run's Ultralytics ONNX Runtime export took 0.9 s of
+# its 7-round pass, at 5x the recommendation's time). Timing noise between visits is 10-20% here.
+DROP_SHARE = 1.5
+DROP_AFTER_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,17 @@ def _round_times(runner: Runner, image: np.ndarray, runs: int) -> list[float]:
     return times
 
 
+def _dominated(per_round: Mapping[str, list[list[float]]], *, keep: str, contenders: set[str]) -> set[str]:
+    """Models (never ``keep``) whose median so far is ``DROP_SHARE`` times a contender's or more."""
+    medians = {
+        name: statistics.median(t for times in visits for t in times) for name, visits in per_round.items()
+    }
+    fastest = min((medians[n] for n in contenders if n in medians), default=None)
+    if fastest is None:
+        return set()
+    return {n for n, m in medians.items() if n != keep and m >= DROP_SHARE * fastest}
+
+
 def _interleaved_times(
     runners: Mapping[str, Runner],
     image: np.ndarray,
@@ -76,9 +94,12 @@ def _interleaved_times(
     warmup: int,
     settle_s: float = SETTLE_S,
     progress: ProgressFn | None = None,
+    drop: Callable[[Mapping[str, list[list[float]]]], set[str]] | None = None,
 ) -> dict[str, list[list[float]]]:
     """Per model, per round, the milliseconds of its runs; rounds visit every model in rotated order,
-    each visit after an idle pause of ``settle_s`` (``SETTLE_S``: the previous model's threads stop)."""
+    each visit after an idle pause of ``settle_s`` (``SETTLE_S``: the previous model's threads stop).
+    ``drop(times so far)``, asked after each of rounds ``DROP_AFTER_ROUNDS`` onward, names models
+    to time no further."""
     names = list(runners)
     for name in names:
         for _ in range(warmup):
@@ -91,6 +112,8 @@ def _interleaved_times(
             per_round[name].append(_round_times(runners[name], image, runs_per_round))
         if progress is not None:
             progress(f"round {r + 1}/{rounds}")
+        if drop is not None and r + 1 >= DROP_AFTER_ROUNDS:
+            names = [n for n in names if n not in drop(per_round)]
     return per_round
 
 
@@ -129,11 +152,18 @@ def interleaved_latency(
     warmup: int = 3,
     settle_s: float = SETTLE_S,
     progress: ProgressFn | None = None,
+    contenders: set[str] | None = None,
 ) -> dict[str, Timing]:
-    """Time every runner on ``image`` in ``rounds`` rotated rounds; ratios are against ``reference``."""
+    """Time every runner on ``image`` in ``rounds`` rotated rounds; ratios are against ``reference``.
+
+    With ``contenders`` (the models that may be recommended), a model found ``DROP_SHARE`` times
+    slower than the fastest of them after ``DROP_AFTER_ROUNDS`` rounds is timed no further; its
+    figures are over the rounds it was timed in (``Timing.rounds``), its ratio against the
+    reference's runs in those same rounds. The reference is timed in every round.
+    """
     if reference not in runners:
         raise ValueError(f"the reference {reference} is not among the timed models")
-    names = list(runners)
+    drop = None if contenders is None else partial(_dominated, keep=reference, contenders=contenders)
     per_round = _interleaved_times(
         runners,
         image,
@@ -142,22 +172,26 @@ def interleaved_latency(
         warmup=warmup,
         settle_s=settle_s,
         progress=progress,
+        drop=drop,
     )
     ref_medians = [statistics.median(times) for times in per_round[reference]]
-    ref_median = statistics.median(t for times in per_round[reference] for t in times)
     result = {}
-    for name in names:
+    for name in runners:
+        timed = len(per_round[name])  # the first rounds: a model is dropped, never skipped
         flat = [t for times in per_round[name] for t in times]
-        ratios = [statistics.median(t) / ref for t, ref in zip(per_round[name], ref_medians, strict=True)]
+        ref_flat = [t for times in per_round[reference][:timed] for t in times]
+        ratios = [
+            statistics.median(t) / ref for t, ref in zip(per_round[name], ref_medians[:timed], strict=True)
+        ]
         result[name] = Timing(
             median_ms=statistics.median(flat),
             p10_ms=float(np.percentile(flat, 10)),
             p90_ms=float(np.percentile(flat, 90)),
             p25_ms=float(np.percentile(flat, 25)),
-            ratio_to_reference=statistics.median(flat) / ref_median,
+            ratio_to_reference=statistics.median(flat) / statistics.median(ref_flat),
             ratio_spread=max(ratios) - min(ratios),
             runs=len(flat),
-            rounds=rounds,
+            rounds=timed,
             device=runners[name].device,
             float_precision=runners[name].float_precision(),
         )
