@@ -105,7 +105,7 @@ def _baseline_lines(rec: dict[str, Any] | None) -> list[str]:
         speed = "" if ratio is None else f", {ratio:.3f}x FP32 time"
         timed, rounds = base.get("timed_rounds"), rec.get("timing_rounds") if rec else None
         if ratio is not None and timed and rounds and timed < rounds:
-            speed += f" (timed in the first {timed} of {rounds} rounds: far slower than the candidates)"
+            speed += f" over the first {timed} of {rounds} timing rounds (far slower than the candidates)"
         verdict = "meets" if base["meets_target"] else "misses"
         line = f"- Baseline `{base['name']}`: mAP50-95 {base['map50_95']:.4f}{speed} ({verdict} the target)"
         if rec.get("recommended") not in (None, FP32_NAME):
