@@ -6,7 +6,7 @@ import torch
 
 from quantsweep.core.config import DetectConfig
 from quantsweep.metrics.detections import decode
-from quantsweep.metrics.map import mean_average_precision
+from quantsweep.metrics.map import IOU_THRESHOLDS, box_iou, match, mean_average_precision
 from quantsweep.metrics.output_errors import output_error
 from quantsweep.models.outputs import HeadOutput
 
@@ -53,6 +53,47 @@ def test_duplicate_detection_is_a_false_positive() -> None:
     dup[0, 4] = 0.5  # a less confident duplicate ranks after every TP and costs nothing
     late_dup = [np.concatenate((preds[0], dup)), preds[1]]
     assert mean_average_precision(late_dup, TARGETS).map50_95 == pytest.approx(PERFECT, abs=1e-6)
+
+
+def _greedy_match(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """COCO's greedy matching written plainly (the tool's ``match`` walks only overlapping pairs)."""
+    correct = np.zeros((len(pred), len(IOU_THRESHOLDS)), dtype=bool)
+    iou = box_iou(target[:, 1:5], pred[:, :4]) * (target[:, :1] == pred[None, :, 5])
+    for t, threshold in enumerate(IOU_THRESHOLDS):
+        claimed = np.zeros(len(target), dtype=bool)
+        for j in np.argsort(-pred[:, 4], kind="stable"):
+            available = np.where(claimed, 0.0, iou[:, j])
+            best = int(available.argmax()) if len(target) else 0
+            if len(target) and available[best] >= threshold:
+                correct[j, t], claimed[best] = True, True
+    return correct
+
+
+def test_matching_is_greedy_by_confidence_with_ties_to_the_first_target() -> None:
+    # the first box overlaps both targets equally and claims the first; the second box, the first
+    # target exactly, is left the second at IoU 1/3: a false positive
+    target = np.array([[0, 0, 0, 10, 10], [0, 5, 0, 15, 10]], np.float32)
+    pred = np.array([[2.5, 0, 12.5, 10, 0.9, 0], [0, 0, 10, 10, 0.8, 0]], np.float32)
+    assert match(pred, target)[:, 0].tolist() == [True, False]
+    # crowded images (as a random-init detector's 300 boxes against its own pseudo-labels): many
+    # overlapping boxes, repeated confidences and boxes (ties), three classes, float32 as decoded
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        n_pred, n_target = rng.integers(0, 120), rng.integers(0, 25)
+        corner = rng.uniform(0, 60, (n_target, 2))
+        target = np.concatenate(
+            (rng.integers(0, 3, (n_target, 1)), corner, corner + rng.uniform(4, 30, (n_target, 2))), axis=1
+        ).astype(np.float32)
+        target = np.concatenate((target, target[: rng.integers(0, 3)]))  # the same box labelled twice
+        if len(target):
+            picked = target[rng.integers(0, len(target), n_pred)]
+            boxes = np.round(picked[:, 1:5] + rng.normal(0, rng.choice([0.5, 3.0]), (n_pred, 4)))
+            classes = np.where(rng.random(n_pred) < 0.8, picked[:, 0], rng.integers(0, 3, n_pred))
+        else:
+            boxes, classes = rng.uniform(0, 60, (n_pred, 4)), np.zeros(n_pred)
+        conf = np.round(rng.random(n_pred), 1)
+        pred = np.concatenate((boxes, conf[:, None], classes[:, None]), axis=1).astype(np.float32)
+        np.testing.assert_array_equal(match(pred, target), _greedy_match(pred, target))
 
 
 def _head(boxes: torch.Tensor, scores: torch.Tensor) -> HeadOutput:

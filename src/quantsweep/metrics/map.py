@@ -30,20 +30,44 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / (area_a[:, None] + area_b[None, :] - inter + 1e-9)
 
 
+def _overlapping_pairs(pred: np.ndarray, target: np.ndarray) -> dict[int, list[tuple[float, int]]]:
+    """Per prediction, ``(-IoU, target)`` of the same-class targets it overlaps at IoU >= 0.5."""
+    # Only those pairs can match, a few per prediction: IoU is computed one class at a time, and
+    # the greedy matching walks short Python lists, which is several times faster than numpy
+    # calls per prediction (this runs for every image of every scored model).
+    candidates: dict[int, list[tuple[float, int]]] = {}
+    for cls in np.intersect1d(target[:, 0], pred[:, 5]):
+        ti, pj = np.flatnonzero(target[:, 0] == cls), np.flatnonzero(pred[:, 5] == cls)
+        iou = box_iou(target[ti, 1:5], pred[pj, :4])
+        rows, cols = np.nonzero(iou >= IOU_THRESHOLDS[0])
+        for i, j, value in zip(ti[rows].tolist(), pj[cols].tolist(), iou[rows, cols].tolist(), strict=True):
+            candidates.setdefault(j, []).append((-value, i))
+    return candidates
+
+
 def match(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """``[K, 10]`` true-positive flags of predictions (best first) against targets, per IoU threshold."""
+    """``[K, 10]`` true-positive flags of predictions (best first) against targets, per IoU threshold.
+
+    Greedy by confidence, per threshold: a prediction claims the unclaimed target of its class it
+    overlaps most, if that overlap reaches the threshold (ties: the first target).
+    """
     correct = np.zeros((len(pred), len(IOU_THRESHOLDS)), dtype=bool)
     if not len(pred) or not len(target):
         return correct
-    iou = box_iou(target[:, 1:5], pred[:, :4]) * (target[:, :1] == pred[None, :, 5])
-    order = np.argsort(-pred[:, 4], kind="stable")
-    claimed = np.zeros((len(target), len(IOU_THRESHOLDS)), dtype=bool)
-    for j in order[(iou[:, order] >= IOU_THRESHOLDS[0]).any(0)]:
-        available = np.where(claimed, 0.0, iou[:, j, None])
-        best = available.argmax(0)
-        hit = available[best, np.arange(len(IOU_THRESHOLDS))] >= IOU_THRESHOLDS
-        correct[j] = hit
-        claimed[best, np.arange(len(IOU_THRESHOLDS))] |= hit
+    candidates = _overlapping_pairs(pred, target)
+    thresholds = IOU_THRESHOLDS.tolist()
+    claimed = [set() for _ in thresholds]
+    order = np.argsort(-pred[:, 4], kind="stable").tolist()
+    for j in (j for j in order if j in candidates):
+        ranked = sorted(candidates[j])  # best overlap first, then the first target
+        for t, (threshold, taken) in enumerate(zip(thresholds, claimed, strict=True)):
+            for negative, i in ranked:
+                if i in taken:
+                    continue
+                if -negative >= threshold:
+                    correct[j, t] = True
+                    taken.add(i)
+                break
     return correct
 
 
