@@ -21,8 +21,8 @@ Torch forces f32, which is what the Torch simulation computes.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
-from functools import partial
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,32 @@ from quantsweep.targets.base import (
 )
 from quantsweep.targets.ort_cpu import CPU_INT8_WEIGHTS, cpu_w8a8, cpu_weight_codes_note
 from quantsweep.targets.ultralytics_baseline import ULTRALYTICS_INT8, write_ultralytics_int8
+
+
+@contextmanager
+def _conversion_telemetry_off() -> Iterator[None]:
+    """``ov.convert_model`` sends no usage telemetry while quantsweep converts its artifacts.
+
+    Unless the user ran ``opt_in_out --opt_out``, each conversion posts about five events to
+    Google Analytics, each from a forked copy of this process: 0.7 s of CPU per conversion in a
+    process holding 3 GB (docs/decisions.md, twenty-second session), and a run converts dozens.
+    The user asked quantsweep for artifacts, not OpenVINO's converter for a session; their own
+    OpenVINO use keeps its setting (the consent is put back after).
+    """
+    try:
+        from openvino.tools.ovc.telemetry_utils import init_ovc_telemetry  # noqa: PLC0415
+
+        telemetry = init_ovc_telemetry()  # the converter's own singleton, as it configures it
+        before = telemetry.consent
+    except Exception:  # any other OpenVINO layout: convert as it comes
+        yield
+        return
+    telemetry.consent = False
+    try:
+        yield
+    finally:
+        telemetry.consent = before
+
 
 DEPLOY_CONFIG = {"PERFORMANCE_HINT": "LATENCY"}  # float ops at the runtime's default precision
 EXACT_CONFIG = {**DEPLOY_CONFIG, "INFERENCE_PRECISION_HINT": "f32"}  # what Torch simulates
@@ -151,7 +177,8 @@ class OpenVinoBackend(Backend):
 
         onnx.save(model, str(path))
         ir = path.with_suffix(IR_SUFFIX)
-        ov.save_model(ov.convert_model(str(path)), str(ir), compress_to_fp16=False)
+        with _conversion_telemetry_off():
+            ov.save_model(ov.convert_model(str(path)), str(ir), compress_to_fp16=False)
         return ir
 
     def artifact_bytes(self, artifact: Path) -> int:
@@ -176,7 +203,7 @@ class OpenVinoBackend(Backend):
 
     def baselines(self) -> dict[str, BaselineWriter]:
         """Ultralytics' ``format='openvino', int8=True`` export (NNCF), as IR."""
-        return {ULTRALYTICS_INT8: partial(write_ultralytics_int8, fmt=OPENVINO_INT8)}
+        return {ULTRALYTICS_INT8: _ultralytics_openvino}
 
     def weight_codes_note(self, artifact: Path) -> str | None:
         return cpu_weight_codes_note(artifact)
@@ -186,3 +213,9 @@ class OpenVinoBackend(Backend):
             f"core.compile_model('{path.name}', 'CPU', {{'PERFORMANCE_HINT': 'LATENCY'}}) "
             f"(or benchmark_app -m {path.name} -d CPU -hint latency); load the IR, not the .onnx"
         )
+
+
+def _ultralytics_openvino(inputs: ModelSource, path: Path) -> Path:
+    """Ultralytics' export (NNCF, then the converter), with no telemetry sent while quantsweep runs it."""
+    with _conversion_telemetry_off():
+        return write_ultralytics_int8(inputs, path, fmt=OPENVINO_INT8)
