@@ -21,6 +21,7 @@ Torch forces f32, which is what the Torch simulation computes.
 from __future__ import annotations
 
 import importlib.util
+import statistics
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -124,19 +125,19 @@ class OpenVinoRunner(Runner):
 
     def node_times(self, image: np.ndarray, *, runs: int = 20, warmup: int = 5) -> dict[str, float]:
         """The CPU plugin's performance counters, compiled with the same config (fused eltwise
-        subgraphs and activations are charged to the node they were fused into)."""
+        subgraphs and activations are charged to the node they were fused into); each node's
+        median over the runs, as ONNX Runtime's profile (``profiled_node_times``)."""
         compiled = self.core.compile_model(self.model, "CPU", {**self.config, "PERF_COUNT": True})
         request = compiled.create_infer_request()
         for _ in range(warmup):
             request.infer([image])
-        times: dict[str, float] = {}
+        samples: dict[str, list[float]] = {}
         for _ in range(runs):
             request.infer([image])
             for counter in request.profiling_info:
                 if counter.status.name == "EXECUTED":
-                    ms = counter.real_time.total_seconds() * 1e3 / runs
-                    times[counter.node_name] = times.get(counter.node_name, 0.0) + ms
-        return times
+                    samples.setdefault(counter.node_name, []).append(counter.real_time.total_seconds() * 1e3)
+        return {node: statistics.median(ms) for node, ms in samples.items()}
 
     def executed_precisions(self) -> dict[str, str]:
         """``{executed layer: runtime precision}`` of the compiled graph's convolutions."""
