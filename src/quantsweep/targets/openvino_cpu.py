@@ -54,7 +54,8 @@ def _conversion_telemetry_off() -> Iterator[None]:
 
     Unless the user ran ``opt_in_out --opt_out``, each conversion posts about five events to
     Google Analytics, each from a forked copy of this process: 0.7 s of CPU per conversion in a
-    process holding 3 GB (docs/decisions.md, twenty-second session), and a run converts dozens.
+    process holding 3 GB (docs/decisions.md, twenty-second session), and a run converts every
+    artifact and search trial of the target.
     The user asked quantsweep for artifacts, not OpenVINO's converter for a session; their own
     OpenVINO use keeps its setting (the consent is put back after).
     """
