@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -156,7 +157,8 @@ def cli_process(args: list[str], **env: str) -> subprocess.Popen:
     """``quantsweep ARGS`` in a fresh process (stdout dropped, stderr kept for failure messages)."""
     return subprocess.Popen(
         [sys.executable, "-m", "quantsweep.cli.main", *args],
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+        # faulthandler: a process that hangs is sent SIGABRT and prints every thread's stack
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1", **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -166,20 +168,27 @@ def kill_after_layers(
     proc: subprocess.Popen, root: Path, pattern: str, *, layers: int, timeout: float
 ) -> Path:
     """SIGKILL ``proc`` as soon as the ``layer_results.jsonl`` matching ``pattern`` under ``root``
-    holds ``layers`` lines; that file. Fails the test if the sweep finished or never got there."""
-    deadline, results = time.monotonic() + timeout, None
-    while time.monotonic() < deadline and proc.poll() is None:
+    holds ``layers`` lines; that file. Fails the test if the sweep finished or never got there; a
+    sweep still running at ``timeout`` is aborted first, so the failure shows where it was stuck."""
+    start = time.monotonic()
+    results = None
+    while time.monotonic() < start + timeout and proc.poll() is None:
         found = list(root.glob(pattern))
         if found and len(JsonLines(found[0]).read()) >= layers:
             results = found[0]
             break
         time.sleep(0.01)
+    if results is None and proc.poll() is None:
+        proc.send_signal(signal.SIGABRT)  # faulthandler (cli_process) prints the stacks
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     if results is None:
+        state = f"exited with {proc.returncode}" if proc.returncode != -signal.SIGABRT else "stuck"
         pytest.fail(
-            "the sweep finished or never started before it could be killed: "
-            + proc.stderr.read().decode()[-2000:]
+            f"the sweep {state} after {time.monotonic() - start:.0f} s, before {layers} layers of "
+            f"{pattern} were written: " + proc.stderr.read().decode()[-4000:]
         )
     return results
 

@@ -120,7 +120,11 @@ def test_killed_sweep_resumes_to_the_same_report(tiny_data, tiny_checkpoint, tmp
     whole_proc = _cli([*args, "--out", str(tmp_path / "whole")])
     proc = _cli([*args, "--out", str(tmp_path / "cut")])
     pattern = "*_layer_sensitivity/*/int4-fp16/per_channel/layer_results.jsonl"
-    results = kill_after_layers(proc, tmp_path / "cut", pattern, layers=5, timeout=120)
+    try:
+        results = kill_after_layers(proc, tmp_path / "cut", pattern, layers=5, timeout=300)
+    except BaseException:
+        whole_proc.kill()  # a failed test leaves no sweep behind to slow the ones after it
+        raise
     cut = _run_dir(tmp_path / "cut")
     assert whole_proc.wait() == 0, whole_proc.stderr.read().decode()[-2000:]
     whole = _run_dir(tmp_path / "whole")
