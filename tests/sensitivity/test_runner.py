@@ -98,8 +98,9 @@ def test_skipped_combination_is_recorded_with_reason(tiny_data, tiny_checkpoint,
 
 
 def _cli(args: list[str]) -> subprocess.Popen:
-    # Every run of this test is a fresh process with the same environment, so thread counts match.
-    return cli_process(args)
+    # Every run of this test is a fresh process with the same environment, so thread counts match;
+    # one thread each, so that two sweeps side by side do not oversubscribe two cores.
+    return cli_process(args, OMP_NUM_THREADS="1")
 
 
 @pytest.mark.slow  # a sweep killed and resumed in subprocesses
