@@ -9,7 +9,7 @@ import pytest
 from quantsweep.core.config import DropMode
 from quantsweep.core.errors import InputError
 from quantsweep.evaluation.accuracy_target import AccuracyTarget
-from quantsweep.evaluation.recommend import recommend
+from quantsweep.evaluation.recommend import recommend, undecided_pair
 from quantsweep.evaluation.scoring import Accuracy
 from quantsweep.stages.eval_records import ResultStore
 from quantsweep.targets import get_backend
@@ -105,6 +105,40 @@ def test_a_model_faster_by_a_hair_of_median_but_slower_by_its_lower_quartile_is_
     assert _recommend(tmp_path, "openvino", models, quartiles)["recommended"] == "fast_ok"
     quartiles = {"fast_ok": 4.80, "island": 4.85}  # alike by both: the more accurate one
     assert _recommend(tmp_path / "again", "openvino", models, quartiles)["recommended"] == "island"
+
+
+def test_a_pair_the_shared_pass_left_undecided_is_decided_by_its_own_pass(tmp_path) -> None:
+    # 3% slower by the shared pass's median: outside the tie, inside its noise; the pair is timed
+    # again alone, and the recommendation follows that pass either way
+    models = {**MODELS, "island": (0.898, 0.515, 31), "far": (0.899, 0.6, 31)}
+    store = _store(tmp_path, models)
+    settle = {"backend": get_backend("openvino"), "reference": 0.9, "target": AccuracyTarget(0.01)}
+    assert undecided_pair(settle["backend"], store, reference=0.9, target=settle["target"]) == (
+        "fast_ok",
+        "island",
+    )
+    choose = {"reference": 0.9, "metric": "map50_95_gt", "target": AccuracyTarget(0.01)}
+    assert recommend(settle["backend"], store, **choose)["recommended"] == "fast_ok"
+    store.write_tie_check("island", against="fast_ok", ratio=1.012, rounds=15)
+    rec = recommend(settle["backend"], store, **choose)
+    assert rec["recommended"] == "island" and rec["speedup"] == pytest.approx(1 / 0.515)
+    assert rec["tie_checks"] == [
+        {
+            "model": "island",
+            "against": "fast_ok",
+            "lower_quartile_ratio": 1.012,
+            "rounds": 15,
+            "same_time": True,
+        }
+    ]
+    # settled: the far model (20% slower) is no challenger, and the pair is not timed a second time
+    assert undecided_pair(settle["backend"], store, reference=0.9, target=settle["target"]) is None
+    store.write_tie_check("island", against="fast_ok", ratio=1.035, rounds=15)
+    assert recommend(settle["backend"], store, **choose)["recommended"] == "fast_ok"
+    # nothing to settle where the shared pass already tied them, and on a size target
+    tied = _store(tmp_path / "tied", {**MODELS, "island": (0.898, 0.505, 31)})
+    assert undecided_pair(settle["backend"], tied, reference=0.9, target=settle["target"]) is None
+    assert undecided_pair(get_backend("size"), store, reference=0.9, target=settle["target"]) is None
 
 
 def test_size_target_recommends_the_smallest_model_within_the_target(tmp_path) -> None:

@@ -204,3 +204,17 @@ def test_the_card_says_which_cpus_run_the_recommendations_weight_codes() -> None
     note = "7-bit codes (-64..63): exact on every x86 CPU, with VNNI or without, and on ARM"
     assert f"- Weights: {note}." in _runtime_lines({"runtime": "onnxruntime", "weight_codes": note})
     assert not any(line.startswith("- Weights") for line in _runtime_lines({"runtime": "onnxruntime"}))
+
+
+def test_the_card_says_what_the_pairs_own_timing_pass_decided() -> None:
+    from quantsweep.report.build import _tie_lines  # noqa: PLC0415
+
+    check = {"model": "search_k1", "against": "k0", "lower_quartile_ratio": 1.004, "rounds": 15}
+    assert _tie_lines({"tie_checks": [{**check, "same_time": True}]}) == [
+        "- Timed again, the two alone (15 rounds): `search_k1` at 1.004x `k0` by the lower quartile: "
+        "the same time, so the more accurate is recommended."
+    ]
+    assert _tie_lines({"tie_checks": [{**check, "same_time": False}]})[0].endswith(
+        "`k0` by the lower quartile: slower."
+    )
+    assert _tie_lines({}) == []  # recommendations written before tie checks existed

@@ -8,7 +8,9 @@ interleaved pass) whose mAP50-95 meets the accuracy target; kept float layers co
 their kernels and the Q/DQ around them, so the count of kept layers is not the objective. Models
 within ``timing.SAME_TIME_SHARE`` of the fastest (by median and lower quartile) are not told apart
 by the pass: of those, the most accurate is recommended (the search's free island: the same speed,
-a higher score). Size
+a higher score). A more accurate model the pass timed a few percent slower, within its noise, is
+timed again alone against the fastest (``undecided_pair``; the evaluate stage runs that pass), and
+that pass decides. Size
 target: the smallest file that meets it. Where the fastest passing model is still slower than FP32,
 the recommendation is FP32 itself (and says so) instead of shipping a slower model; where no
 quantized model passes, there is no recommendation and the closest model is named.
@@ -22,6 +24,12 @@ from quantsweep.evaluation.accuracy_target import AccuracyTarget
 from quantsweep.schemes.scheme_records import FP32_NAME, Policy
 from quantsweep.targets import Backend, Objective
 from quantsweep.targets.timing import SAME_TIME_SHARE
+
+# a more accurate model that one shared pass timed within this share of the fastest, but not within
+# SAME_TIME_SHARE, is timed again against it alone: the same pair's medians moved by up to 6%
+# between shared passes on the 2-core machines, while ten 15-round passes of two such pairs alone
+# (YOLOv10s in OpenVINO, YOLOv10m in ONNX Runtime) gave lower-quartile ratios of 0.964-1.019
+NEAR_TIME_SHARE = 0.08
 
 
 def _speed_ratio(record: dict[str, Any]) -> float:
@@ -66,6 +74,36 @@ def _baseline(record: dict[str, Any], *, target: AccuracyTarget, reference: floa
     }
 
 
+def _anchor(backend: Backend, passing: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The model a speed tie is anchored on, and the models the pass timed within ``SAME_TIME_SHARE``
+    of the fastest median."""
+    best = min(passing, key=_objective_key(backend))
+    by_median = [r for r in passing if _speed_ratio(r) <= _speed_ratio(best) * (1.0 + SAME_TIME_SHARE)]
+    # the quickest of those by the lower quartile anchors the tie as well: a model whose median
+    # is lower by a hair but whose lower quartile is a few percent higher is not the faster one
+    return min(by_median, key=lambda r: _lower_quartile(r) or float("inf")), by_median
+
+
+def _tie_check(record: dict[str, Any], anchor: dict[str, Any]) -> float | None:
+    """``record``'s lower-quartile ratio to ``anchor`` from a pass of the two alone, if one ran."""
+    check = (record.get("latency") or {}).get("tie_check")
+    return check["lower_quartile_ratio"] if check and check["against"] == anchor["name"] else None
+
+
+def _tied(backend: Backend, passing: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The passing models timed the same as the fastest: by a pair's own pass where one ran (it
+    decides), otherwise by the shared pass's median and lower quartile."""
+    anchor, by_median = _anchor(backend, passing)
+    tied = []
+    for r in passing:
+        checked = _tie_check(r, anchor)
+        same = (
+            r in by_median and _same_time(r, anchor) if checked is None else checked <= 1.0 + SAME_TIME_SHARE
+        )
+        tied += [r] if same else []
+    return tied
+
+
 def _choose(backend: Backend, passing: list[dict[str, Any]], fp32: dict[str, Any]) -> dict[str, Any] | None:
     """The passing model the target is for: the fastest (of those timed within ``SAME_TIME_SHARE``
     of it, the most accurate; FP32 itself where even the fastest is slower) or the smallest."""
@@ -73,12 +111,45 @@ def _choose(backend: Backend, passing: list[dict[str, Any]], fp32: dict[str, Any
     if backend.objective is not Objective.SPEED or best is None:
         return best
     if _speed_ratio(best) < float("inf"):
-        by_median = [r for r in passing if _speed_ratio(r) <= _speed_ratio(best) * (1.0 + SAME_TIME_SHARE)]
-        # the quickest of those by the lower quartile anchors the tie as well: a model whose median
-        # is lower by a hair but whose lower quartile is a few percent higher is not the faster one
-        anchor = min(by_median, key=lambda r: _lower_quartile(r) or float("inf"))
-        best = max((r for r in by_median if _same_time(r, anchor)), key=_score)
+        best = max(_tied(backend, passing), key=_score)
     return fp32 if _speed_ratio(best) >= 1.0 else best
+
+
+def undecided_pair(
+    backend: Backend, store, *, reference: float, target: AccuracyTarget
+) -> tuple[str, str] | None:
+    """(fastest, challenger) where a speed target's timing pass left them undecided: the challenger
+    is the most accurate passing model, more accurate than the choice, that the pass timed within
+    ``NEAR_TIME_SHARE`` of the fastest but not the same, and that no pair's pass has compared
+    with it yet. None where there is nothing to settle."""
+    if backend.objective is not Objective.SPEED:
+        return None
+    passing = _shippable(store.all(), target=target, reference=reference)
+    if not passing or _speed_ratio(min(passing, key=_speed_ratio)) == float("inf"):
+        return None
+    anchor, _ = _anchor(backend, passing)
+    chosen = max(_tied(backend, passing), key=_score)
+    bound = _speed_ratio(anchor) * (1.0 + NEAR_TIME_SHARE)
+    challengers = [
+        r
+        for r in passing
+        if _score(r) > _score(chosen) and _tie_check(r, anchor) is None and _speed_ratio(r) <= bound
+    ]
+    if not challengers:
+        return None
+    return anchor["name"], max(challengers, key=_score)["name"]
+
+
+def _shippable(results: dict[str, dict[str, Any]], *, target: AccuracyTarget, reference: float) -> list[dict]:
+    """Quantized models that meet the target and that their runtime executes as simulated."""
+    return [
+        r
+        for r in results.values()
+        if r["name"] != FP32_NAME
+        and r["policy"] != Policy.BASELINE
+        and target.met(r["score"], reference)
+        and r.get("runtime_agrees") is not False
+    ]
 
 
 def _lower_quartile(record: dict[str, Any]) -> float | None:
@@ -136,7 +207,7 @@ def recommend(
     passing = [r for r in quantized if target.met(r["score"], reference)]
     # an artifact its own runtime executes differently from what was simulated is not shipped
     departs = [r for r in passing if r.get("runtime_agrees") is False]
-    best = _choose(backend, [r for r in passing if r.get("runtime_agrees") is not False], fp32)
+    best = _choose(backend, _shippable(results, target=target, reference=reference), fp32)
     closest = max(quantized, key=_score, default=None)
     payload: dict[str, Any] = {
         "target": backend.name,
@@ -163,6 +234,11 @@ def recommend(
             _baseline(r, target=target, reference=reference)
             for r in results.values()
             if r["policy"] == Policy.BASELINE
+        ],
+        "tie_checks": [
+            {"model": r["name"], **check, "same_time": check["lower_quartile_ratio"] <= 1.0 + SAME_TIME_SHARE}
+            for r in results.values()
+            if (check := (r.get("latency") or {}).get("tie_check"))
         ],
         "recommended": None,
     }

@@ -91,6 +91,7 @@ def _card(report: TargetReport) -> list[str]:
         f"kept in float: {kept}.",
         f"- File: `{rec['file']}`",
         f"- Deploy: `{rec['deploy']}`",
+        *_tie_lines(rec),
         *_runtime_lines(rec),
         *_baseline_lines(rec),
         "",
@@ -118,6 +119,16 @@ def _baseline_lines(rec: dict[str, Any] | None) -> list[str]:
                 line += f" and {base['size_bytes'] / rec['size_bytes']:.2f}x smaller"
         lines.append(line + ".")
     return lines
+
+
+def _tie_lines(rec: dict[str, Any]) -> list[str]:
+    """The pair the shared timing pass could not tell apart, timed again alone, and what it decided."""
+    return [
+        f"- Timed again, the two alone ({c['rounds']} rounds): `{c['model']}` at "
+        f"{c['lower_quartile_ratio']:.3f}x `{c['against']}` by the lower quartile: "
+        + ("the same time, so the more accurate is recommended." if c["same_time"] else "slower.")
+        for c in rec.get("tie_checks") or []
+    ]
 
 
 def _runtime_lines(rec: dict[str, Any]) -> list[str]:

@@ -84,6 +84,14 @@ class ResultStore:
         record["latency"] = {**timing.to_dict(), **({"worker": worker} if worker else {})}
         write_json(self.path(name), RESULT_KIND, record)
 
+    def write_tie_check(self, name: str, *, against: str, ratio: float, rounds: int) -> None:
+        """Add to a timed model's record its lower-quartile ratio to ``against`` from a pass of the two
+        alone (``evaluate.recommend.undecided_pair``)."""
+        record = read_json(self.path(name), RESULT_KIND)
+        check = {"against": against, "lower_quartile_ratio": ratio, "rounds": rounds}
+        record["latency"] = {**record["latency"], "tie_check": check}
+        write_json(self.path(name), RESULT_KIND, record)
+
     def write_skipped(self, name: str, reason: str) -> None:
         """Record that model ``name`` was not scored, and why (``skipped.json``, read by the report)."""
         skipped = self.skipped() | {name: reason}
