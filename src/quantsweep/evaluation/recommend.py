@@ -90,18 +90,18 @@ def _tie_check(record: dict[str, Any], anchor: dict[str, Any]) -> float | None:
     return check["lower_quartile_ratio"] if check and check["against"] == anchor["name"] else None
 
 
+def _timed_alike(record: dict[str, Any], anchor: dict[str, Any], by_median: list[dict[str, Any]]) -> bool:
+    checked = _tie_check(record, anchor)
+    if checked is not None:  # the pair's own pass decides
+        return checked <= 1.0 + SAME_TIME_SHARE
+    return record in by_median and _same_time(record, anchor)
+
+
 def _tied(backend: Backend, passing: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The passing models timed the same as the fastest: by a pair's own pass where one ran (it
-    decides), otherwise by the shared pass's median and lower quartile."""
+    """The passing models timed the same as the fastest: by a pair's own pass where one ran,
+    otherwise by the shared pass's median and lower quartile."""
     anchor, by_median = _anchor(backend, passing)
-    tied = []
-    for r in passing:
-        checked = _tie_check(r, anchor)
-        same = (
-            r in by_median and _same_time(r, anchor) if checked is None else checked <= 1.0 + SAME_TIME_SHARE
-        )
-        tied += [r] if same else []
-    return tied
+    return [r for r in passing if _timed_alike(r, anchor, by_median)]
 
 
 def _choose(backend: Backend, passing: list[dict[str, Any]], fp32: dict[str, Any]) -> dict[str, Any] | None:
