@@ -97,11 +97,11 @@ def _timed_alike(record: dict[str, Any], anchor: dict[str, Any], by_median: list
     return record in by_median and _same_time(record, anchor)
 
 
-def _tied(backend: Backend, passing: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The passing models timed the same as the fastest: by a pair's own pass where one ran,
-    otherwise by the shared pass's median and lower quartile."""
+def _tied(backend: Backend, passing: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The model the tie is anchored on, and the passing models timed the same as it: by a pair's
+    own pass where one ran, otherwise by the shared pass's median and lower quartile."""
     anchor, by_median = _anchor(backend, passing)
-    return [r for r in passing if _timed_alike(r, anchor, by_median)]
+    return anchor, [r for r in passing if _timed_alike(r, anchor, by_median)]
 
 
 def _choose(backend: Backend, passing: list[dict[str, Any]], fp32: dict[str, Any]) -> dict[str, Any] | None:
@@ -111,7 +111,7 @@ def _choose(backend: Backend, passing: list[dict[str, Any]], fp32: dict[str, Any
     if backend.objective is not Objective.SPEED or best is None:
         return best
     if _speed_ratio(best) < float("inf"):
-        best = max(_tied(backend, passing), key=_score)
+        best = max(_tied(backend, passing)[1], key=_score)
     return fp32 if _speed_ratio(best) >= 1.0 else best
 
 
@@ -127,8 +127,8 @@ def undecided_pair(
     passing = _shippable(store.all(), target=target, reference=reference)
     if not passing or _speed_ratio(min(passing, key=_speed_ratio)) == float("inf"):
         return None
-    anchor, _ = _anchor(backend, passing)
-    chosen = max(_tied(backend, passing), key=_score)
+    anchor, tied = _tied(backend, passing)
+    chosen = max(tied, key=_score)
     bound = _speed_ratio(anchor) * (1.0 + NEAR_TIME_SHARE)
     challengers = [
         r
@@ -140,15 +140,17 @@ def undecided_pair(
     return anchor["name"], max(challengers, key=_score)["name"]
 
 
+def _quantized(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The quantized models (third-party baselines are compared with, not shipped)."""
+    return [r for r in results.values() if r["name"] != FP32_NAME and r["policy"] != Policy.BASELINE]
+
+
 def _shippable(results: dict[str, dict[str, Any]], *, target: AccuracyTarget, reference: float) -> list[dict]:
     """Quantized models that meet the target and that their runtime executes as simulated."""
     return [
         r
-        for r in results.values()
-        if r["name"] != FP32_NAME
-        and r["policy"] != Policy.BASELINE
-        and target.met(r["score"], reference)
-        and r.get("runtime_agrees") is not False
+        for r in _quantized(results)
+        if target.met(r["score"], reference) and r.get("runtime_agrees") is not False
     ]
 
 
@@ -202,8 +204,7 @@ def recommend(
     """
     results = store.all()
     fp32 = results[FP32_NAME]
-    # third-party baselines are compared with, not shipped
-    quantized = [r for r in results.values() if r["name"] != FP32_NAME and r["policy"] != Policy.BASELINE]
+    quantized = _quantized(results)
     passing = [r for r in quantized if target.met(r["score"], reference)]
     # an artifact its own runtime executes differently from what was simulated is not shipped
     departs = [r for r in passing if r.get("runtime_agrees") is False]

@@ -16,6 +16,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from quantsweep.core.layout import deferred_dir
 from quantsweep.evaluation.recommend import recommend, undecided_pair
 from quantsweep.evaluation.scoring import Accuracy, load_checked
@@ -138,6 +140,13 @@ def _meets(score: float, *, target, reference: float) -> bool:
     return target.met(score, reference)
 
 
+def _timed_runners(paths: dict[str, str], *, target: str, context: EvalContext) -> tuple[dict, np.ndarray]:
+    """The models to time, loaded in the target's runtime, and the one image every timing runs."""
+    backend = get_backend(target)
+    runners = {name: load_checked(backend, Path(p), imgsz=context.config.imgsz) for name, p in paths.items()}
+    return runners, context.batch.images[0][None].numpy()
+
+
 def _time_models(
     paths: dict[str, str],
     *,
@@ -149,13 +158,12 @@ def _time_models(
 ) -> dict[str, dict[str, Any]]:
     """Time every model of one target in one interleaved pass (on whichever worker runs this); one
     found far slower than a ``contender`` (a model that may be recommended) is dropped early."""
-    backend = get_backend(target)
-    runners = {name: load_checked(backend, Path(p), imgsz=context.config.imgsz) for name, p in paths.items()}
+    runners, image = _timed_runners(paths, target=target, context=context)
     timings = interleaved_latency(
         runners,
-        context.batch.images[0][None].numpy(),
+        image,
         reference=FP32_NAME,
-        rounds=timing_rounds(backend, request),
+        rounds=timing_rounds(get_backend(target), request),
         runs_per_round=request.latency_runs,
         progress=None if step is None else (lambda message: step(f"{target} timing {message}")),
         contenders=contenders,
@@ -218,9 +226,7 @@ TIE_ROUNDS = 15  # a pair's own pass: about 4 s on YOLOv10s, 8 s on YOLOv10m at 
 
 def _pair_ratio(paths: dict[str, str], *, target: str, context: EvalContext, anchor: str) -> float:
     """The other model's lower-quartile latency over ``anchor``'s, from a pass of the two alone."""
-    backend = get_backend(target)
-    runners = {name: load_checked(backend, Path(p), imgsz=context.config.imgsz) for name, p in paths.items()}
-    image = context.batch.images[0][None].numpy()
+    runners, image = _timed_runners(paths, target=target, context=context)
     ratios = lower_quartile_ratios(runners, image, reference=anchor, rounds=TIE_ROUNDS)
     return next(ratio for name, ratio in ratios.items() if name != anchor)
 
