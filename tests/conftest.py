@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import onnx
 import pytest
@@ -151,6 +152,56 @@ def tiny_v10_onnx(tmp_path_factory: pytest.TempPathFactory):
     model = export_fp32(tiny_model("yolov10n.yaml").network, imgsz=64, path=path)
     images = torch.rand(2, 3, 64, 64)
     return {"path": path, "model": model, "kinds": conv_kinds(model), "images": images}
+
+
+@dataclass
+class UndecidedPair:
+    """An ``ort-cpu`` result store where a shared timing pass put ``k0`` (0.50x FP32) and the more
+    accurate ``search_k1`` (0.52x) 4% apart; the three models are copies of one tiny ONNX file."""
+
+    backend: object
+    store: object
+    context: SimpleNamespace
+    request: SimpleNamespace
+    choose: dict
+
+
+@pytest.fixture
+def undecided_pair(tiny_onnx, tmp_path: Path) -> UndecidedPair:
+    """What ``evaluate_stage.settle_tie`` is given after such a pass (scores and timings as recorded)."""
+    import shutil  # noqa: PLC0415
+
+    from quantsweep.evaluation.accuracy_target import AccuracyTarget  # noqa: PLC0415
+    from quantsweep.evaluation.scoring import Accuracy  # noqa: PLC0415
+    from quantsweep.onnx_graph.candidates import Artifact  # noqa: PLC0415
+    from quantsweep.stages.eval_records import ResultStore  # noqa: PLC0415
+    from quantsweep.targets import get_backend  # noqa: PLC0415
+    from quantsweep.targets.timing import Timing  # noqa: PLC0415
+
+    store = ResultStore(
+        tmp_path / "results", target="ort-cpu", candidates_dir=tmp_path, metric="map50_95_gt", reference=0.9
+    )
+    for name, score, ratio in (("fp32", 0.9, 1.0), ("k0", 0.895, 0.50), ("search_k1", 0.898, 0.52)):
+        shutil.copy(tiny_onnx["path"], tmp_path / f"{name}.onnx")
+        artifact = Artifact(
+            name, f"{name}.onnx", "fp32" if name == "fp32" else "top_k", None, 1000, 8.0, True, 0.0
+        )
+        store.write_accuracy(artifact, Accuracy(score, score, score, score))
+        timing = {"median_ms": 10 * ratio, "p10_ms": 0, "p90_ms": 0, "ratio_to_reference": ratio}
+        store.write_timing(name, Timing(**timing, ratio_spread=0, runs=35, rounds=7, device="cpu"))
+    target = AccuracyTarget(0.01)
+    context = SimpleNamespace(
+        config=SimpleNamespace(imgsz=TINY_IMGSZ),
+        batch=SimpleNamespace(images=tiny_onnx["images"]),
+        reference_score=0.9,
+    )
+    return UndecidedPair(
+        backend=get_backend("ort-cpu"),
+        store=store,
+        context=context,
+        request=SimpleNamespace(accuracy_target=target),
+        choose={"reference": 0.9, "metric": "map50_95_gt", "target": target},
+    )
 
 
 def cli_process(args: list[str], **env: str) -> subprocess.Popen:

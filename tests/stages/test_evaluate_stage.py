@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -18,8 +16,6 @@ from quantsweep.report.table import load_target
 from quantsweep.stages.eval_records import ResultStore
 from quantsweep.stages.evaluate_stage import TIE_ROUNDS, _accuracy_pass, _meets, settle_tie
 from quantsweep.targets import get_backend
-from quantsweep.targets.timing import Timing
-from tests.conftest import TINY_IMGSZ
 
 REFERENCE = 0.900  # FP32 mAP50-95; the default target (1% relative) asks 0.891
 
@@ -161,34 +157,18 @@ def test_on_a_size_target_a_file_no_smaller_than_a_passing_one_is_not_scored(tmp
     }
 
 
-def test_a_pair_left_undecided_is_timed_again_alone_on_its_runtime(tiny_onnx, tmp_path) -> None:
+def test_a_pair_left_undecided_is_timed_again_alone_on_its_runtime(undecided_pair) -> None:
     """Two copies of one model that a shared pass put 4% apart are timed again alone on the target's
     runtime (ONNX Runtime), the ratio is recorded, and the recommendation follows it."""
-    store = ResultStore(
-        tmp_path / "results", target="ort-cpu", candidates_dir=tmp_path, metric="map50_95_gt", reference=0.9
-    )
-    for name, score, ratio in (("fp32", 0.9, 1.0), ("k0", 0.895, 0.50), ("search_k1", 0.898, 0.52)):
-        shutil.copy(tiny_onnx["path"], tmp_path / f"{name}.onnx")
-        artifact = Artifact(
-            name, f"{name}.onnx", "fp32" if name == "fp32" else "top_k", None, 1000, 8.0, True, 0.0
-        )
-        store.write_accuracy(artifact, Accuracy(score, score, score, score))
-        timing = {"median_ms": 10 * ratio, "p10_ms": 0, "p90_ms": 0, "ratio_to_reference": ratio}
-        store.write_timing(name, Timing(**timing, ratio_spread=0, runs=35, rounds=7, device="cpu"))
-    target = AccuracyTarget(0.01)
-    context = SimpleNamespace(
-        config=SimpleNamespace(imgsz=TINY_IMGSZ),
-        batch=SimpleNamespace(images=tiny_onnx["images"]),
-        reference_score=0.9,
-    )
-    choose = {"reference": 0.9, "metric": "map50_95_gt", "target": target}
-    backend = get_backend("ort-cpu")
-    assert recommend(backend, store, **choose)["recommended"] == "k0"
-    settle_tie(backend, store, context, SimpleNamespace(accuracy_target=target))
-    check = store.all()["search_k1"]["latency"]["tie_check"]
+    pair = undecided_pair
+    assert recommend(pair.backend, pair.store, **pair.choose)["recommended"] == "k0"
+    settle_tie(pair.backend, pair.store, pair.context, pair.request)
+    check = pair.store.all()["search_k1"]["latency"]["tie_check"]
     assert check["against"] == "k0" and check["rounds"] == TIE_ROUNDS
+    assert "worker" not in check  # timed in this process
     # one file twice, measured: a tiny model's 1-2 ms runs put it 0.92-1.08 apart, not exactly 1
     assert 0.5 < check["lower_quartile_ratio"] < 2.0
     # the recommendation follows the pair's own pass (its rule both ways: test_target_and_recommend)
     same = check["lower_quartile_ratio"] <= 1.02
-    assert recommend(backend, store, **choose)["recommended"] == ("search_k1" if same else "k0")
+    chosen = recommend(pair.backend, pair.store, **pair.choose)["recommended"]
+    assert chosen == ("search_k1" if same else "k0")

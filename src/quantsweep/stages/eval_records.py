@@ -84,11 +84,14 @@ class ResultStore:
         record["latency"] = {**timing.to_dict(), **({"worker": worker} if worker else {})}
         write_json(self.path(name), RESULT_KIND, record)
 
-    def write_tie_check(self, name: str, *, against: str, ratio: float, rounds: int) -> None:
+    def write_tie_check(
+        self, name: str, *, against: str, ratio: float, rounds: int, worker: dict | None = None
+    ) -> None:
         """Add to a timed model's record its lower-quartile ratio to ``against`` from a pass of the two
-        alone (``evaluate.recommend.undecided_pair``)."""
+        alone (``evaluate.recommend.undecided_pair``), and the worker that ran it, if not this process."""
         record = read_json(self.path(name), RESULT_KIND)
         check = {"against": against, "lower_quartile_ratio": ratio, "rounds": rounds}
+        check |= {"worker": worker} if worker else {}
         record["latency"] = {**record["latency"], "tie_check": check}
         write_json(self.path(name), RESULT_KIND, record)
 

@@ -244,11 +244,12 @@ def settle_tie(
     records = store.all()
     paths = {name: str(store.artifact_path(records[name])) for name in pair}
     measure = partial(_pair_ratio, target=backend.name, context=context, anchor=anchor)
+    worker = None
     if executor is None:
         ratio = measure(paths)
     else:  # on a worker, as the timing pass was
         (done,) = list(executor.map_tasks(measure, [paths]))
-        ratio = done.value
+        ratio, worker = done.value, {"host": done.host, "device": done.device}
     LOG.info(
         "%s: %s timed %.3fx %s alone (lower quartile, %d rounds)",
         backend.name,
@@ -257,7 +258,7 @@ def settle_tie(
         anchor,
         TIE_ROUNDS,
     )
-    store.write_tie_check(challenger, against=anchor, ratio=ratio, rounds=TIE_ROUNDS)
+    store.write_tie_check(challenger, against=anchor, ratio=ratio, rounds=TIE_ROUNDS, worker=worker)
 
 
 def evaluate_target(
