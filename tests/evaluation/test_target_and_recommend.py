@@ -9,7 +9,7 @@ import pytest
 from quantsweep.core.config import DropMode
 from quantsweep.core.errors import InputError
 from quantsweep.evaluation.accuracy_target import AccuracyTarget
-from quantsweep.evaluation.recommend import recommend, undecided_pair
+from quantsweep.evaluation.recommend import recommend, tie_unclear, undecided_pair
 from quantsweep.evaluation.scoring import Accuracy
 from quantsweep.stages.eval_records import ResultStore
 from quantsweep.targets import get_backend
@@ -139,6 +139,13 @@ def test_a_pair_the_shared_pass_left_undecided_is_decided_by_its_own_pass(tmp_pa
     tied = _store(tmp_path / "tied", {**MODELS, "island": (0.898, 0.505, 31)})
     assert undecided_pair(settle["backend"], tied, reference=0.9, target=settle["target"]) is None
     assert undecided_pair(get_backend("size"), store, reference=0.9, target=settle["target"]) is None
+
+
+def test_a_pairs_pass_just_outside_the_tie_leaves_it_open() -> None:
+    """Within 2% the pair is a tie, beyond 5% the challenger is slower; between, one more pass."""
+    assert [tie_unclear(r) for r in (0.97, 1.0, 1.02, 1.021, 1.035, 1.05, 1.051, 1.2)] == [
+        False, False, False, True, True, True, False, False,
+    ]  # fmt: skip
 
 
 def test_size_target_recommends_the_smallest_model_within_the_target(tmp_path) -> None:

@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from quantsweep.targets.base import Runner
-from quantsweep.targets.timing import DROP_AFTER_ROUNDS, interleaved_latency, lower_quartile_ratios
+from quantsweep.targets.timing import (
+    DROP_AFTER_ROUNDS,
+    interleaved_latency,
+    lower_quartile_ratios,
+    pooled_lower_quartile_ratios,
+)
 
 
 class _Sleeper(Runner):
@@ -64,6 +69,44 @@ def test_lower_quartile_ratios_see_the_models_cost_through_bursts_of_load() -> N
     # a median takes bursts on most runs for the model's own cost
     medians = interleaved_latency(runners, np.zeros(1), reference="k0", rounds=4, runs_per_round=5, warmup=0)
     assert medians["bursty_same"].ratio_to_reference > 2.0
+
+
+class _SlowedAfter(_Sleeper):
+    """Three times slower after its first ``calls`` calls (a second pass beside load elsewhere)."""
+
+    def __init__(self, seconds: float, name: str, calls: int) -> None:
+        super().__init__(seconds, [], name)
+        self.calls = calls
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        slowed = len(self.log) >= self.calls
+        self.log.append(self.name)
+        time.sleep(self.seconds * (3 if slowed else 1))
+        return image
+
+
+def test_a_pass_that_leaves_the_question_open_is_pooled_with_one_more() -> None:
+    rounds, one_pass = 4, 3 + 4 * 5  # warm-up and 4 rounds of 5 runs
+    runners = {"k0": _Sleeper(0.005, [], "k0"), "island": _SlowedAfter(0.005, "island", one_pass)}
+    ratios, timed = pooled_lower_quartile_ratios(
+        runners,
+        np.zeros(1),
+        reference="k0",
+        again=lambda found: found["island"] < 1.5,  # open after the first pass and after the second
+        rounds=rounds,
+        passes=2,
+        settle_s=0.0,
+    )
+    # no more than two passes; the second (3x slower throughout, on its own near 3) is pooled with
+    # the first, so the lower quartile is the model's own cost
+    assert timed == 2 * rounds and len(runners["island"].log) == 2 * one_pass
+    assert 0.7 < ratios["island"] < 1.4
+    # a pass that settles the question is not repeated
+    runners["island"] = _SlowedAfter(0.005, "island", one_pass)
+    ratios, timed = pooled_lower_quartile_ratios(
+        runners, np.zeros(1), reference="k0", again=lambda found: False, rounds=rounds, settle_s=0.0
+    )
+    assert timed == rounds and len(runners["island"].log) == one_pass and 0.7 < ratios["island"] < 1.4
 
 
 class _Spun(_Sleeper):

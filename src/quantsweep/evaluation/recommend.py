@@ -30,6 +30,10 @@ from quantsweep.targets.timing import SAME_TIME_SHARE
 # between shared passes on the 2-core machines, while ten 15-round passes of two such pairs alone
 # (YOLOv10s in OpenVINO, YOLOv10m in ONNX Runtime) gave lower-quartile ratios of 0.964-1.019
 NEAR_TIME_SHARE = 0.08
+# a pair's own pass that times the challenger within this share of the anchor, but not within
+# SAME_TIME_SHARE, leaves it open: ten 15-round passes of the YOLOv10s pair gave 0.976-1.025, so a
+# tie lands there now and then; one more pass is pooled with it (evaluate_stage.settle_tie)
+UNCLEAR_TIE_SHARE = 0.05
 
 
 def _speed_ratio(record: dict[str, Any]) -> float:
@@ -138,6 +142,12 @@ def undecided_pair(
     if not challengers:
         return None
     return anchor["name"], max(challengers, key=_score)["name"]
+
+
+def tie_unclear(ratio: float) -> bool:
+    """Whether a pair's pass that timed the challenger at ``ratio`` x the anchor leaves the tie open:
+    just outside ``SAME_TIME_SHARE``, within ``UNCLEAR_TIE_SHARE``."""
+    return 1.0 + SAME_TIME_SHARE < ratio <= 1.0 + UNCLEAR_TIE_SHARE
 
 
 def _quantized(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from quantsweep.core.layout import deferred_dir
-from quantsweep.evaluation.recommend import recommend, undecided_pair
+from quantsweep.evaluation.recommend import recommend, tie_unclear, undecided_pair
 from quantsweep.evaluation.scoring import Accuracy, load_checked
 from quantsweep.onnx_graph.candidates import Artifact
 from quantsweep.schemes.scheme_records import FP32_NAME, Policy
@@ -29,7 +29,7 @@ from quantsweep.stages.eval_records import EvalRun, ResultStore
 from quantsweep.stages.eval_writes import EvalWrites
 from quantsweep.stages.search_stage import SearchRequest, TargetSearch
 from quantsweep.targets import Backend, Objective, get_backend
-from quantsweep.targets.timing import Timing, interleaved_latency, lower_quartile_ratios
+from quantsweep.targets.timing import Timing, interleaved_latency, pooled_lower_quartile_ratios
 
 if TYPE_CHECKING:
     from quantsweep.execution import Executor
@@ -222,13 +222,25 @@ def timing_pass(
 
 
 TIE_ROUNDS = 15  # a pair's own pass: about 4 s on YOLOv10s, 8 s on YOLOv10m at 320 px here
+TIE_PASSES = 2  # a second pass, pooled with the first, only where the first left it open
 
 
-def _pair_ratio(paths: dict[str, str], *, target: str, context: EvalContext, anchor: str) -> float:
-    """The other model's lower-quartile latency over ``anchor``'s, from a pass of the two alone."""
+def _pair_ratio(
+    paths: dict[str, str], *, target: str, context: EvalContext, anchor: str
+) -> tuple[float, int]:
+    """The other model's lower-quartile latency over ``anchor``'s from passes of the two alone, and
+    the rounds it is over (a second pass where the first put it just outside the tie)."""
     runners, image = _timed_runners(paths, target=target, context=context)
-    ratios = lower_quartile_ratios(runners, image, reference=anchor, rounds=TIE_ROUNDS)
-    return next(ratio for name, ratio in ratios.items() if name != anchor)
+    challenger = next(name for name in runners if name != anchor)
+    ratios, rounds = pooled_lower_quartile_ratios(
+        runners,
+        image,
+        reference=anchor,
+        again=lambda found: tie_unclear(found[challenger]),
+        rounds=TIE_ROUNDS,
+        passes=TIE_PASSES,
+    )
+    return ratios[challenger], rounds
 
 
 def settle_tie(
@@ -246,19 +258,19 @@ def settle_tie(
     measure = partial(_pair_ratio, target=backend.name, context=context, anchor=anchor)
     worker = None
     if executor is None:
-        ratio = measure(paths)
+        ratio, rounds = measure(paths)
     else:  # on a worker, as the timing pass was
         (done,) = list(executor.map_tasks(measure, [paths]))
-        ratio, worker = done.value, {"host": done.host, "device": done.device}
+        (ratio, rounds), worker = done.value, {"host": done.host, "device": done.device}
     LOG.info(
         "%s: %s timed %.3fx %s alone (lower quartile, %d rounds)",
         backend.name,
         challenger,
         ratio,
         anchor,
-        TIE_ROUNDS,
+        rounds,
     )
-    store.write_tie_check(challenger, against=anchor, ratio=ratio, rounds=TIE_ROUNDS, worker=worker)
+    store.write_tie_check(challenger, against=anchor, ratio=ratio, rounds=rounds, worker=worker)
 
 
 def evaluate_target(

@@ -117,6 +117,15 @@ def _interleaved_times(
     return per_round
 
 
+def _pooled_runs(per_round: Mapping[str, list[list[float]]]) -> dict[str, list[float]]:
+    return {name: [t for times in visits for t in times] for name, visits in per_round.items()}
+
+
+def _quartile_ratios(times: Mapping[str, list[float]], reference: str) -> dict[str, float]:
+    quartile = {name: float(np.percentile(runs, 25)) for name, runs in times.items()}
+    return {name: value / quartile[reference] for name, value in quartile.items()}
+
+
 def lower_quartile_ratios(
     runners: Mapping[str, Runner],
     image: np.ndarray,
@@ -135,11 +144,36 @@ def lower_quartile_ratios(
     per_round = _interleaved_times(
         runners, image, rounds=rounds, runs_per_round=runs_per_round, warmup=warmup, settle_s=settle_s
     )
-    quartile = {
-        name: float(np.percentile([t for times in visits for t in times], 25))
-        for name, visits in per_round.items()
-    }
-    return {name: value / quartile[reference] for name, value in quartile.items()}
+    return _quartile_ratios(_pooled_runs(per_round), reference)
+
+
+def pooled_lower_quartile_ratios(
+    runners: Mapping[str, Runner],
+    image: np.ndarray,
+    *,
+    reference: str,
+    again: Callable[[dict[str, float]], bool],
+    rounds: int = 15,
+    passes: int = 2,
+    settle_s: float = SETTLE_S,
+) -> tuple[dict[str, float], int]:
+    """``lower_quartile_ratios`` over up to ``passes`` passes of ``rounds`` rounds: while
+    ``again(ratios so far)`` says they leave the question open, one more pass runs and its runs are
+    pooled with the earlier ones (a pass's ratio near a decision bound is as likely noise as not).
+    Returns the ratios and the rounds they are over."""
+    pooled: dict[str, list[float]] = {name: [] for name in runners}
+    timed = 0
+    while timed < passes * rounds:
+        per_round = _interleaved_times(
+            runners, image, rounds=rounds, runs_per_round=5, warmup=3, settle_s=settle_s
+        )
+        for name, runs in _pooled_runs(per_round).items():
+            pooled[name].extend(runs)
+        timed += rounds
+        ratios = _quartile_ratios(pooled, reference)
+        if not again(ratios):
+            break
+    return ratios, timed
 
 
 def interleaved_latency(
