@@ -117,13 +117,9 @@ def _interleaved_times(
     return per_round
 
 
-def _pooled_runs(per_round: Mapping[str, list[list[float]]]) -> dict[str, list[float]]:
+def _runs_of(per_round: Mapping[str, list[list[float]]]) -> dict[str, list[float]]:
+    """Every run of each model over a pass, its rounds' visits taken together."""
     return {name: [t for times in visits for t in times] for name, visits in per_round.items()}
-
-
-def _quartile_ratios(times: Mapping[str, list[float]], reference: str) -> dict[str, float]:
-    quartile = {name: float(np.percentile(runs, 25)) for name, runs in times.items()}
-    return {name: value / quartile[reference] for name, value in quartile.items()}
 
 
 def lower_quartile_ratios(
@@ -141,10 +137,11 @@ def lower_quartile_ratios(
     some runs, never shorten them, so the lower quartile tracks what the model itself costs: on
     ONNX Runtime (YOLOv10s, one float conv against none, 2 cores) four 15-round passes gave
     1.026-1.028 this way, and 0.95-1.34 as the median of per-round ratios."""
-    per_round = _interleaved_times(
-        runners, image, rounds=rounds, runs_per_round=runs_per_round, warmup=warmup, settle_s=settle_s
+    one_pass = {"rounds": rounds, "runs_per_round": runs_per_round, "warmup": warmup, "settle_s": settle_s}
+    ratios, _ = pooled_lower_quartile_ratios(
+        runners, image, reference=reference, again=lambda _: False, passes=1, **one_pass
     )
-    return _quartile_ratios(_pooled_runs(per_round), reference)
+    return ratios
 
 
 def pooled_lower_quartile_ratios(
@@ -155,6 +152,8 @@ def pooled_lower_quartile_ratios(
     again: Callable[[dict[str, float]], bool],
     rounds: int = 15,
     passes: int = 2,
+    runs_per_round: int = 5,
+    warmup: int = 3,
     settle_s: float = SETTLE_S,
 ) -> tuple[dict[str, float], int]:
     """``lower_quartile_ratios`` over up to ``passes`` passes of ``rounds`` rounds: while
@@ -165,12 +164,13 @@ def pooled_lower_quartile_ratios(
     timed = 0
     while timed < passes * rounds:
         per_round = _interleaved_times(
-            runners, image, rounds=rounds, runs_per_round=5, warmup=3, settle_s=settle_s
+            runners, image, rounds=rounds, runs_per_round=runs_per_round, warmup=warmup, settle_s=settle_s
         )
-        for name, runs in _pooled_runs(per_round).items():
+        for name, runs in _runs_of(per_round).items():
             pooled[name].extend(runs)
         timed += rounds
-        ratios = _quartile_ratios(pooled, reference)
+        quartile = {name: float(np.percentile(runs, 25)) for name, runs in pooled.items()}
+        ratios = {name: value / quartile[reference] for name, value in quartile.items()}
         if not again(ratios):
             break
     return ratios, timed
