@@ -94,10 +94,15 @@ def _tie_check(record: dict[str, Any], anchor: dict[str, Any]) -> float | None:
     return check["lower_quartile_ratio"] if check and check["against"] == anchor["name"] else None
 
 
+def _pair_same_time(ratio: float) -> bool:
+    """Whether a pair's own pass timed the challenger at the anchor's time (``ratio`` x it)."""
+    return ratio <= 1.0 + SAME_TIME_SHARE
+
+
 def _timed_alike(record: dict[str, Any], anchor: dict[str, Any], by_median: list[dict[str, Any]]) -> bool:
     checked = _tie_check(record, anchor)
     if checked is not None:  # the pair's own pass decides
-        return checked <= 1.0 + SAME_TIME_SHARE
+        return _pair_same_time(checked)
     return record in by_median and _same_time(record, anchor)
 
 
@@ -147,7 +152,7 @@ def undecided_pair(
 def tie_unclear(ratio: float) -> bool:
     """Whether a pair's pass that timed the challenger at ``ratio`` x the anchor leaves the tie open:
     just outside ``SAME_TIME_SHARE``, within ``UNCLEAR_TIE_SHARE``."""
-    return 1.0 + SAME_TIME_SHARE < ratio <= 1.0 + UNCLEAR_TIE_SHARE
+    return not _pair_same_time(ratio) and ratio <= 1.0 + UNCLEAR_TIE_SHARE
 
 
 def _quantized(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -247,7 +252,7 @@ def recommend(
             if r["policy"] == Policy.BASELINE
         ],
         "tie_checks": [
-            {"model": r["name"], **check, "same_time": check["lower_quartile_ratio"] <= 1.0 + SAME_TIME_SHARE}
+            {"model": r["name"], **check, "same_time": _pair_same_time(check["lower_quartile_ratio"])}
             for r in results.values()
             if (check := (r.get("latency") or {}).get("tie_check"))
         ],
