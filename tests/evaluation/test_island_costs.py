@@ -8,6 +8,7 @@ from quantsweep.core.config import IslandOrder
 from quantsweep.evaluation.island_costs import (
     IslandCosts,
     conv_units,
+    faster_in_float,
     free_probes,
     island_order,
     measure_island_costs,
@@ -144,3 +145,18 @@ def test_the_free_probes_are_the_most_sensitive_islands_that_cost_nothing() -> N
     assert free_probes(ranking, costs, count=3) == ["free", "free3", "free2"]
     assert free_probes(ranking[:2], costs) == []
     assert free_probes(ranking, None) == []
+
+
+def test_the_convs_faster_in_float_are_a_set_only_where_they_save_enough() -> None:
+    ranking = [_layer("dear", 9.0, 1), _layer("zp3x3", 2.0, 2), _layer("same", 1.0, 3), _layer("zp2", 0.5, 4)]
+    costs = IslandCosts(
+        "openvino",
+        float_ms={"/dear/Conv": 2.0, "/zp3x3/Conv": 0.14, "/same/Conv": 0.30, "/zp2/Conv": 0.15},
+        int8_ms={"/dear/Conv": 1.0, "/zp3x3/Conv": 0.37, "/same/Conv": 0.31, "/zp2/Conv": 0.33},
+    )
+    # 0.41 ms saved of 2.01 ms INT8; "same" is within 10% of its INT8 time: not faster
+    assert faster_in_float(ranking, costs) == ("zp3x3", "zp2")
+    # the EPYC without AMX: a few hundredths of a millisecond in all is not worth timing
+    small = IslandCosts("openvino", {**costs.float_ms, "/zp3x3/Conv": 0.36, "/zp2/Conv": 0.29}, costs.int8_ms)
+    assert faster_in_float(ranking, small) == ()
+    assert faster_in_float(ranking, None) == ()

@@ -174,6 +174,17 @@ def test_the_search_card_shows_each_measured_move_and_which_one_was_recommended(
         per_inference_ms=0.0,
         seconds=71.0,
     )
+    faster = SearchMove(  # timed whole, not faster: not scored
+        MoveKind.FASTER_IN_FLOAT,
+        island_label(("layer1", "layer2")),
+        score_before=0.852,
+        score=None,
+        met=False,
+        per_inference_ms=-0.41,
+        seconds=4.0,
+        x_nothing_kept=1.05,
+        outcome="not faster whole",
+    )
     search = {
         "evaluations": [{"kept": [], "score": 0.852}],
         "threshold": 0.855,
@@ -181,7 +192,7 @@ def test_the_search_card_shows_each_measured_move_and_which_one_was_recommended(
         "kept": [],
         "finalists": ["k5"],
         "islands": {"order": "gain-per-ms", "free_tried": []},
-        "moves": [island.to_dict(), recovery.to_dict()],
+        "moves": [faster.to_dict(), island.to_dict(), recovery.to_dict()],
     }
     write_json(eval_dir / "search" / "ort-cpu" / "search.json", "scheme_search", search)
     card = build_report(eval_dir).read_text().split("\n## ort-cpu\n")[1]
@@ -190,6 +201,8 @@ def test_the_search_card_shows_each_measured_move_and_which_one_was_recommended(
         line for line in card.splitlines() if line.startswith("| float ") or line.startswith("| recovery")
     ]
     assert rows == [
+        "| float the 2 convs the runtime profiles faster in float | - | - | -0.410 ms (profile), 1.050x "
+        "nothing kept (timed whole, lower quartiles) | 4 s | not faster whole |",
         "| float `layer0` | 0.8930 | +0.0410 | +0.004 ms (profile), 1.060x nothing kept "
         "(timed whole, lower quartiles) | 3 s "
         "| meets the target but runs at 1.060x nothing kept; timed against the recovered path; model `k5`, "

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 from quantsweep.core.config import IslandOrder
 from quantsweep.evaluation.island_costs import IslandCosts
+from quantsweep.evaluation.search_moves import MoveKind
 from quantsweep.schemes.scheme_records import LayerAssignment, Precision
 from quantsweep.stages.search_opening import SearchOpening
 
@@ -28,7 +29,9 @@ class _Measure:
         return 0.76 if kept else 0.74
 
 
-def _opening(monkeypatch, ratios: dict[str, float]) -> tuple[SearchOpening, list]:
+def _opening(
+    monkeypatch, ratios: dict[str, float], costs: IslandCosts | None = None
+) -> tuple[SearchOpening, list]:
     recoveries: list = []
     opening = SearchOpening(
         context=None,
@@ -38,13 +41,13 @@ def _opening(monkeypatch, ratios: dict[str, float]) -> tuple[SearchOpening, list
         island_order=IslandOrder.GAIN_PER_MS,
         progress=None,
     )
-    costs = IslandCosts(
+    costs = costs or IslandCosts(
         "ort",
         float_ms={"/a/Conv": 0.05, "/b/Conv": 0.02, "/c/Conv": 19.0},
         int8_ms={"/a/Conv": 0.0, "/b/Conv": 0.0, "/c/Conv": 10.0},
     )
     monkeypatch.setattr(opening, "_island_costs", lambda *a, **k: costs)
-    monkeypatch.setattr(opening, "_probe_ratio", lambda backend, measure, probe: ratios[probe])
+    monkeypatch.setattr(opening, "_probe_ratio", lambda backend, measure, kept: ratios[", ".join(kept)])
     monkeypatch.setattr(
         opening, "_recovery_first", lambda scheme_set, start, *a: recoveries.append(1) or start
     )
@@ -71,3 +74,36 @@ def test_recovery_runs_when_no_free_island_is_free_timed_whole(monkeypatch, tmp_
     start = opening(SimpleNamespace(name="ort-cpu"), measure.scheme_set, measure, 0.75, tmp_path)
     assert [m.label for m in start.moves] == ["a", "b"]
     assert recoveries == [1]
+
+
+# OpenVINO on an AMX Xeon: "a" and "b" profile faster in float (zero-point 3x3 convs), "c" does not
+FASTER = IslandCosts(
+    "openvino",
+    float_ms={"/a/Conv": 0.14, "/b/Conv": 0.15, "/c/Conv": 2.0},
+    int8_ms={"/a/Conv": 0.37, "/b/Conv": 0.33, "/c/Conv": 1.0},
+)
+
+
+def test_the_convs_faster_in_float_are_a_finalist_where_faster_whole(monkeypatch, tmp_path) -> None:
+    ranking = [_layer("c", 9.0), _layer("a", 3.0), _layer("b", 2.0)]
+    measure = _Measure(ranking)
+    opening, _ = _opening(monkeypatch, {"a, b": 0.94, "a": 1.0}, FASTER)
+    start = opening(SimpleNamespace(name="openvino"), measure.scheme_set, measure, 0.75, tmp_path)
+    move = start.moves[0]
+    assert (move.kind, move.kept, move.score, move.met) == (MoveKind.FASTER_IN_FLOAT, ("a", "b"), 0.76, True)
+    assert move.x_nothing_kept == 0.94 and move.per_inference_ms == -0.41
+    assert ("a", "b") in start.finalists
+    assert ("a", "b") in measure.calls
+
+
+def test_the_convs_faster_in_float_are_not_scored_where_not_faster_whole(monkeypatch, tmp_path) -> None:
+    """ONNX Runtime on the same CPU: the QuantizeLinear at each float conv's borders costs what the
+    profile saves (YOLOv10m: 0.48x FP32 against nothing-kept's 0.46x)."""
+    ranking = [_layer("c", 9.0), _layer("a", 3.0), _layer("b", 2.0)]
+    measure = _Measure(ranking)
+    opening, _ = _opening(monkeypatch, {"a, b": 1.05, "a": 1.0}, FASTER)
+    start = opening(SimpleNamespace(name="ort-cpu"), measure.scheme_set, measure, 0.75, tmp_path)
+    move = start.moves[0]
+    assert (move.kind, move.score, move.gain, move.met) == (MoveKind.FASTER_IN_FLOAT, None, None, False)
+    assert ("a", "b") not in start.finalists
+    assert ("a", "b") not in measure.calls

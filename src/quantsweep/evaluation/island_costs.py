@@ -16,13 +16,18 @@ quantized) divided by its cost. A conv no slower in float (the 3-channel first c
 runtimes, some depthwise convs in OpenVINO on a CPU without AMX) is priced at a small floor, so a
 sensitive one comes first.
 
-Keeping a conv float *because* it profiles faster in float does not pay: ONNX Runtime's 3-channel
-first conv of YOLOv10s at 640 px profiles 1.2 ms faster in f32 than as QLinearConv, yet the whole
-model with it float ran at 0.581x FP32 against 0.579x without, and scored 0.0074 lower (the
-QuantizeLinear its output then needs, on a 32-channel 320x320 tensor, is the border cost the
-profile cannot see). In OpenVINO (YOLOv10s, 320 px, AVX-512 BF16 without AMX) the 12 units that
-profile faster in bf16 save 0.04 ms in all, and the whole model with them float ran at 0.761x FP32
-against nothing-kept's 0.757x. So the search does not add such convs on its own.
+Keeping a conv float *because* it profiles faster in float pays only where the runtime fuses the
+island's borders into it. ONNX Runtime does not: on YOLOv10s at 640 px its 3-channel first conv
+profiles 1.2 ms faster in f32 than as QLinearConv, yet the whole model with it float ran at 0.581x
+FP32 against 0.579x without (the QuantizeLinear its output then needs is the border cost the
+profile cannot see), and on an AMX Xeon the 28 YOLOv10m convs it profiles faster in f32 (2.1 ms)
+ran at 0.48x FP32 against nothing-kept's 0.46x. OpenVINO fuses the requantization into the float
+conv, and on an AMX Xeon its INT8 3x3 convs with an activation zero point take up to 2.7x their
+bf16 time: the 32 YOLOv10m convs it profiles faster in bf16 (3.3 of 18.7 ms) took the whole model
+from 1.07x to 1.01x FP32 (YOLOv10s: 1.10-1.13x to 1.04-1.07x). On an AVX-512 EPYC without AMX the
+12 such units save 0.04 ms in all. So the search takes the set (``faster_in_float``) only where the
+profile says it saves a share of the INT8 time worth timing, times it whole against nothing kept,
+and makes it a finalist only where it is faster whole (search_opening.py).
 """
 
 from __future__ import annotations
@@ -50,6 +55,11 @@ FREE_PROBES = 2  # free islands tried, most sensitive first (the profile's noise
 # ... and accepted when the whole model with it, timed in PROBE_ROUNDS rounds of 5 runs, is at most
 # timing.SAME_TIME_SHARE slower (about 2 s on YOLOv10s at 320 px, 4 s on YOLOv10m)
 PROBE_ROUNDS = 15
+# a conv runs faster in float when its float time is at most this share of its INT8 time; the
+# convs that do are timed whole as one set where together they save at least FASTER_SET_SHARE of
+# the conv units' INT8 time (see the module's docstring for what that found on three CPUs)
+FASTER_SHARE = 0.9
+FASTER_SET_SHARE = 0.05
 
 
 # ops before a conv that run in its precision when only it reads them (see conv_units)
@@ -209,3 +219,23 @@ def free_probes(
     budget = FREE_SHARE * sum(costs.int8_ms.values())
     free = [a for a in ranking if (a.sensitivity or 0.0) > 0 and costs.cost(a.onnx_node) <= budget]
     return [a.torch_name for a in sorted(free, key=lambda a: -a.sensitivity)[:count]]
+
+
+def faster_in_float(ranking: Sequence[LayerAssignment], costs: IslandCosts | None) -> tuple[str, ...]:
+    """The layers (Torch names, in ranking order) whose conv unit the runtime profiles faster in
+    float than in INT8 (float time at most ``FASTER_SHARE`` of INT8's), where together they save at
+    least ``FASTER_SET_SHARE`` of the conv units' INT8 time; else none. A candidate to time whole,
+    not a saving: the borders the set adds are not in the profile."""
+    if costs is None:
+        return ()
+    faster = [
+        a
+        for a in ranking
+        if costs.int8_ms.get(a.onnx_node, 0.0) > 0
+        and a.onnx_node in costs.float_ms
+        and costs.float_ms[a.onnx_node] <= FASTER_SHARE * costs.int8_ms[a.onnx_node]
+    ]
+    saving = -sum(costs.cost(a.onnx_node) for a in faster)
+    if saving < FASTER_SET_SHARE * sum(costs.int8_ms.values()):
+        return ()
+    return tuple(a.torch_name for a in faster)

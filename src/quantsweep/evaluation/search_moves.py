@@ -14,7 +14,10 @@ paths become finalists and the evaluate stage's timing pass picks the faster: th
 recovery and islands is made on measured time, not assumed. Where nothing-kept already meets the
 target, the free island is still tried once, and is a finalist where it scores higher: the timing
 pass times it beside nothing kept, and the recommendation prefers the more accurate of models
-timed alike (median and lower quartile within 2%). The report prints the ledger.
+timed alike (median and lower quartile within 2%). Where the runtime profiles enough convs faster
+in float than in INT8 (OpenVINO's zero-point 3x3 convs on an AMX Xeon), those convs kept float
+together are timed whole against nothing kept, and scored and made a finalist only where faster.
+The report prints the ledger.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ class MoveKind(enum.StrEnum):
 
     ISLAND = "island"  # one or more convs kept in float, on the records the move started from
     RECOVERY = "recovery"  # the quantized weights fine-tuned; nothing kept in float
+    # every conv the runtime profiles faster in float than in INT8, kept float together
+    FASTER_IN_FLOAT = "faster_in_float"
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,7 @@ class SearchMove:
     kind: MoveKind
     label: str  # the recovery method, or the kept layers joined by ", "
     score_before: float  # the score of the model the move started from
-    score: float  # the score after the move
+    score: float | None  # the score after the move; None: not scored (timed whole and not faster)
     met: bool  # the score meets the accuracy target
     per_inference_ms: float | None  # added time per inference by the profile; None: not priced
     seconds: float  # one-time cost of making and measuring the move (0: read back on resume)
@@ -51,14 +56,14 @@ class SearchMove:
     outcome: str = ""  # why it was taken or passed over, in words
 
     @property
-    def gain(self) -> float:
-        """Score gained over the model the move started from."""
-        return self.score - self.score_before
+    def gain(self) -> float | None:
+        """Score gained over the model the move started from (None: not scored)."""
+        return None if self.score is None else self.score - self.score_before
 
     @property
     def kept(self) -> tuple[str, ...]:
         """The layers an island move keeps float (empty for recovery)."""
-        return tuple(self.label.split(", ")) if self.kind is MoveKind.ISLAND else ()
+        return () if self.kind is MoveKind.RECOVERY else tuple(self.label.split(", "))
 
     @property
     def free(self) -> bool:
@@ -95,7 +100,7 @@ def paths_to_time(moves: Sequence[SearchMove]) -> list[SearchMove]:
     """Island moves that met the target alone on the records as quantized, but not for free,
     when recovery then ran and gained: the timing pass must weigh them against the recovered path
     (recovery gains nothing per inference only if the recovered model needs no costlier islands)."""
-    recovered = any(m.kind is MoveKind.RECOVERY and m.gain > 0 for m in moves)
+    recovered = any(m.kind is MoveKind.RECOVERY and (m.gain or 0.0) > 0 for m in moves)
     if not recovered:
         return []
     return [m for m in moves if m.kind is MoveKind.ISLAND and not m.recovered and m.met and not m.free]

@@ -176,6 +176,8 @@ def _moves_lines(search: dict[str, Any], *, target: str, recommended: str | None
         else:
             layers = ", ".join(f"`{n}`" for n in move.kept)
             what = f"float {layers}" + (" (recovered weights)" if move.recovered else "")
+            if move.kind is MoveKind.FASTER_IN_FLOAT:
+                what = f"float the {len(move.kept)} convs the runtime profiles faster in float"
             per = (
                 "not priced"
                 if move.per_inference_ms is None
@@ -189,7 +191,8 @@ def _moves_lines(search: dict[str, Any], *, target: str, recommended: str | None
                 ", recommended" if move.finalist == recommended else ""
             )
         once = f"{move.seconds:.0f} s" if move.seconds else "read back"
-        lines.append(f"| {what} | {move.score:.4f} | {move.gain:+.4f} | {per} | {once} | {outcome} |")
+        score, gain = ("-", "-") if move.score is None else (f"{move.score:.4f}", f"{move.gain:+.4f}")
+        lines.append(f"| {what} | {score} | {gain} | {per} | {once} | {outcome} |")
     return [*lines, ""]
 
 

@@ -21,11 +21,12 @@ from quantsweep.core.records import JsonLines, read_json, write_json
 from quantsweep.evaluation.island_costs import (
     IslandCosts,
     conv_units,
+    faster_in_float,
     free_probes,
     measure_island_costs,
     whole_model_ratio,
 )
-from quantsweep.evaluation.search_moves import MoveKind, SearchMove
+from quantsweep.evaluation.search_moves import MoveKind, SearchMove, island_label
 from quantsweep.onnx_graph.calibration import RangeCache
 from quantsweep.onnx_graph.candidates import FP32_FILE
 from quantsweep.quant.distill import DISTILL_CHECKS
@@ -33,6 +34,7 @@ from quantsweep.stages.common import ProgressFactory
 from quantsweep.stages.schemes_stage import SchemeSet
 from quantsweep.stages.search_recovery import AUTO_METHOD, RecoveredRecords, RecoveryOutcome
 from quantsweep.targets import Backend, Objective
+from quantsweep.targets.timing import SAME_TIME_SHARE
 
 if TYPE_CHECKING:
     from quantsweep.stages.kept_sets import KeptSetMeasure as Measure
@@ -98,6 +100,9 @@ class SearchOpening:
         if self.island_order is not IslandOrder.GAIN_PER_MS:
             return self._recovery_first(scheme_set, start, threshold, search_dir)
         start.costs = self._island_costs(backend, measure, search_dir, nothing_kept=nothing_kept)
+        faster = faster_in_float(scheme_set.ranking, start.costs)
+        if faster:
+            self._faster_in_float(start, faster, threshold)
         probes = free_probes(scheme_set.ranking, start.costs)
         if probes and measure(()) >= threshold:
             self._probe(start, probes[0], threshold)  # a finalist where it gains
@@ -122,7 +127,7 @@ class SearchOpening:
         # beside nothing kept anyway, and the recommendation takes it only if it times the same
         # (recommend._same_time): a pass of its own here would only repeat that
         timed_here = wanted and not gain_only
-        ratio = self._probe_ratio(start.backend, measure, probe) if timed_here else None
+        ratio = self._probe_ratio(start.backend, measure, (probe,)) if timed_here else None
         move = SearchMove(
             MoveKind.ISLAND,
             probe,
@@ -151,17 +156,48 @@ class SearchOpening:
         start.moves.append(dataclasses.replace(move, outcome=outcome))
         return taken
 
-    def _probe_ratio(self, backend: Backend, measure: Measure, probe: str) -> float:
-        """The free island's whole-model time over nothing-kept's on ``backend``'s runtime."""
+    def _faster_in_float(self, start: SearchStart, kept: tuple[str, ...], threshold: float) -> None:
+        """Time the convs the runtime profiles faster in float, kept float together, whole against
+        nothing kept; where faster, score them and make them a finalist if they meet the target (the
+        timing pass then weighs them against the rest). Record the move either way."""
+        started, measure = time.perf_counter(), start.measure
+        ratio = self._probe_ratio(start.backend, measure, kept)
+        faster = ratio < 1.0 - SAME_TIME_SHARE
+        score = measure(kept) if faster else None
+        met = score is not None and score >= threshold
+        if met:
+            start.finalists.append(kept)
+            outcome = "faster whole than nothing kept and meets the target: timed as a finalist"
+        elif faster:
+            outcome = "faster whole than nothing kept but short of the target"
+        else:
+            outcome = "not faster whole than nothing kept (its borders cost what the profile saves)"
+        nodes = measure.scheme_set.onnx_nodes
+        start.moves.append(
+            SearchMove(
+                MoveKind.FASTER_IN_FLOAT,
+                island_label(kept),
+                score_before=measure(()),
+                score=score,
+                met=met,
+                per_inference_ms=round(sum(start.costs.cost(nodes[n]) for n in kept), 4),
+                seconds=round(time.perf_counter() - started, 1),
+                x_nothing_kept=ratio,
+                outcome=outcome,
+            )
+        )
+
+    def _probe_ratio(self, backend: Backend, measure: Measure, kept: tuple[str, ...]) -> float:
+        """The whole-model time of ``kept`` in float over nothing-kept's on ``backend``'s runtime."""
         with tempfile.TemporaryDirectory() as tmp:
             paths = [
-                backend.save(measure.model(kept), Path(tmp) / f"{name}.onnx", source=measure.source)
-                for name, kept in (("k0", ()), ("island", (probe,)))
+                backend.save(measure.model(layers), Path(tmp) / f"{name}.onnx", source=measure.source)
+                for name, layers in (("k0", ()), ("island", kept))
             ]
             ratio = whole_model_ratio(
                 backend, int8_path=paths[0], island_path=paths[1], image=self._source.images[:1].numpy()
             )
-        LOG.info("%s: %s kept float runs at %.3fx nothing kept", backend.name, probe, ratio)
+        LOG.info("%s: %d conv(s) kept float run at %.3fx nothing kept", backend.name, len(kept), ratio)
         return ratio
 
     def _recovery_first(
