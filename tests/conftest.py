@@ -28,6 +28,7 @@ from quantsweep.core.hardware import portable_int8_weights
 from quantsweep.core.records import JsonLines
 from quantsweep.data.images import Batch, load_batch, resolve_images
 from quantsweep.data.shapes import generate_split
+from quantsweep.evaluation.search_moves import MoveKind, SearchMove
 from quantsweep.models import LoadedModel, load_model
 from quantsweep.models.network import LayerInfo, StagedNetwork, enumerate_layers
 from quantsweep.onnx_graph.placement import Placement, apply_placement, input_ranges
@@ -35,6 +36,7 @@ from quantsweep.quant.apply import calibrate_inputs
 from quantsweep.quant.numerics import ActRange
 from quantsweep.quant.weights import QuantizedWeight
 from quantsweep.schemes.scheme_records import Precision
+from quantsweep.targets.timing import SAME_TIME_SHARE
 
 TINY_IMGSZ = 96
 # every detector family Ultralytics ships, tiny, from its YAML (RT-DETR: same modules as rtdetr-l.yaml)
@@ -281,3 +283,15 @@ def qdq_artifact(
     return apply_placement(
         model, precisions, ranges=ranges, placement=Placement(asymmetric=asymmetric), weights=weights
     )
+
+
+def without_faster_in_float(moves: list[SearchMove]) -> list[SearchMove]:
+    """The search's moves after the faster-in-float one, checked: where the runtime's profile
+    offers that set (it depends on the CPU), it is the first move, always timed whole, and scored
+    only where it timed faster than nothing kept (search_opening.SearchOpening._faster_in_float)."""
+    faster = [m for m in moves if m.kind is MoveKind.FASTER_IN_FLOAT]
+    assert moves[: len(faster)] == faster and len(faster) <= 1, moves
+    for move in faster:
+        assert move.x_nothing_kept is not None and move.per_inference_ms < 0, move
+        assert (move.score is None) == (move.x_nothing_kept >= 1.0 - SAME_TIME_SHARE), move
+    return moves[len(faster) :]
