@@ -17,6 +17,7 @@ from quantsweep.stages import evaluate_stage
 from quantsweep.stages.eval_records import ResultStore
 from quantsweep.stages.evaluate_stage import TIE_PASSES, TIE_ROUNDS, _accuracy_pass, _meets, settle_tie
 from quantsweep.targets import get_backend
+from quantsweep.targets.timing import Timing
 
 REFERENCE = 0.900  # FP32 mAP50-95; the default target (1% relative) asks 0.891
 
@@ -201,3 +202,25 @@ def test_a_pairs_pass_just_outside_the_tie_is_pooled_with_a_second(undecided_pai
     check = pair.store.all()["search_k1"]["latency"]["tie_check"]
     assert check["rounds"] == 2 * TIE_ROUNDS and check["lower_quartile_ratio"] == 1.012
     assert recommend(pair.backend, pair.store, **pair.choose)["recommended"] == "search_k1"
+
+
+def test_fp32_is_timed_alone_against_the_fastest_after_the_pair(undecided_pair, monkeypatch) -> None:
+    """Where the quantized models run only a few percent faster than FP32 (OpenVINO on an AMX Xeon),
+    the stage times the undecided pair first, then FP32 against the fastest, and FP32 timed the
+    same is recommended (it is the more accurate)."""
+    pair = undecided_pair
+    for name, ratio in (("k0", 0.95), ("search_k1", 0.99)):
+        timing = {"median_ms": 10 * ratio, "p10_ms": 0, "p90_ms": 0, "ratio_to_reference": ratio}
+        pair.store.write_timing(name, Timing(**timing, ratio_spread=0, runs=35, rounds=7, device="cpu"))
+    asked = []
+
+    def passes(runners, image, *, reference, again, rounds, passes):
+        asked.append(sorted(runners))
+        other = next(name for name in runners if name != reference)
+        return {reference: 1.0, other: {"search_k1": 1.03, "fp32": 1.01}[other]}, rounds
+
+    monkeypatch.setattr(evaluate_stage, "pooled_lower_quartile_ratios", passes)
+    assert recommend(pair.backend, pair.store, **pair.choose)["recommended"] == "k0"
+    settle_tie(pair.backend, pair.store, pair.context, pair.request)
+    assert asked == [["k0", "search_k1"], ["fp32", "k0"]]
+    assert recommend(pair.backend, pair.store, **pair.choose)["recommended"] == "fp32"

@@ -223,6 +223,7 @@ def timing_pass(
 
 TIE_ROUNDS = 15  # a pair's own pass: about 4 s on YOLOv10s, 8 s on YOLOv10m at 320 px here
 TIE_PASSES = 2  # a second pass, pooled with the first, only where the first left it open
+TIE_PAIRS = 2  # pairs timed alone per target: a more accurate quantized model, then FP32
 
 
 def _pair_ratio(
@@ -248,10 +249,19 @@ def settle_tie(
 ) -> None:
     """Where the shared timing pass left the fastest model and a more accurate one undecided (a few
     percent apart, within its noise), time the two again alone and record the challenger's ratio;
-    the recommendation then follows that pass (``evaluate.recommend``)."""
-    pair = undecided_pair(backend, store, reference=context.reference_score, target=request.accuracy_target)
-    if pair is None:
-        return
+    the recommendation then follows that pass (``evaluate.recommend``). Then FP32 against the
+    fastest, where the choice beats it by a few percent only: up to ``TIE_PAIRS`` pairs."""
+    for _ in range(TIE_PAIRS):
+        pair = undecided_pair(
+            backend, store, reference=context.reference_score, target=request.accuracy_target
+        )
+        if pair is None:
+            return
+        _settle_pair(backend, store, context, pair, executor=executor)
+
+
+def _settle_pair(backend: Backend, store: ResultStore, context: EvalContext, pair, *, executor) -> None:
+    """Time one undecided pair alone (on a worker where there is an executor) and record it."""
     anchor, challenger = pair
     records = store.all()
     paths = {name: str(store.artifact_path(records[name])) for name in pair}
