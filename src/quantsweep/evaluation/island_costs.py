@@ -33,7 +33,7 @@ and makes it a finalist only where it is faster whole (search_opening.py).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +144,11 @@ class IslandCosts:
     def cost(self, node: str) -> float:
         """Milliseconds one inference gains when ``node`` is kept in float (negative: float is faster)."""
         return self.float_ms.get(node, 0.0) - self.int8_ms.get(node, 0.0)
+
+    def cost_of(self, kept: Iterable[str], nodes: Mapping[str, str]) -> float:
+        """What keeping the layers ``kept`` (Torch names; ``nodes`` maps them to ONNX nodes) in float
+        adds per inference, by the profile: the sum of their units' costs."""
+        return sum(self.cost(nodes[name]) for name in kept)
 
     def to_dict(self) -> dict:
         """JSON-ready form."""

@@ -140,7 +140,8 @@ def undecided_pair(
     FP32 in one run's pass and 1.05x in the next). None where there is nothing to settle."""
     if backend.objective is not Objective.SPEED:
         return None
-    passing = _shippable(store.all(), target=target, reference=reference)
+    records = store.all()
+    passing = _shippable(records, target=target, reference=reference)
     if not passing or _speed_ratio(min(passing, key=_speed_ratio)) == float("inf"):
         return None
     anchor, tied = _tied(backend, passing)
@@ -153,7 +154,7 @@ def undecided_pair(
     ]
     if challengers:
         return anchor["name"], max(challengers, key=_score)["name"]
-    fp32 = store.all().get(FP32_NAME)
+    fp32 = records.get(FP32_NAME)
     if (
         fp32 is not None
         and _score(fp32) > _score(chosen)

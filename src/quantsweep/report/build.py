@@ -174,10 +174,11 @@ def _moves_lines(search: dict[str, Any], *, target: str, recommended: str | None
         if move.kind is MoveKind.RECOVERY:
             what, per = f"recovery: {move.label}", "none"
         else:
-            layers = ", ".join(f"`{n}`" for n in move.kept)
-            what = f"float {layers}" + (" (recovered weights)" if move.recovered else "")
             if move.kind is MoveKind.FASTER_IN_FLOAT:
                 what = f"float the {len(move.kept)} convs the runtime profiles faster in float"
+            else:
+                layers = ", ".join(f"`{n}`" for n in move.kept)
+                what = f"float {layers}" + (" (recovered weights)" if move.recovered else "")
             per = (
                 "not priced"
                 if move.per_inference_ms is None

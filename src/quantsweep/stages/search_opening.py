@@ -175,7 +175,6 @@ class SearchOpening:
             outcome = "faster whole than nothing kept but short of the target"
         else:
             outcome = "not faster whole than nothing kept (its borders cost what the profile saves)"
-        nodes = measure.scheme_set.onnx_nodes
         start.moves.append(
             SearchMove(
                 MoveKind.FASTER_IN_FLOAT,
@@ -183,7 +182,7 @@ class SearchOpening:
                 score_before=measure(()),
                 score=score,
                 met=met,
-                per_inference_ms=round(sum(start.costs.cost(nodes[n]) for n in kept), 4),
+                per_inference_ms=round(start.costs.cost_of(kept, measure.scheme_set.onnx_nodes), 4),
                 seconds=round(time.perf_counter() - started, 1),
                 x_nothing_kept=ratio,
                 outcome=outcome,

@@ -194,7 +194,7 @@ class TargetSearch:
         ]
         if result.kept and result.target_met:
             nodes = start.measure.scheme_set.onnx_nodes
-            cost = None if start.costs is None else sum(start.costs.cost(nodes[n]) for n in result.kept)
+            cost = None if start.costs is None else start.costs.cost_of(result.kept, nodes)
             moves.append(
                 SearchMove(
                     MoveKind.ISLAND,
@@ -249,7 +249,7 @@ class TargetSearch:
         nodes = measure.scheme_set.onnx_nodes
 
         def cheapest(kept: tuple[str, ...]) -> tuple:
-            estimate = len(kept) if costs is None else sum(costs.cost(nodes[n]) for n in kept)
+            estimate = len(kept) if costs is None else costs.cost_of(kept, nodes)
             return (estimate, len(kept), [order.index(n) for n in kept])
 
         passing = sorted(set(passing), key=cheapest)[: FINALISTS[backend.objective]]
