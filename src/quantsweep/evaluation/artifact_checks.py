@@ -11,7 +11,7 @@ import onnx
 import torch
 
 from quantsweep.core.config import QuantFormat
-from quantsweep.models.network import StagedNetwork
+from quantsweep.models.network import StagedNetwork, cpu_layout
 from quantsweep.models.outputs import OUTPUT_CONVENTION_KEY, OutputConvention
 from quantsweep.onnx_graph.export import INPUT_NAME
 from quantsweep.onnx_graph.inspect import average_weight_bits, precision_counts
@@ -48,7 +48,7 @@ def torch_export_output(
             ),
         ):
             for image in images:
-                outputs.append(network.module(image[None]).cpu().numpy())
+                outputs.append(network.module(cpu_layout(image[None])).cpu().numpy())
     finally:
         head.export = previous
     return np.concatenate(outputs)

@@ -25,9 +25,10 @@ ran at 0.48x FP32 against nothing-kept's 0.46x. OpenVINO fuses the requantizatio
 conv, and on an AMX Xeon its INT8 3x3 convs with an activation zero point take up to 2.7x their
 bf16 time: the 32 YOLOv10m convs it profiles faster in bf16 (3.3 of 18.7 ms) took the whole model
 from 1.07x to 1.01x FP32 (YOLOv10s: 1.10-1.13x to 1.04-1.07x). On an AVX-512 EPYC without AMX the
-12 such units save 0.04 ms in all. So the search takes the set (``faster_in_float``) only where the
-profile says it saves a share of the INT8 time worth timing, times it whole against nothing kept,
-and makes it a finalist only where it is faster whole (search_opening.py).
+12 such units save 0.04 ms in all. So the search takes the set (``faster_in_float``) only on a
+runtime that fuses the borders (``Backend.fuses_island_borders``) and where the profile says it
+saves a share of the INT8 time worth timing, times it whole against nothing kept, and makes it a
+finalist only where it is faster whole (search_opening.py).
 """
 
 from __future__ import annotations

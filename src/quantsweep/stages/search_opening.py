@@ -103,7 +103,7 @@ class SearchOpening:
         if self.island_order is not IslandOrder.GAIN_PER_MS:
             return self._recovery_first(scheme_set, start, threshold, search_dir)
         start.costs = self._island_costs(backend, measure, search_dir, nothing_kept=nothing_kept)
-        faster = faster_in_float(scheme_set.ranking, start.costs)
+        faster = faster_in_float(scheme_set.ranking, start.costs) if backend.fuses_island_borders else ()
         if faster:
             self._faster_in_float(start, faster, threshold)
         probes = free_probes(scheme_set.ranking, start.costs)

@@ -151,6 +151,11 @@ class Backend(abc.ABC):
     objective: Objective
     description: str
     placement: Placement = Placement()
+    # the runtime fuses the requantization at a float conv's borders into the conv (OpenVINO), so
+    # the convs it profiles faster in float are worth timing kept float together; where it does
+    # not (ONNX Runtime: a QuantizeLinear per border; 1.008-1.052x nothing kept in seven runs of
+    # both testbeds on an AMX Xeon), that set never pays and is not tried (search_opening.py)
+    fuses_island_borders: bool = False
 
     @abc.abstractmethod
     def sweep_formats(self) -> tuple[QuantFormat, ...]:

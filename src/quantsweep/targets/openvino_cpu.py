@@ -161,6 +161,7 @@ class OpenVinoBackend(Backend):
     # keeps twice the resolution; YOLOv10s k0 0.7568 against 0.7431 signed, at the same speed) and
     # INT8 weights; Concat inputs that are quantized next carry the codes (docs/decisions.md)
     placement = Placement(asymmetric=True, carry_codes=True, share_quantizers=True)
+    fuses_island_borders = True
 
     def sweep_formats(self) -> tuple[QuantFormat, ...]:
         return (cpu_w8a8(),)
