@@ -7,8 +7,7 @@ from torch import nn
 from quantsweep.core.config import HeadMode
 from quantsweep.core.errors import InputError
 from quantsweep.models import load_model
-from quantsweep.models import network as network_module
-from quantsweep.models.network import enumerate_layers
+from quantsweep.models.network import cpu_layout, enumerate_layers
 from tests.conftest import TINY_IMGSZ, tiny_model
 
 
@@ -23,11 +22,12 @@ def test_resume_from_any_block_equals_full_run(name: str) -> None:
             assert torch.equal(resumed.raw, full.raw), f"block {start}"
 
 
-def test_run_feeds_the_convs_channels_last_with_the_nchw_outputs(monkeypatch) -> None:
+def test_cpu_layout_runs_the_convs_channels_last_with_the_nchw_outputs() -> None:
+    """The sweep's passes run channels-last; ``run`` itself leaves the layout alone (quantization)."""
     network = tiny_model("yolov10n.yaml").network
     x = torch.rand(2, 3, TINY_IMGSZ, TINY_IMGSZ)
 
-    def run() -> tuple[torch.Tensor, list[bool]]:
+    def run(images: torch.Tensor) -> tuple[torch.Tensor, list[bool]]:
         layouts: list[bool] = []
 
         def hook(_layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
@@ -37,16 +37,15 @@ def test_run_feeds_the_convs_channels_last_with_the_nchw_outputs(monkeypatch) ->
         handles = [conv.register_forward_pre_hook(hook) for conv in convs]
         try:
             with torch.no_grad():
-                return network.run(x)[0].raw, layouts
+                return network.run(images)[0].raw, layouts
         finally:
             for handle in handles:
                 handle.remove()
 
-    staged, layouts = run()
+    staged, layouts = run(cpu_layout(x))
     # all but those after a reshape (PSA's attention, the DFL): 3 of 83 here
     assert layouts.count(False) <= 3 < len(layouts), f"{layouts.count(False)} of {len(layouts)} read NCHW"
-    monkeypatch.setattr(network_module, "cpu_layout", lambda images: images)
-    nchw, nchw_layouts = run()
+    nchw, nchw_layouts = run(x)
     assert not any(nchw_layouts)
     assert torch.allclose(staged, nchw, rtol=1e-4, atol=1e-5)
 

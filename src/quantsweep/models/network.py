@@ -83,7 +83,7 @@ class StagedNetwork:
     def run(self, images: torch.Tensor, *, record: bool = False) -> tuple[Any, list[Any]]:
         """Run end to end; with ``record`` also return every block's output (for :meth:`resume`)."""
         outputs: list[Any] = []
-        x: Any = cpu_layout(images)
+        x: Any = images
         for index, block in enumerate(self.blocks):
             x = block(self._inputs(index, x, outputs))
             outputs.append(x if record or index in self.keep else None)
@@ -119,11 +119,14 @@ class StagedNetwork:
 
 
 def cpu_layout(images: Any) -> Any:
-    """``images`` (a CPU image batch) in channels-last layout, the rest unchanged.
+    """``images`` (a CPU image batch) in channels-last layout, anything else unchanged.
 
     Every conv after it then runs channels-last (PyTorch follows the input's layout): a YOLOv10m
-    forward on 16 images at 320 px takes 1.23 s instead of 1.55 s on 2 cores, and the outputs
-    differ by float rounding only (1.6e-7 relative; docs/figures.md, twenty-sixth session).
+    forward on 16 images at 320 px takes 1.23 s instead of 1.55 s on 2 cores, with outputs equal
+    to float rounding (1.6e-7 relative). The sweep's measurement passes use it; the passes that
+    make an artifact's numbers (calibration, GPTQ, distillation) do not, so that the artifacts do
+    not change with it: YOLOv10s's ONNX Runtime ``k0`` scored 0.7545 instead of 0.7531 with it,
+    and distillation from there gained nothing (docs/figures.md, twenty-sixth session).
     """
     if isinstance(images, torch.Tensor) and images.dim() == 4 and images.device.type == "cpu":
         return images.contiguous(memory_format=torch.channels_last)

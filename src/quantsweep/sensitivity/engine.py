@@ -21,7 +21,7 @@ from quantsweep.data.images import Batch
 from quantsweep.metrics.detections import decode, pseudo_labels
 from quantsweep.metrics.map import MapResult, mean_average_precision
 from quantsweep.metrics.output_errors import output_error
-from quantsweep.models.network import LayerInfo, StagedNetwork, network_dtype
+from quantsweep.models.network import LayerInfo, StagedNetwork, cpu_layout, network_dtype
 from quantsweep.models.outputs import HeadOutput
 from quantsweep.quant.apply import quantized_layers
 
@@ -96,7 +96,7 @@ class ExactSweep:
         self.dtype = network_dtype(network)
         images = batch.images.to(device=self.device, dtype=self.dtype)  # once, not per measured layer
         size = min(batch_size, EXACT_CHUNK)
-        self.chunks = [images[i : i + size] for i in range(0, len(images), size)]
+        self.chunks = [cpu_layout(images[i : i + size]) for i in range(0, len(images), size)]
         self.reference = self._reference()
 
     def _reference(self) -> Reference:

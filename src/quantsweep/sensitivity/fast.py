@@ -28,7 +28,7 @@ import torch
 from quantsweep.core.config import ActDtype, QuantFormat
 from quantsweep.core.errors import InputError
 from quantsweep.data.images import Batch
-from quantsweep.models.network import LayerInfo, StagedNetwork, network_dtype
+from quantsweep.models.network import LayerInfo, StagedNetwork, cpu_layout, network_dtype
 from quantsweep.quant.numerics import ActRange, act_qparams, fake_quant_act, fake_quant_weight
 from quantsweep.quant.weights import QuantizedWeight
 
@@ -102,7 +102,7 @@ def _probe_chunk(
 
     handles = [network.module.get_submodule(n).register_forward_hook(hook(n)) for n in names]
     try:
-        output, _ = network.run(images)
+        output, _ = network.run(cpu_layout(images))
     finally:
         for handle in handles:
             handle.remove()
