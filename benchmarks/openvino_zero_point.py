@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ from onnx import numpy_helper as nh
 
 from quantsweep.core.runs import cpu_line
 from quantsweep.onnx_graph.ort_sessions import SessionOptions, ort_session
+from quantsweep.onnx_graph.qdq_graph import readers_of
 from quantsweep.targets.openvino_cpu import DEPLOY_CONFIG, OpenVinoRunner
 from quantsweep.targets.timing import interleaved_latency
 
@@ -73,14 +73,10 @@ def _float_weight(graph: onnx.GraphProto, producers, conv: onnx.NodeProto) -> np
     return (codes - zero) * scale
 
 
-def _feeding_convs(graph: onnx.GraphProto):
+def _feeding_convs(model: onnx.ModelProto):
     """(activation DQ, its zero point, the convs it alone feeds) for each such DQ with a zero point."""
-    readers, producers = defaultdict(list), {}
-    for node in graph.node:
-        for name in node.input:
-            readers[name].append(node)
-        for name in node.output:
-            producers[name] = node
+    graph, readers = model.graph, readers_of(model)
+    producers = {name: node for node in graph.node for name in node.output}
     for node in graph.node:
         if node.op_type != "DequantizeLinear":
             continue
@@ -88,7 +84,7 @@ def _feeding_convs(graph: onnx.GraphProto):
         if source is None or source.op_type != "QuantizeLinear":
             continue
         zero = _constant(graph, node.input[2]) if len(node.input) > 2 else None
-        convs = readers[node.output[0]]
+        convs = readers.get(node.output[0], [])
         if zero is None or not zero.any() or not convs:
             continue
         if all(c.op_type == "Conv" and c.input[0] == node.output[0] for c in convs):
@@ -116,7 +112,7 @@ def rewrite(model: onnx.ModelProto, image: np.ndarray, mode: str) -> tuple[onnx.
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    found = list(_feeding_convs(graph))
+    found = list(_feeding_convs(out))
     shapes = _shapes(model, image, [dq.output[0] for dq, *_ in found])
     inserts: list[tuple[onnx.NodeProto, onnx.NodeProto, bool]] = []
     for dq, zero, convs, producers in found:
