@@ -231,3 +231,37 @@ def test_the_card_says_what_the_pairs_own_timing_pass_decided() -> None:
         "`k0` by the lower quartile: slower."
     )
     assert _tie_lines({}) == []  # recommendations written before tie checks existed
+
+
+def test_a_card_that_ships_fp32_says_so_and_compares_it_with_the_baseline() -> None:
+    from quantsweep.report.build import _baseline_lines, _recommended_line, _size_line  # noqa: PLC0415
+
+    rec = {
+        "recommended": "fp32",
+        "objective": "speed",
+        "runtime": "openvino",
+        "speedup": 1.0,
+        "latency_ms": 19.3,
+        "fp32_latency_ms": 19.3,
+        "map50_95": 0.9401,
+        "size_bytes": 61_500_000,
+        "size_reduction": 1.0,
+        "baselines": [
+            {"name": "ultralytics_int8", "ratio_to_fp32": 1.127, "map50_95": 0.9352, "meets_target": True}
+        ],
+    }
+    assert _recommended_line(rec) == (
+        "- Recommended: **`fp32`**, the float model itself: no quantized model is faster on openvino "
+        "here (19.3 ms, median of one interleaved pass)."
+    )
+    assert _size_line(rec) == "- Size 61.5 MB, nothing quantized."
+    assert _baseline_lines(rec) == [
+        "- Baseline `ultralytics_int8`: mAP50-95 0.9352, 1.127x FP32 time (meets the target); "
+        "the recommendation is 0.0049 more accurate and 1.13x as fast."
+    ]
+
+
+def test_the_openvino_deploy_line_asks_for_the_ir_only_for_a_quantized_model() -> None:
+    backend = get_backend("openvino")
+    assert backend.deploy_hint(Path("k0.xml")).endswith("; load the IR, not the .onnx")
+    assert backend.deploy_hint(Path("fp32.onnx")).endswith("-d CPU -hint latency)")

@@ -69,26 +69,16 @@ def _card(report: TargetReport) -> list[str]:
         closest = "" if rec is None else f" Closest: `{rec['closest']}`."
         return [title, "", f"**No model meets the accuracy target.**{closest}", *_baseline_lines(rec), ""]
     target = AccuracyTarget.from_dict(rec["accuracy_target"])
-    if rec["objective"] == "speed":
-        gain = (
-            f"**{rec['speedup']:.2f}x faster than FP32** on {rec['runtime']} "
-            f"({rec['latency_ms']:.1f} ms vs {rec['fp32_latency_ms']:.1f} ms, median of one interleaved pass)"
-        )
-    else:
-        gain = f"**{rec['size_reduction']:.1f}x smaller than FP32** ({rec['size_bytes'] / 1e6:.1f} MB)"
-    kept = ", ".join(f"`{n}`" for n in rec.get("kept_layers") or []) or "none"
-    note = " (no quantized model beats FP32 here)" if rec["recommended"] == FP32_NAME else ""
     return [
         title,
         "",
         f"{rec['description']}.",
         "",
-        f"- Recommended: **`{rec['recommended']}`**{note}: {gain}.",
+        _recommended_line(rec),
         f"- mAP50-95 {rec['map50_95']:.4f}: drop {rec['drop']:.4f} ({(rec['relative_drop'] or 0):.2%}) from "
         f"FP32 {rec['reference_map50_95']:.4f}, within the {target.describe()} target.",
         *_cocoeval_line(rec),
-        f"- Size {rec['size_bytes'] / 1e6:.1f} MB ({rec['size_reduction']:.1f}x smaller than FP32); "
-        f"kept in float: {kept}.",
+        _size_line(rec),
         f"- File: `{rec['file']}`",
         f"- Deploy: `{rec['deploy']}`",
         *_tie_lines(rec),
@@ -96,6 +86,34 @@ def _card(report: TargetReport) -> list[str]:
         *_baseline_lines(rec),
         "",
     ]
+
+
+def _recommended_line(rec: dict[str, Any]) -> str:
+    """What ships and what it gains over FP32; FP32 itself where no quantized model beat it."""
+    if rec["recommended"] == FP32_NAME:
+        return (
+            f"- Recommended: **`{FP32_NAME}`**, the float model itself: no quantized model is faster on "
+            f"{rec['runtime']} here ({rec['fp32_latency_ms']:.1f} ms, median of one interleaved pass)."
+        )
+    if rec["objective"] == "speed":
+        gain = (
+            f"**{rec['speedup']:.2f}x faster than FP32** on {rec['runtime']} "
+            f"({rec['latency_ms']:.1f} ms vs {rec['fp32_latency_ms']:.1f} ms, median of one interleaved pass)"
+        )
+    else:
+        gain = f"**{rec['size_reduction']:.1f}x smaller than FP32** ({rec['size_bytes'] / 1e6:.1f} MB)"
+    return f"- Recommended: **`{rec['recommended']}`**: {gain}."
+
+
+def _size_line(rec: dict[str, Any]) -> str:
+    """The shipped file's size against FP32's, and the convs it keeps in float."""
+    if rec["recommended"] == FP32_NAME:
+        return f"- Size {rec['size_bytes'] / 1e6:.1f} MB, nothing quantized."
+    kept = ", ".join(f"`{n}`" for n in rec.get("kept_layers") or []) or "none"
+    return (
+        f"- Size {rec['size_bytes'] / 1e6:.1f} MB ({rec['size_reduction']:.1f}x smaller than FP32); "
+        f"kept in float: {kept}."
+    )
 
 
 def _baseline_lines(rec: dict[str, Any] | None) -> list[str]:
@@ -109,7 +127,7 @@ def _baseline_lines(rec: dict[str, Any] | None) -> list[str]:
             speed += f" over the first {timed} of {rounds} timing rounds (far slower than the candidates)"
         verdict = "meets" if base["meets_target"] else "misses"
         line = f"- Baseline `{base['name']}`: mAP50-95 {base['map50_95']:.4f}{speed} ({verdict} the target)"
-        if rec.get("recommended") not in (None, FP32_NAME):
+        if rec.get("recommended") is not None:
             diff = rec["map50_95"] - base["map50_95"]
             line += f"; the recommendation is {abs(diff):.4f} {'more' if diff >= 0 else 'less'} accurate"
             ours = rec["latency_ms"] / rec["fp32_latency_ms"] if rec.get("latency_ms") else None
@@ -214,6 +232,10 @@ def _islands_lines(islands: dict[str, Any] | None, kept: list[str]) -> list[str]
     ]
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
 def _target_section(report: TargetReport, plots_dir: Path) -> tuple[list[str], list[Path]]:
     if report.unavailable is not None or not report.rows:
         return [], []
@@ -221,7 +243,7 @@ def _target_section(report: TargetReport, plots_dir: Path) -> tuple[list[str], l
     if report.search is not None:
         s = report.search
         lines += [
-            f"Search: {len(s['evaluations'])} evaluations on {report.target}, target mAP50-95 >= "
+            f"Search: {_count(len(s['evaluations']), 'evaluation')} on {report.target}, target mAP50-95 >= "
             f"{s['threshold']:.4f} (FP32 {s['reference']:.4f}); fewest kept: "
             f"{', '.join(f'`{n}`' for n in s['kept']) or 'none'}; timed finalists: "
             f"{', '.join(f'`{n}`' for n in s['finalists']) or 'none'}.",

@@ -212,10 +212,13 @@ class OpenVinoBackend(Backend):
         return cpu_weight_codes_note(artifact)
 
     def deploy_hint(self, path: Path) -> str:
-        return (
+        line = (
             f"core.compile_model('{path.name}', 'CPU', {{'PERFORMANCE_HINT': 'LATENCY'}}) "
-            f"(or benchmark_app -m {path.name} -d CPU -hint latency); load the IR, not the .onnx"
+            f"(or benchmark_app -m {path.name} -d CPU -hint latency)"
         )
+        # Only a Q/DQ graph runs differently straight from the ONNX (decisions.md, issue 16); the
+        # FP32 model has none, and ships as the ONNX it was timed as.
+        return line + "; load the IR, not the .onnx" if Path(path).suffix == IR_SUFFIX else line
 
 
 def _ultralytics_openvino(inputs: ModelSource, path: Path) -> Path:
