@@ -155,6 +155,10 @@ def test_fp32_a_few_percent_slower_than_the_choice_is_timed_against_it_alone(tmp
     rec = recommend(backend, store, **choose)
     assert rec["recommended"] == "fp32" and rec["tie_checks"][0]["model"] == "fp32"
     assert undecided_pair(backend, store, **settle) is None  # settled: not timed a second time
+    # beyond a quantized pair's 2%, within FP32's 5%: a session-26 run shipped INT8 here (1.021x)
+    store.write_tie_check("fp32", against="k0", ratio=1.035, rounds=30)
+    rec = recommend(backend, store, **choose)
+    assert rec["recommended"] == "fp32" and rec["tie_checks"][0]["same_time"]
     store.write_tie_check("fp32", against="k0", ratio=1.06, rounds=15)
     assert recommend(backend, store, **choose)["recommended"] == "k0"
     # far faster than FP32 (the EPYC's 0.63-0.72x): nothing to settle
@@ -171,9 +175,14 @@ def test_fp32_a_few_percent_slower_than_the_choice_is_timed_against_it_alone(tmp
 
 
 def test_a_pairs_pass_just_outside_the_tie_leaves_it_open() -> None:
-    """Within 2% the pair is a tie, beyond 5% the challenger is slower; between, one more pass."""
-    assert [tie_unclear(r) for r in (0.97, 1.0, 1.02, 1.021, 1.035, 1.05, 1.051, 1.2)] == [
-        False, False, False, True, True, True, False, False,
+    """Within 2% the pair is a tie, beyond 5% the challenger is slower; between, one more pass. FP32
+    against a quantized model: a tie within 5%, slower beyond 8%."""
+    ratios = (0.97, 1.0, 1.02, 1.021, 1.035, 1.05, 1.051, 1.08, 1.081, 1.2)
+    assert [tie_unclear(r, challenger="search_k1") for r in ratios] == [
+        False, False, False, True, True, True, False, False, False, False,
+    ]  # fmt: skip
+    assert [tie_unclear(r, challenger="fp32") for r in ratios] == [
+        False, False, False, False, False, False, True, True, False, False,
     ]  # fmt: skip
 
 

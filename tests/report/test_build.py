@@ -231,6 +231,11 @@ def test_the_card_says_what_the_pairs_own_timing_pass_decided() -> None:
         "`k0` by the lower quartile: slower."
     )
     assert _tie_lines({}) == []  # recommendations written before tie checks existed
+    fp32 = {**check, "model": "fp32", "lower_quartile_ratio": 1.035, "same_time": True}
+    assert _tie_lines({"tie_checks": [fp32]})[0].endswith(
+        "`k0` by the lower quartile: within 5%, so FP32 stays: a quantized model replaces it only "
+        "where clearly faster."
+    )
 
 
 def test_a_card_that_ships_fp32_says_so_and_compares_it_with_the_baseline() -> None:

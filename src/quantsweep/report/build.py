@@ -8,6 +8,7 @@ from typing import Any
 from quantsweep.core.config import Recovery, WeightQuantConfig
 from quantsweep.core.records import read_json, write_text_atomic
 from quantsweep.evaluation.accuracy_target import AccuracyTarget
+from quantsweep.evaluation.recommend import FP32_SAME_TIME_SHARE
 from quantsweep.evaluation.search_moves import MoveKind, read_moves
 from quantsweep.onnx_graph.candidates import read_candidates
 from quantsweep.quant.scheme import COSTS_KIND, COSTS_NAME, WEIGHTS_DIR
@@ -143,10 +144,20 @@ def _tie_lines(rec: dict[str, Any]) -> list[str]:
     """The pair the shared timing pass could not tell apart, timed again alone, and what it decided."""
     return [
         f"- Timed again, the two alone ({c['rounds']} rounds): `{c['model']}` at "
-        f"{c['lower_quartile_ratio']:.3f}x `{c['against']}` by the lower quartile: "
-        + ("the same time, so the more accurate is recommended." if c["same_time"] else "slower.")
+        f"{c['lower_quartile_ratio']:.3f}x `{c['against']}` by the lower quartile: " + _tie_verdict(c)
         for c in rec.get("tie_checks") or []
     ]
+
+
+def _tie_verdict(check: dict[str, Any]) -> str:
+    if not check["same_time"]:
+        return "slower."
+    if check["model"] == FP32_NAME:
+        return (
+            f"within {FP32_SAME_TIME_SHARE:.0%}, so FP32 stays: a quantized model replaces it only "
+            "where clearly faster."
+        )
+    return "the same time, so the more accurate is recommended."
 
 
 def _runtime_lines(rec: dict[str, Any]) -> list[str]:

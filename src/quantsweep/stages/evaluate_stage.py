@@ -237,7 +237,7 @@ def _pair_ratio(
         runners,
         image,
         reference=anchor,
-        again=lambda found: tie_unclear(found[challenger]),
+        again=lambda found: tie_unclear(found[challenger], challenger=challenger),
         rounds=TIE_ROUNDS,
         passes=TIE_PASSES,
     )
