@@ -202,7 +202,10 @@ def _spared_by_free_island(search: dict) -> bool:
         if free["score"] >= search["threshold"]:
             assert free["met"] == (free["x_nothing_kept"] <= 1.02), free
     assert not any(f["met"] for f in tried[:-1]), "the search stops at the first free island taken"
-    return bool(tried) and tried[-1]["met"]
+    spared = bool(tried) and tried[-1]["met"]
+    if spared:  # the island taken is timed beside what the island search finds
+        assert any(m["label"] == tried[-1]["layer"] and m["finalist"] for m in search["moves"])
+    return spared
 
 
 def _check_moves(search: dict) -> None:

@@ -236,6 +236,10 @@ def test_the_card_says_what_the_pairs_own_timing_pass_decided() -> None:
         "`k0` by the lower quartile: within 5%, so FP32 stays: a quantized model replaces it only "
         "where clearly faster."
     )
+    faster = {**fp32, "lower_quartile_ratio": 0.985}
+    assert _tie_lines({"tie_checks": [faster]})[0].endswith(
+        "by the lower quartile: FP32 is no slower, so it stays."
+    )
 
 
 def test_a_card_that_ships_fp32_says_so_and_compares_it_with_the_baseline() -> None:

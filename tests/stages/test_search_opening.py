@@ -68,6 +68,7 @@ def test_a_second_free_island_spares_the_recovery_when_the_first_one_times_slowe
     assert not recoveries
     assert [(f["layer"], f["met"]) for f in start.free_tried] == [("a", False), ("b", True)]
     assert ("c",) not in measure.calls
+    assert start.finalists == [("b",)]  # timed beside what the island search finds
 
 
 def test_recovery_runs_when_no_free_island_is_free_timed_whole(monkeypatch, tmp_path) -> None:

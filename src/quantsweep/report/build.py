@@ -152,6 +152,8 @@ def _tie_lines(rec: dict[str, Any]) -> list[str]:
 def _tie_verdict(check: dict[str, Any]) -> str:
     if not check["same_time"]:
         return "slower."
+    if check["model"] == FP32_NAME and check["lower_quartile_ratio"] <= 1.0:
+        return "FP32 is no slower, so it stays."
     if check["model"] == FP32_NAME:
         return (
             f"within {FP32_SAME_TIME_SHARE:.0%}, so FP32 stays: a quantized model replaces it only "

@@ -143,14 +143,15 @@ class SearchOpening:
         )
         taken = wanted and (gain_only or move.free)
         start.free_tried.append({"layer": probe, "score": score, "met": taken, "x_nothing_kept": ratio})
-        if taken and gain_only:
+        if taken:  # timed beside whatever the island search finds: it met the target first
             start.finalists.append((probe,))
+        if taken and gain_only:
             outcome = (
                 "more accurate than nothing kept: timed as a finalist beside it, recommended only "
                 "if it times the same"
             )
         elif taken:
-            outcome = "taken: meets the target at no inference cost; recovery not run"
+            outcome = "taken: meets the target at no inference cost; recovery not run; a finalist"
         elif wanted:
             what = "more accurate than nothing kept" if gain_only else "meets the target"
             outcome = f"{what} but runs at {ratio:.3f}x nothing kept"

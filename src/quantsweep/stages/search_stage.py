@@ -96,10 +96,8 @@ class TargetSearch:
             start.measure,
             store,
             search_dir,
-            passing=[
-                *(tuple(e["kept"]) for e in result.evaluations if e["score"] >= result.target),
-                *start.finalists,
-            ],
+            passing=[tuple(e["kept"]) for e in result.evaluations if e["score"] >= result.target],
+            chosen=start.finalists,
             recovered=start.recovered,
             order=order,
             costs=start.costs,
@@ -243,16 +241,21 @@ class TargetSearch:
         recovered: bool,
         order: list[str],
         costs: IslandCosts | None,
+        chosen: Sequence[tuple[str, ...]] = (),
     ) -> dict[tuple[str, ...], str]:
-        """The cheapest passing kept sets (by the islands' estimated time, else fewest kept) written as
+        """The cheapest passing kept sets (by the islands' estimated time, else fewest kept), and every
+        ``chosen`` one (the opening's finalists, timed whole or more accurate for free), written as
         models the timing pass measures: kept set -> model name."""
         nodes = measure.scheme_set.onnx_nodes
 
         def cheapest(kept: tuple[str, ...]) -> tuple:
             estimate = len(kept) if costs is None else costs.cost_of(kept, nodes)
-            return (estimate, len(kept), [order.index(n) for n in kept])
+            rank = [order.index(n) if n in order else len(order) for n in kept]
+            return (estimate, len(kept), rank)
 
-        passing = sorted(set(passing), key=cheapest)[: FINALISTS[backend.objective]]
+        chosen = list(dict.fromkeys(chosen))
+        searched = sorted(set(passing) - set(chosen), key=cheapest)[: FINALISTS[backend.objective]]
+        passing = [*chosen, *searched]
         # a kept set some candidate already has (K=0 is the k0 scheme) is that candidate, timed as it
         # is; not with recovered records, which no candidate carries
         existing = {
