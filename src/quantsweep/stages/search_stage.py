@@ -250,8 +250,7 @@ class TargetSearch:
 
         def cheapest(kept: tuple[str, ...]) -> tuple:
             estimate = len(kept) if costs is None else costs.cost_of(kept, nodes)
-            rank = [order.index(n) if n in order else len(order) for n in kept]
-            return (estimate, len(kept), rank)
+            return (estimate, len(kept), [order.index(n) for n in kept])
 
         chosen = list(dict.fromkeys(chosen))
         searched = sorted(set(passing) - set(chosen), key=cheapest)[: FINALISTS[backend.objective]]
