@@ -31,6 +31,7 @@ from onnx import helper
 from onnx import numpy_helper as nh
 
 from quantsweep.core.runs import cpu_line
+from quantsweep.onnx_graph.inspect import dequantized_inputs
 from quantsweep.onnx_graph.ort_sessions import SessionOptions, ort_session
 from quantsweep.onnx_graph.qdq_graph import readers_of
 from quantsweep.targets.openvino_cpu import DEPLOY_CONFIG, OpenVinoRunner
@@ -64,15 +65,6 @@ def _shapes(model: onnx.ModelProto, image: np.ndarray, names: list[str]) -> dict
     return {n: o.shape for n, o in zip(names, outputs, strict=True)}
 
 
-def _float_weight(graph: onnx.GraphProto, producers, conv: onnx.NodeProto) -> np.ndarray:
-    dq = producers[conv.input[1]]
-    codes = _constant(graph, dq.input[0]).astype(np.float32)
-    scale = _constant(graph, dq.input[1]).astype(np.float32).reshape(-1, 1, 1, 1)
-    zero = _constant(graph, dq.input[2]) if len(dq.input) > 2 else None
-    zero = 0.0 if zero is None else zero.astype(np.float32).reshape(-1, 1, 1, 1)
-    return (codes - zero) * scale
-
-
 def _feeding_convs(model: onnx.ModelProto):
     """(activation DQ, its zero point, the convs it alone feeds) for each such DQ with a zero point."""
     graph, readers = model.graph, readers_of(model)
@@ -88,7 +80,7 @@ def _feeding_convs(model: onnx.ModelProto):
         if zero is None or not zero.any() or not convs:
             continue
         if all(c.op_type == "Conv" and c.input[0] == node.output[0] for c in convs):
-            yield node, zero, convs, producers
+            yield node, zero, convs
 
 
 def _correction(weight: np.ndarray, conv: onnx.NodeProto, shift: float, hw: tuple[int, int]) -> np.ndarray:
@@ -115,21 +107,21 @@ def rewrite(model: onnx.ModelProto, image: np.ndarray, mode: str) -> tuple[onnx.
     found = list(_feeding_convs(out))
     shapes = _shapes(model, image, [dq.output[0] for dq, *_ in found])
     inserts: list[tuple[onnx.NodeProto, onnx.NodeProto, bool]] = []
-    for dq, zero, convs, producers in found:
+    for dq, zero, convs in found:
         shift = float(zero) * float(_constant(graph, dq.input[1]))
         graph.initializer.append(nh.from_array(np.zeros_like(zero), f"{dq.name}_zero0"))
         dq.input[2] = f"{dq.name}_zero0"
         for conv in convs:
-            weight = _float_weight(graph, producers, conv)
-            correction = _correction(weight, conv, shift, shapes[dq.output[0]][2:])
-            inserts += _apply(graph, conv, correction, shift=shift, mode=mode)
+            computed = dequantized_inputs(out, conv.name)  # the weight and bias as the conv uses them
+            correction = _correction(computed[1], conv, shift, shapes[dq.output[0]][2:])
+            inserts += _apply(graph, conv, correction, bias=computed.get(2), shift=shift, mode=mode)
     for anchor, node, before in inserts:
         index = list(graph.node).index(anchor)
         graph.node.insert(index if before else index + 1, node)
     return out, len(found)
 
 
-def _apply(graph, conv, correction: np.ndarray, *, shift: float, mode: str) -> list:
+def _apply(graph, conv, correction: np.ndarray, *, bias: np.ndarray | None, shift: float, mode: str) -> list:
     if mode == "full_map":
         output = conv.output[0]
         conv.output[0] = f"{output}_shifted"
@@ -137,7 +129,7 @@ def _apply(graph, conv, correction: np.ndarray, *, shift: float, mode: str) -> l
         sub = helper.make_node("Sub", [conv.output[0], f"{conv.name}_correction"], [output])
         return [(conv, sub, False)]
     middle = correction[0, :, correction.shape[2] // 2, correction.shape[3] // 2]
-    bias = _constant(graph, conv.input[2]) if len(conv.input) > 2 else np.zeros_like(middle)
+    bias = np.zeros_like(middle) if bias is None else bias
     graph.initializer.append(nh.from_array((bias - middle).astype(np.float32), f"{conv.name}_bias0"))
     conv.input[2:] = [f"{conv.name}_bias0"]
     pads = list(_attr(conv, "pads", [0, 0, 0, 0]))
